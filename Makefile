@@ -1,0 +1,49 @@
+# scribe: `make run` and `make test` each build what they need on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard protos/transcription/v1/*.proto)
+GEN    := services/gen/transcription/v1/transcription_pb2.py
+
+.PHONY: run test proto lint bench clean help
+
+help:
+	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
+	@echo "make test   - install, generate stubs, run the test suite"
+	@echo "make proto  - regenerate the gRPC stubs from protos/"
+	@echo "make lint   - ruff and mypy"
+	@echo "make bench  - benchmarks (needs ../shared/audio)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+$(GEN): $(STAMP) $(PROTOS)
+	rm -rf services/gen/transcription
+	mkdir -p services/gen/transcription
+	$(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=services/gen --pyi_out=services/gen --grpc_python_out=services/gen \
+		--descriptor_set_out=services/gen/transcription/descriptors.binpb --include_source_info --include_imports \
+		$(PROTOS)
+
+proto: $(GEN)
+
+run: $(GEN)
+	$(BIN)/scribe start --foreground
+
+test: $(GEN)
+	$(BIN)/python -m pytest
+
+lint: $(GEN)
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
+	$(BIN)/mypy
+
+bench: $(GEN)
+	$(BIN)/python -m bench.throughput
+
+clean:
+	rm -rf $(VENV) services/gen/transcription run

@@ -1,0 +1,67 @@
+"""supervisord's XML-RPC interface over its unix socket: the process table, start and stop."""
+
+from __future__ import annotations
+
+import re
+import xmlrpc.client
+from dataclasses import dataclass
+
+from supervisor.xmlrpc import SupervisorTransport
+
+WORKER_GROUP = "gpu_worker"
+_WORKER_NAME = re.compile(r"^gpu_worker_(\d+)$")
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One row of `supervisorctl status`."""
+
+    group: str
+    name: str
+    state: str  # RUNNING, STOPPED, STARTING, BACKOFF, STOPPING, EXITED, FATAL, UNKNOWN
+    pid: int
+    description: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.group}:{self.name}"
+
+
+def worker_process_num(name: str) -> int | None:
+    """2 for "gpu_worker_02"; None for a name that is not a worker's."""
+    match = _WORKER_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+class SupervisorClient:
+    """Blocking client; the gateway calls it from a thread. `server_url` is "unix:///path/to.sock"."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+
+    def _proxy(self) -> xmlrpc.client.ServerProxy:
+        transport = SupervisorTransport(None, None, self.server_url)
+        # The host is ignored: SupervisorTransport dials the unix socket in server_url.
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def processes(self) -> list[ProcessInfo]:
+        rows = self._proxy().supervisor.getAllProcessInfo()
+        return [
+            ProcessInfo(r["group"], r["name"], r["statename"], int(r["pid"]), r["description"])
+            for r in rows  # type: ignore[union-attr]
+        ]
+
+    def workers(self) -> list[ProcessInfo]:
+        return [p for p in self.processes() if p.group == WORKER_GROUP]
+
+    def start(self, name: str, wait: bool = True) -> bool:
+        return bool(self._proxy().supervisor.startProcess(name, wait))
+
+    def stop(self, name: str, wait: bool = True) -> bool:
+        return bool(self._proxy().supervisor.stopProcess(name, wait))
+
+    def state(self) -> str:
+        return str(self._proxy().supervisor.getState()["statename"])  # type: ignore[index]
+
+    def shutdown(self) -> None:
+        self._proxy().supervisor.shutdown()

@@ -1,0 +1,75 @@
+"""The engine interface the worker's servicer talks to, and the results it returns.
+
+A second engine (another Whisper runtime, another model family) implements `Engine`; the servicer,
+the streaming session and the gateway do not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Decoding options, already validated."""
+
+    language: str | None = None
+    task: str = "transcribe"
+    beam_size: int = 5
+    word_timestamps: bool = False
+    vad_filter: bool = False
+    initial_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    segments: tuple[Segment, ...]
+    language: str
+    language_probability: float
+    duration: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str
+    model: str
+    device: str
+    device_kind: str  # "cpu" or "cuda"
+    compute_type: str
+    multilingual: bool
+    languages: tuple[str, ...]
+
+
+class Engine(Protocol):
+    """A loaded speech model. `transcribe` blocks; the worker calls it off the event loop."""
+
+    info: EngineInfo
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> EngineResult: ...

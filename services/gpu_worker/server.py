@@ -1,0 +1,114 @@
+"""Worker process: one model, one unix socket, health and reflection, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common.config import ConfigError, Settings
+from services.common.logging import configure_logging
+from services.common.reflection import enable_reflection
+from services.gen import transcription_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.gpu_worker.device import DeviceProbe
+from services.gpu_worker.faster_whisper_engine import FasterWhisperEngine
+from services.gpu_worker.runtime import WorkerRuntime
+from services.gpu_worker.servicer import TranscriptionServicer, WorkerServicer
+
+log = structlog.get_logger()
+SERVICES = (
+    transcription_pb2.DESCRIPTOR.services_by_name["TranscriptionService"].full_name,
+    worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+)
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+
+
+async def serve(settings: Settings, process_num: int, listen: str | None) -> None:
+    worker_id = f"gpu_worker_{process_num:02d}"
+    runtime = WorkerRuntime(worker_id, process_num, settings.worker_concurrency)
+    server = grpc.aio.server(options=server_options(settings))
+    health_servicer = health.aio.HealthServicer()
+    transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(TranscriptionServicer(runtime, settings), server)
+    probe_holder: list[DeviceProbe] = [DeviceProbe(str(settings.worker_device_id), enabled=False)]
+    worker_servicer = WorkerServicer(runtime, probe_holder[0], settings)
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(worker_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    enable_reflection(server, (*SERVICES, health.SERVICE_NAME))
+
+    if listen:
+        address = listen
+    else:
+        socket_path = settings.worker_socket(process_num)
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.unlink(missing_ok=True)  # left behind by a worker that was killed
+        address = f"unix://{socket_path}"
+    server.add_insecure_port(address)
+    await server.start()
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    log.info("worker_listening", address=address)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    try:
+        engine = await loop.run_in_executor(None, FasterWhisperEngine, settings)
+    except Exception as exc:
+        log.error("model_load_failed", model=settings.whisper_model, error=str(exc))
+        await server.stop(0)
+        sys.exit(3)  # supervisord retries, then marks the worker FATAL with this log as the reason
+    runtime.engine = engine
+    if engine.info.device_kind == "cuda":
+        worker_servicer._probe = DeviceProbe(os.environ.get("CUDA_VISIBLE_DEVICES", "0"), enabled=True)
+    runtime.set_status(worker_pb2.WORKER_STATUS_SERVING)
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    log.info("worker_serving", model=engine.info.model, device=engine.info.device, compute_type=engine.info.compute_type)
+
+    await stop.wait()
+    # Drain: refuse new work first (health Watch sees NOT_SERVING at once), then let in-flight calls end.
+    runtime.set_status(worker_pb2.WORKER_STATUS_DRAINING, "shutting down")
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    log.info("worker_draining", active=runtime.active, streams=runtime.streams)
+    await server.stop(grace=25)
+    runtime.shutdown()
+    if not listen:
+        settings.worker_socket(process_num).unlink(missing_ok=True)
+    log.info("worker_stopped")
+
+
+async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
+    for name in ("", *SERVICES):
+        await servicer.set(name, status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.gpu_worker", description=__doc__)
+    parser.add_argument("--process-num", type=int, default=int(os.environ.get("SCRIBE_PROCESS_NUM", "0")))
+    parser.add_argument("--listen", help="serve on HOST:PORT instead of the unix socket (remote workers)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.log_level, settings.log_format, service="gpu_worker", worker=f"gpu_worker_{args.process_num:02d}")
+    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
+    asyncio.run(serve(settings, args.process_num, args.listen))
+
+
+if __name__ == "__main__":
+    main()

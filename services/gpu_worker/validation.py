@@ -1,0 +1,69 @@
+"""Turn request messages into validated engine options; every refusal names the field to fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.errors import RequestError
+from services.gen import transcription_pb2 as pb
+from services.gpu_worker.engine import DecodeOptions, EngineInfo
+
+DEFAULT_BEAM_SIZE = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_audio_seconds: float
+    max_stream_seconds: float
+    stream_idle_timeout_s: float
+    max_beam_size: int
+    max_initial_prompt_chars: int
+
+
+def _invalid(reason: str, message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+
+
+def decode_options(options: pb.RecognitionOptions, limits: Limits, engine: EngineInfo) -> DecodeOptions:
+    language: str | None = None
+    if options.language_code:
+        language = options.language_code.strip().split("-")[0].split("_")[0].lower()
+        if language not in engine.languages:
+            hint = "this model is English-only" if not engine.multilingual else "see GetConfig.language_codes"
+            raise _invalid(
+                "UNSUPPORTED_LANGUAGE",
+                f"language_code {options.language_code!r} is not supported ({hint}); "
+                "leave it empty to detect the language",
+            )
+    task = "translate" if options.task == pb.TASK_TRANSLATE else "transcribe"
+    if task == "translate" and not engine.multilingual:
+        raise _invalid("TRANSLATE_UNSUPPORTED", "task TRANSLATE needs a multilingual model; this one is English-only")
+    beam_size = options.beam_size or DEFAULT_BEAM_SIZE
+    if beam_size > limits.max_beam_size:
+        raise _invalid(
+            "BEAM_SIZE_TOO_LARGE", f"beam_size {beam_size} is over the maximum {limits.max_beam_size}"
+        )
+    if len(options.initial_prompt) > limits.max_initial_prompt_chars:
+        raise _invalid(
+            "INITIAL_PROMPT_TOO_LONG",
+            f"initial_prompt has {len(options.initial_prompt)} characters, over the maximum "
+            f"{limits.max_initial_prompt_chars}",
+        )
+    return DecodeOptions(
+        language=language,
+        task=task,
+        beam_size=beam_size,
+        word_timestamps=options.enable_word_time_offsets,
+        vad_filter=options.vad_filter,
+        initial_prompt=options.initial_prompt or None,
+    )
+
+
+def check_streaming_encoding(config: pb.StreamingConfig) -> None:
+    if config.encoding not in (pb.AUDIO_ENCODING_UNSPECIFIED, pb.AUDIO_ENCODING_LINEAR16):
+        raise _invalid(
+            "UNSUPPORTED_ENCODING",
+            "StreamingTranscribe takes LINEAR16 audio: set encoding to AUDIO_ENCODING_LINEAR16",
+        )

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Regenerates the committed test clips. Needs Debian's espeak-ng and sox (apt-get install espeak-ng sox);
+# the tests themselves only read the committed files.
+set -euo pipefail
+cd "$(dirname "$0")"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+say() {  # say OUT.wav "text": 16 kHz mono speech
+  espeak-ng -v en-us -s 150 -w "$tmp/raw.wav" "$2"
+  sox "$tmp/raw.wav" -r 16000 -c 1 -b 16 "$1"
+}
+
+# Short sentence for Transcribe (about 3 s).
+say speech_short.wav "The quick brown fox jumps over the lazy dog."
+
+# About 14 s of speech with pauses, for streaming at real-time pace.
+say "$tmp/a.wav" "Good morning everyone. Today we talk about the weather."
+say "$tmp/b.wav" "It will be sunny in the morning and cold at night."
+say "$tmp/c.wav" "Please remember to bring a warm coat tomorrow."
+sox -n -r 16000 -c 1 -b 16 "$tmp/gap.wav" trim 0 0.8
+sox "$tmp/a.wav" "$tmp/gap.wav" "$tmp/b.wav" "$tmp/gap.wav" "$tmp/c.wav" speech_long.wav
+
+# The short sentence in other containers and formats.
+sox speech_short.wav speech_short.flac
+sox speech_short.wav -C 3 speech_short.ogg
+sox speech_short.wav -r 44100 -c 2 speech_short_44k_stereo.wav
+
+# Two seconds of silence and a one-second 440 Hz tone: no speech in either.
+sox -n -r 16000 -c 1 -b 16 silence.wav trim 0 2
+sox -n -r 16000 -c 1 -b 16 tone.wav synth 1 sine 440 vol 0.5
+ls -l
