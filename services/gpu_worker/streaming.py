@@ -5,7 +5,7 @@ re-decodes it as audio arrives, and commits the longest word prefix on which two
 hypotheses agree (the LocalAgreement-2 policy of Machacek et al., 2023). Committed words are final:
 they are handed out once and never revised. The buffer is cut just after committed words once it is
 long enough, so each decode costs about the same however long the stream runs, and the committed
-text goes back in as prompt so the model keeps its context across cuts.
+text cut from the buffer goes back in as prompt so the model keeps its context across cuts.
 
 The class is synchronous and holds no locks: the worker calls it from one executor thread at a time.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from difflib import SequenceMatcher
 
 import numpy as np
 
@@ -47,6 +48,24 @@ def drop_repeated_tail(committed: list[Word], hypothesis: list[Word], max_ngram:
         if tail == head and hypothesis[0].start < committed[-1].end + 1.0:
             return hypothesis[n:]
     return hypothesis
+
+
+def after_committed(committed: list[Word], hypothesis: list[Word], committed_end: float) -> list[Word]:
+    """The words of `hypothesis` that come after what is already committed.
+
+    The buffer can still hold committed audio, so a hypothesis repeats committed words before the new
+    ones. Whisper's word times drift (a word's end is often stretched over the next one), so the
+    repeat is found by spelling: the hypothesis is aligned to the committed words and cut after the
+    last committed word. Only when the spelling does not align are times used.
+    """
+    if not committed:
+        return hypothesis
+    a = [normalise(w.word) for w in committed]
+    b = [normalise(w.word) for w in hypothesis]
+    blocks = [m for m in SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks() if m.size]
+    if blocks and blocks[-1].a + blocks[-1].size == len(a) and (blocks[-1].size >= 2 or len(a) == 1):
+        return hypothesis[blocks[-1].b + blocks[-1].size :]
+    return [w for w in hypothesis if (w.start + w.end) / 2 > committed_end - 0.05]
 
 
 @dataclass(frozen=True)
@@ -141,8 +160,11 @@ class StreamingSession:
         return StreamUpdate(tuple(final), (), 1.0)
 
     def _prompt(self) -> str | None:
-        committed = " ".join(w.word for w in self._committed)
-        prompt = (self._base_prompt + " " + committed).strip()[-self._prompt_chars :]
+        # Only text whose audio has left the buffer: prompted with words it can still hear, Whisper
+        # takes them as already said and skips that speech.
+        start = self._buffer_start / SAMPLE_RATE
+        gone = " ".join(w.word for w in self._committed if w.end <= start)
+        prompt = (self._base_prompt + " " + gone).strip()[-self._prompt_chars :]
         return prompt or None
 
     def _decode(self) -> list[Word] | None:
@@ -161,8 +183,8 @@ class StreamingSession:
             for w in s.words
             if w.word
         ]
-        # Audio before the last commit can still be in the buffer: keep only words centred after it.
-        words = [w for w in words if (w.start + w.end) / 2 > committed_end - 0.05]
+        in_buffer = [w for w in self._committed[-20:] if w.end > offset]
+        words = after_committed(in_buffer, words, committed_end) if in_buffer else words
         words = drop_repeated_tail(self._committed, words)
         # Word times must never go backwards across results, even when the aligner jitters.
         floor = committed_end

@@ -1,0 +1,64 @@
+"""Helpers shared by the tests: clips, waiting, streaming request generators."""
+
+from __future__ import annotations
+
+import socket
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from services.gen import transcription_pb2 as pb
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def clip(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def words_of(text: str) -> list[str]:
+    return [w.strip(".,!?;:'\"").lower() for w in text.split() if w.strip(".,!?;:'\"")]
+
+
+def stream_requests(
+    pcm: bytes, sample_rate: int, chunk_s: float = 0.1, pace: float = 1.0, channels: int = 1, **config: object
+) -> Iterator[pb.StreamingTranscribeRequest]:
+    """Config, then LINEAR16 chunks paced at `pace` times real time (0: no pacing)."""
+    yield pb.StreamingTranscribeRequest(
+        streaming_config=pb.StreamingConfig(
+            encoding=pb.AUDIO_ENCODING_LINEAR16,
+            sample_rate_hertz=sample_rate,
+            audio_channel_count=channels,
+            **config,
+        )
+    )
+    step = int(chunk_s * sample_rate) * 2 * channels
+    started = time.monotonic()
+    for i in range(0, len(pcm), step):
+        if pace:
+            delay = started + (i / (2 * channels * sample_rate)) / pace - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        yield pb.StreamingTranscribeRequest(audio_content=pcm[i : i + step])
+
+
+def read_wav(name: str) -> tuple[bytes, int, int]:
+    with wave.open(str(DATA / name)) as w:
+        return w.readframes(w.getnframes()), w.getframerate(), w.getnchannels()
