@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,14 @@ class Fleet:
         """Run a command of the venv (scribe, supervisorctl, grpcurl) against this fleet."""
         cmd = [str(BIN / args[0]), *args[1:]]
         return subprocess.run(
-            cmd, env=self.env, cwd=ROOT, capture_output=True, text=True, check=check, timeout=timeout, input=input
+            cmd,
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            input=input,
         )
 
     def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:

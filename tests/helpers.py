@@ -7,6 +7,7 @@ import time
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from services.gen import transcription_pb2 as pb
 
@@ -38,7 +39,7 @@ def words_of(text: str) -> list[str]:
 
 
 def stream_requests(
-    pcm: bytes, sample_rate: int, chunk_s: float = 0.1, pace: float = 1.0, channels: int = 1, **config: object
+    pcm: bytes, sample_rate: int, chunk_s: float = 0.1, pace: float = 1.0, channels: int = 1, **config: Any
 ) -> Iterator[pb.StreamingTranscribeRequest]:
     """Config, then LINEAR16 chunks paced at `pace` times real time (0: no pacing)."""
     yield pb.StreamingTranscribeRequest(

@@ -26,9 +26,7 @@ CASES = [
     ),
     (
         "bad rate",
-        pb.TranscribeRequest(
-            audio_content=b"\0\0" * 100, encoding=pb.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=7
-        ),
+        pb.TranscribeRequest(audio_content=b"\0\0" * 100, encoding=pb.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=7),
         "INVALID_ARGUMENT",
         "UNSUPPORTED_SAMPLE_RATE",
     ),
@@ -53,9 +51,7 @@ CASES = [
     ),
     (
         "absurd beam",
-        pb.TranscribeRequest(
-            audio_content=clip("speech_short.flac"), options=pb.RecognitionOptions(beam_size=100000)
-        ),
+        pb.TranscribeRequest(audio_content=clip("speech_short.flac"), options=pb.RecognitionOptions(beam_size=100000)),
         "INVALID_ARGUMENT",
         "BEAM_SIZE_TOO_LARGE",
     ),
@@ -83,9 +79,9 @@ def test_bad_transcribe_input(
     with pytest.raises(grpc.RpcError) as info:
         serving_fleet.transcription.Transcribe(request_, timeout=30)
     err = info.value
-    assert err.code().name == code, err.details()  # type: ignore[attr-defined]
-    assert err.details()  # type: ignore[attr-defined]
-    found = error_reason(err.trailing_metadata())  # type: ignore[attr-defined]
+    assert err.code().name == code, err.details()
+    assert err.details()
+    found = error_reason(err.trailing_metadata())
     assert found is not None
     if reason:
         assert found == reason

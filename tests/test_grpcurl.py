@@ -38,7 +38,8 @@ def test_grpcurl_transcribe_with_json(serving_fleet: Fleet) -> None:
     out = serving_fleet.run(
         "grpcurl",
         "-plaintext",
-        "-d", "@",
+        "-d",
+        "@",
         serving_fleet.address,
         "transcription.v1.TranscriptionService/Transcribe",
         input=json.dumps(body),
@@ -49,9 +50,7 @@ def test_grpcurl_transcribe_with_json(serving_fleet: Fleet) -> None:
 
 
 def test_grpcurl_health_check(serving_fleet: Fleet) -> None:
-    out = serving_fleet.run(
-        "grpcurl", "-plaintext", serving_fleet.address, "grpc.health.v1.Health/Check"
-    ).stdout
+    out = serving_fleet.run("grpcurl", "-plaintext", serving_fleet.address, "grpc.health.v1.Health/Check").stdout
     assert json.loads(out)["status"] == "SERVING"
 
 

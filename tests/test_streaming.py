@@ -48,19 +48,17 @@ def _stream_error(fleet: Fleet, requests: list[pb.StreamingTranscribeRequest]) -
 
 def test_audio_before_config_is_invalid_argument(serving_fleet: Fleet) -> None:
     err = _stream_error(serving_fleet, [pb.StreamingTranscribeRequest(audio_content=b"\0\0" * 1600)])
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert error_reason(err.trailing_metadata()) == "CONFIG_NOT_FIRST"  # type: ignore[attr-defined]
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(err.trailing_metadata()) == "CONFIG_NOT_FIRST"
 
 
 def test_config_twice_is_invalid_argument(serving_fleet: Fleet) -> None:
     config = pb.StreamingTranscribeRequest(
         streaming_config=pb.StreamingConfig(encoding=pb.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=16000)
     )
-    err = _stream_error(
-        serving_fleet, [config, pb.StreamingTranscribeRequest(audio_content=b"\0\0" * 1600), config]
-    )
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert error_reason(err.trailing_metadata()) == "CONFIG_TWICE"  # type: ignore[attr-defined]
+    err = _stream_error(serving_fleet, [config, pb.StreamingTranscribeRequest(audio_content=b"\0\0" * 1600), config])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(err.trailing_metadata()) == "CONFIG_TWICE"
 
 
 def test_unsupported_sample_rate_is_invalid_argument(serving_fleet: Fleet) -> None:
@@ -68,5 +66,5 @@ def test_unsupported_sample_rate_is_invalid_argument(serving_fleet: Fleet) -> No
         streaming_config=pb.StreamingConfig(encoding=pb.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=12345)
     )
     err = _stream_error(serving_fleet, [config])
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert "12345" in err.details()  # type: ignore[attr-defined]
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "12345" in err.details()

@@ -24,9 +24,7 @@ def test_stopped_worker_leaves_routing_within_2s_and_requests_still_succeed(serv
                 and w.routing_state == fleet_pb2.ROUTING_STATE_UNREACHABLE
             )
 
-        assert wait_for(
-            shown_stopped, 2.0 - (time.monotonic() - stopped_at) + 2.0
-        )  # stop itself may take a moment
+        assert wait_for(shown_stopped, 2.0 - (time.monotonic() - stopped_at) + 2.0)  # stop itself may take a moment
         assert time.monotonic() - stopped_at < 4.0
         request = pb.TranscribeRequest(audio_content=clip("speech_short.flac"))
         for _ in range(3):

@@ -16,9 +16,7 @@ EXPECTED = ["quick", "brown", "fox", "over", "the", "lazy", "dog"]
     "name", ["speech_short.wav", "speech_short.flac", "speech_short.ogg", "speech_short_44k_stereo.wav"]
 )
 def test_transcribe_containers_return_the_spoken_words(serving_fleet: Fleet, name: str) -> None:
-    response = serving_fleet.transcription.Transcribe(
-        pb.TranscribeRequest(audio_content=clip(name)), timeout=60
-    )
+    response = serving_fleet.transcription.Transcribe(pb.TranscribeRequest(audio_content=clip(name)), timeout=60)
     assert all(word in words_of(response.transcript) for word in EXPECTED), response.transcript
     assert response.worker_id in {"gpu_worker_00", "gpu_worker_01"}
     assert response.language_code == "en"
@@ -47,9 +45,7 @@ def test_linear16_with_word_offsets(serving_fleet: Fleet) -> None:
 
 def test_silence_gives_no_words(serving_fleet: Fleet) -> None:
     response = serving_fleet.transcription.Transcribe(
-        pb.TranscribeRequest(
-            audio_content=clip("silence.wav"), options=pb.RecognitionOptions(vad_filter=True)
-        ),
+        pb.TranscribeRequest(audio_content=clip("silence.wav"), options=pb.RecognitionOptions(vad_filter=True)),
         timeout=60,
     )
     assert response.transcript == ""
@@ -83,9 +79,7 @@ def test_requests_are_spread_over_both_workers(serving_fleet: Fleet) -> None:
 
     request = pb.TranscribeRequest(audio_content=clip("speech_short.flac"))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        responses = list(
-            pool.map(lambda _: serving_fleet.transcription.Transcribe(request, timeout=60), range(4))
-        )
+        responses = list(pool.map(lambda _: serving_fleet.transcription.Transcribe(request, timeout=60), range(4)))
     assert {r.worker_id for r in responses} == {"gpu_worker_00", "gpu_worker_01"}
 
 
@@ -96,4 +90,4 @@ def test_unreachable_gateway_is_unavailable_not_a_hang() -> None:
         stub = transcription_pb2_grpc.TranscriptionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.GetConfig(pb.GetConfigRequest(), timeout=2)
-    assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # type: ignore[attr-defined]
+    assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

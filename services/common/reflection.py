@@ -81,4 +81,9 @@ def _standard_files() -> list[Any]:
     from grpc_reflection.v1alpha import reflection_pb2
 
     # error_details lets grpcurl print the ErrorInfo and RetryInfo our errors carry.
-    return [health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR, duration_pb2.DESCRIPTOR, error_details_pb2.DESCRIPTOR]
+    return [
+        health_pb2.DESCRIPTOR,
+        reflection_pb2.DESCRIPTOR,
+        duration_pb2.DESCRIPTOR,
+        error_details_pb2.DESCRIPTOR,
+    ]

@@ -60,7 +60,7 @@ class WorkerHandle:
             self._channel = None
 
     @property
-    def routing(self) -> tuple[int, str]:
+    def routing(self) -> tuple[fleet_pb2.RoutingState, str]:
         """(RoutingState, reason) from the supervisor state and the latest health answer."""
         if self.supervisor_state not in ("RUNNING", UNSUPERVISED):
             return fleet_pb2.ROUTING_STATE_UNREACHABLE, f"supervisor state {self.supervisor_state}"
@@ -150,7 +150,9 @@ class Registry:
         """Why nothing is serving, for the UNAVAILABLE message."""
         if not self.workers:
             return "no workers are configured or discovered"
-        return "; ".join(f"{w.name}: {w.routing[1] or 'serving'}" for w in sorted(self.workers.values(), key=lambda w: w.name))
+        return "; ".join(
+            f"{w.name}: {w.routing[1] or 'serving'}" for w in sorted(self.workers.values(), key=lambda w: w.name)
+        )
 
     def sorted(self) -> list[WorkerHandle]:
         return sorted(self.workers.values(), key=lambda w: w.name)

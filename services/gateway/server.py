@@ -52,7 +52,12 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     await on_change(0)
     server.add_insecure_port(settings.gateway_address)
     await server.start()
-    log.info("gateway_listening", address=settings.gateway_address, supervisor=supervisor_url, static=settings.static_workers)
+    log.info(
+        "gateway_listening",
+        address=settings.gateway_address,
+        supervisor=supervisor_url,
+        static=settings.static_workers,
+    )
     monitor_task = asyncio.create_task(monitor.run())
 
     stop = asyncio.Event()

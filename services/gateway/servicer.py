@@ -9,12 +9,12 @@ import grpc
 import structlog
 
 from services.common.config import Settings
+from services.common.convert import limits_pb
 from services.common.errors import RequestError, abort
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
 from services.gateway.registry import Registry, WorkerHandle
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
-from services.common.convert import limits_pb
 
 log = structlog.get_logger()
 
@@ -50,7 +50,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         line.fail_code(code, "WORKER_ERROR")
         await context.abort(code, details, trailing_metadata=tuple(trailing or ()))
 
-    async def Transcribe(self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext) -> pb.TranscribeResponse:
+    async def Transcribe(
+        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranscribeResponse:
         with request_line("Transcribe", context) as line:
             line.fields["audio_bytes"] = len(request.audio_content)
             tried: set[str] = set()
@@ -79,7 +81,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                 return response
 
     async def StreamingTranscribe(
-        self, request_iterator: AsyncIterator[pb.StreamingTranscribeRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.StreamingTranscribeRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
         with request_line("StreamingTranscribe", context) as line:
             try:
@@ -90,7 +94,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             line.fields["worker"] = handle.name
             with handle.track():
                 # The stream stays on this worker for its whole life: its session state lives there.
-                call = handle.transcription.StreamingTranscribe(timeout=context.time_remaining(), metadata=_metadata(line))
+                call = handle.transcription.StreamingTranscribe(
+                    timeout=context.time_remaining(), metadata=_metadata(line)
+                )
                 pump = asyncio.create_task(_pump(request_iterator, call))
                 try:
                     async for response in call:

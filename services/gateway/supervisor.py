@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import xmlrpc.client
 from dataclasses import dataclass
+from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
@@ -45,11 +46,8 @@ class SupervisorClient:
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def processes(self) -> list[ProcessInfo]:
-        rows = self._proxy().supervisor.getAllProcessInfo()
-        return [
-            ProcessInfo(r["group"], r["name"], r["statename"], int(r["pid"]), r["description"])
-            for r in rows  # type: ignore[union-attr]
-        ]
+        rows: list[dict[str, Any]] = self._proxy().supervisor.getAllProcessInfo()  # type: ignore[assignment]
+        return [ProcessInfo(r["group"], r["name"], r["statename"], int(r["pid"]), r["description"]) for r in rows]
 
     def workers(self) -> list[ProcessInfo]:
         return [p for p in self.processes() if p.group == WORKER_GROUP]
@@ -61,7 +59,8 @@ class SupervisorClient:
         return bool(self._proxy().supervisor.stopProcess(name, wait))
 
     def state(self) -> str:
-        return str(self._proxy().supervisor.getState()["statename"])  # type: ignore[index]
+        state: dict[str, Any] = self._proxy().supervisor.getState()  # type: ignore[assignment]
+        return str(state["statename"])
 
     def shutdown(self) -> None:
         self._proxy().supervisor.shutdown()

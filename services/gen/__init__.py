@@ -12,9 +12,14 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 try:
-    from transcription.v1 import fleet_pb2, fleet_pb2_grpc  # noqa: E402
-    from transcription.v1 import transcription_pb2, transcription_pb2_grpc  # noqa: E402
-    from transcription.v1 import worker_pb2, worker_pb2_grpc  # noqa: E402
+    from transcription.v1 import (
+        fleet_pb2,
+        fleet_pb2_grpc,
+        transcription_pb2,
+        transcription_pb2_grpc,
+        worker_pb2,
+        worker_pb2_grpc,
+    )
 except ModuleNotFoundError as exc:  # pragma: no cover - only on a checkout without `make proto`
     raise ImportError("gRPC stubs are missing: run `make proto` (make run and make test do it)") from exc
 

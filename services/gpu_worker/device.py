@@ -56,7 +56,7 @@ class DeviceProbe:
     """Reads NVML for one configured device. `nvml` is the pynvml module, or a fake in tests."""
 
     def __init__(self, device_id: str, enabled: bool, nvml: Any | None = None) -> None:
-        self._nvml = nvml if nvml is not None else (_load_nvml() if enabled else None)
+        self._nvml: Any = nvml if nvml is not None else (_load_nvml() if enabled else None)
         self._device_id = device_id.strip()
         self._handle: Any = None
         self._static = DeviceReport()

@@ -91,8 +91,7 @@ class FasterWhisperEngine:
                 end=float(s.end),
                 text=s.text.strip(),
                 words=tuple(
-                    Word(float(w.start), float(w.end), w.word.strip(), float(w.probability))
-                    for w in (s.words or ())
+                    Word(float(w.start), float(w.end), w.word.strip(), float(w.probability)) for w in (s.words or ())
                 ),
                 avg_logprob=float(s.avg_logprob),
                 no_speech_prob=float(s.no_speech_prob),

@@ -27,7 +27,7 @@ class WorkerRuntime:
         self.pid = os.getpid()
         self.concurrency = concurrency
         self.engine: Engine | None = None
-        self.status = worker_pb2.WORKER_STATUS_STARTING
+        self.status: worker_pb2.WorkerStatus = worker_pb2.WORKER_STATUS_STARTING
         self.status_reason = "loading the model"
         self.started = time.monotonic()
         self.active = 0
@@ -37,7 +37,7 @@ class WorkerRuntime:
         self._slots = asyncio.Semaphore(concurrency)
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="inference")
 
-    def set_status(self, status: int, reason: str = "") -> None:
+    def set_status(self, status: worker_pb2.WorkerStatus, reason: str = "") -> None:
         self.status, self.status_reason = status, reason
 
     def require_engine(self) -> Engine:

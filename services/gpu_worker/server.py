@@ -42,8 +42,7 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
     server = grpc.aio.server(options=server_options(settings))
     health_servicer = health.aio.HealthServicer()
     transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(TranscriptionServicer(runtime, settings), server)
-    probe_holder: list[DeviceProbe] = [DeviceProbe(str(settings.worker_device_id), enabled=False)]
-    worker_servicer = WorkerServicer(runtime, probe_holder[0], settings)
+    worker_servicer = WorkerServicer(runtime, DeviceProbe(str(settings.worker_device_id), enabled=False), settings)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(worker_servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, (*SERVICES, health.SERVICE_NAME))
@@ -73,10 +72,16 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         sys.exit(3)  # supervisord retries, then marks the worker FATAL with this log as the reason
     runtime.engine = engine
     if engine.info.device_kind == "cuda":
-        worker_servicer._probe = DeviceProbe(os.environ.get("CUDA_VISIBLE_DEVICES", "0"), enabled=True)
+        # NVML is asked about the GPU the worker was bound to, by the same identifier CUDA got.
+        worker_servicer.probe = DeviceProbe(os.environ.get("CUDA_VISIBLE_DEVICES", "0"), enabled=True)
     runtime.set_status(worker_pb2.WORKER_STATUS_SERVING)
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
-    log.info("worker_serving", model=engine.info.model, device=engine.info.device, compute_type=engine.info.compute_type)
+    log.info(
+        "worker_serving",
+        model=engine.info.model,
+        device=engine.info.device,
+        compute_type=engine.info.compute_type,
+    )
 
     await stop.wait()
     # Drain: refuse new work first (health Watch sees NOT_SERVING at once), then let in-flight calls end.
@@ -105,7 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    configure_logging(settings.log_level, settings.log_format, service="gpu_worker", worker=f"gpu_worker_{args.process_num:02d}")
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        service="gpu_worker",
+        worker=f"gpu_worker_{args.process_num:02d}",
+    )
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(settings, args.process_num, args.listen))
 

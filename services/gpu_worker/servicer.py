@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 
 from services.common import audio
 from services.common.config import Settings
@@ -32,7 +33,7 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
-def decode_request_audio(request: pb.TranscribeRequest, max_seconds: float):  # type: ignore[no-untyped-def]
+def decode_request_audio(request: pb.TranscribeRequest, max_seconds: float) -> np.ndarray:
     """Audio of a Transcribe request as 16 kHz mono float32, or AudioError."""
     if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
         return audio.decode_linear16(
@@ -84,7 +85,9 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         self._settings = settings
         self._limits = limits_from(settings)
 
-    async def Transcribe(self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext) -> pb.TranscribeResponse:
+    async def Transcribe(
+        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranscribeResponse:
         with request_line("Transcribe", context) as line:
             line.fields["audio_bytes"] = len(request.audio_content)
             try:
@@ -106,7 +109,9 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             return response
 
     async def StreamingTranscribe(
-        self, request_iterator: AsyncIterator[pb.StreamingTranscribeRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.StreamingTranscribeRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
         with request_line("StreamingTranscribe", context) as line:
             self._rt.streams += 1
@@ -122,7 +127,9 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             finally:
                 self._rt.streams -= 1
 
-    async def _next(self, requests: AsyncIterator[pb.StreamingTranscribeRequest]) -> pb.StreamingTranscribeRequest | None:
+    async def _next(
+        self, requests: AsyncIterator[pb.StreamingTranscribeRequest]
+    ) -> pb.StreamingTranscribeRequest | None:
         timeout = self._limits.stream_idle_timeout_s
         try:
             return await asyncio.wait_for(anext(requests), timeout)
@@ -217,13 +224,13 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def __init__(self, runtime: WorkerRuntime, probe: DeviceProbe, settings: Settings) -> None:
         self._rt = runtime
-        self._probe = probe
+        self.probe = probe
         self._settings = settings
 
     def health(self) -> worker_pb2.WorkerHealth:
         rt = self._rt
         engine = rt.engine
-        device = self._probe.read(rt.pid)
+        device = self.probe.read(rt.pid)
         on_gpu = engine is not None and engine.info.device_kind == "cuda"
         health = worker_pb2.WorkerHealth(
             worker_id=rt.worker_id,

@@ -204,7 +204,7 @@ class StreamingSession:
             return
         # Cut between the last committed word and the next one, so neither is clipped.
         cut_time = final[-1].end if not tail else (final[-1].end + tail[0].start) / 2
-        self._drop_before(int(round(cut_time * SAMPLE_RATE)))
+        self._drop_before(round(cut_time * SAMPLE_RATE))
 
     def _drop_before(self, sample: int) -> None:
         """Forget the buffered audio before stream position `sample`."""

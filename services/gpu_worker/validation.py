@@ -42,9 +42,7 @@ def decode_options(options: pb.RecognitionOptions, limits: Limits, engine: Engin
         raise _invalid("TRANSLATE_UNSUPPORTED", "task TRANSLATE needs a multilingual model; this one is English-only")
     beam_size = options.beam_size or DEFAULT_BEAM_SIZE
     if beam_size > limits.max_beam_size:
-        raise _invalid(
-            "BEAM_SIZE_TOO_LARGE", f"beam_size {beam_size} is over the maximum {limits.max_beam_size}"
-        )
+        raise _invalid("BEAM_SIZE_TOO_LARGE", f"beam_size {beam_size} is over the maximum {limits.max_beam_size}")
     if len(options.initial_prompt) > limits.max_initial_prompt_chars:
         raise _invalid(
             "INITIAL_PROMPT_TOO_LONG",
