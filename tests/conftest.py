@@ -88,6 +88,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         GATEWAY_ADDRESS=address,
         RUN_DIR=str(home / "run"),
         HEALTH_INTERVAL_S="0.25",
+        GATEWAY_QUEUE_SIZE="6",
+        SHARD_MIN_SECONDS="20",
         STREAM_IDLE_TIMEOUT_S="5",
         LOG_FORMAT="json",
     )

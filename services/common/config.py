@@ -129,6 +129,11 @@ class Settings:
     static_workers: tuple[str, ...]
     # HEALTH_INTERVAL_S (0.5): how often the gateway polls supervisord and each worker's health.
     health_interval_s: float
+    # GATEWAY_QUEUE_SIZE (64): calls that may wait for a free worker slot; more get RESOURCE_EXHAUSTED.
+    gateway_queue_size: int
+    # SHARD_MIN_SECONDS (120): a Transcribe this long or longer is split at silences over all serving
+    # workers; 0 turns sharding off.
+    shard_min_seconds: float
     # MAX_MESSAGE_MB (64): largest gRPC message in MiB, both ways.
     max_message_mb: int
     # MAX_AUDIO_SECONDS (7200): longest audio one Transcribe call may carry.
@@ -217,6 +222,8 @@ _SPEC: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
     "run_dir": ("RUN_DIR", "./run", _path),
     "static_workers": ("STATIC_WORKERS", "", _endpoints),
     "health_interval_s": ("HEALTH_INTERVAL_S", "0.5", _float(0.05)),
+    "gateway_queue_size": ("GATEWAY_QUEUE_SIZE", "64", _int(0, 100_000)),
+    "shard_min_seconds": ("SHARD_MIN_SECONDS", "120", _float(0)),
     "max_message_mb": ("MAX_MESSAGE_MB", "64", _int(1, 2047)),
     "max_audio_seconds": ("MAX_AUDIO_SECONDS", "7200", _float(1)),
     "max_stream_seconds": ("MAX_STREAM_SECONDS", "14400", _float(1)),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 from google.protobuf import duration_pb2
 
+from services.common import audio
 from services.common.config import Settings
 from services.gen import transcription_pb2 as pb
 from services.gpu_worker.engine import EngineResult, Segment, Word
@@ -69,3 +71,12 @@ def limits_pb(settings: Settings) -> pb.Limits:
         max_initial_prompt_chars=settings.max_initial_prompt_chars,
         stream_idle_timeout=duration(settings.stream_idle_timeout_s),
     )
+
+
+def decode_request_audio(request: pb.TranscribeRequest, max_seconds: float) -> np.ndarray:
+    """Audio of a Transcribe request as 16 kHz mono float32, or AudioError."""
+    if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
+        return audio.decode_linear16(
+            request.audio_content, request.sample_rate_hertz, request.audio_channel_count, max_seconds
+        )
+    return audio.decode_container(request.audio_content, max_seconds)

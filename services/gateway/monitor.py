@@ -25,11 +25,13 @@ class FleetMonitor:
         settings: Settings,
         supervisor: SupervisorClient | None,
         on_change: Callable[[int], Awaitable[None]],
+        after_refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._registry = registry
         self._settings = settings
         self._supervisor = supervisor
         self._on_change = on_change
+        self._after_refresh = after_refresh
         self._serving: int | None = None
         self._routing: dict[str, int] = {}
 
@@ -53,6 +55,8 @@ class FleetMonitor:
         if serving != self._serving:
             self._serving = serving
             await self._on_change(serving)
+        if self._after_refresh is not None:
+            await self._after_refresh()
 
     async def _discover(self) -> None:
         for endpoint in self._settings.static_workers:

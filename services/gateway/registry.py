@@ -38,6 +38,7 @@ class WorkerHandle:
     health_time: float = 0.0
     health_error: str = ""
     in_flight: int = 0
+    streams: int = 0
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
 
     @property
@@ -82,18 +83,23 @@ class WorkerHandle:
         """A call failed with UNAVAILABLE: stop routing here until the next health answer."""
         self.health_error = reason
 
+    @property
+    def capacity(self) -> int:
+        """Calls the worker runs at once (its WORKER_CONCURRENCY, as its health reports)."""
+        return max(1, self.health.max_concurrent_requests) if self.health else 1
+
     @contextmanager
-    def track(self) -> Iterator[None]:
-        self.in_flight += 1
+    def track_stream(self) -> Iterator[None]:
+        self.streams += 1
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self.streams -= 1
 
     def load(self) -> tuple[int, int]:
-        """What least-loaded routing compares: our calls in flight, then the worker's own count."""
+        """What least-loaded routing compares: our calls and streams on it, then the worker's own count."""
         reported = self.health.active_requests + self.health.queued_requests if self.health else 0
-        return self.in_flight, reported
+        return self.in_flight + self.streams, reported
 
     def to_pb(self) -> fleet_pb2.Worker:
         state, reason = self.routing
@@ -104,6 +110,7 @@ class WorkerHandle:
             routing_state=state,
             routing_reason=reason,
             in_flight=self.in_flight,
+            streams=self.streams,
             supervisor_pid=self.supervisor_pid,
         )
         if self.health is not None:

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
+from services.gateway.dispatch import Dispatcher
 from services.gateway.monitor import FleetMonitor
 from services.gateway.registry import Registry
 from services.gateway.servicer import FleetServicer, TranscriptionProxy
@@ -33,9 +34,12 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
     registry = Registry(channel_options=options)
+    dispatcher = Dispatcher(registry, settings.gateway_queue_size)
     server = grpc.aio.server(options=options)
     health_servicer = health.aio.HealthServicer()
-    transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(TranscriptionProxy(registry, settings), server)
+    transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(
+        TranscriptionProxy(registry, dispatcher, settings), server
+    )
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(registry), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, (*SERVICES, health.SERVICE_NAME))
@@ -48,7 +52,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         log.info("fleet_serving", serving_workers=serving)
 
     supervisor = SupervisorClient(supervisor_url) if supervisor_url else None
-    monitor = FleetMonitor(registry, settings, supervisor, on_change)
+    monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify)
     await on_change(0)
     server.add_insecure_port(settings.gateway_address)
     await server.start()

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 import structlog
 
+from services.common import audio
 from services.common.config import Settings
-from services.common.convert import limits_pb
+from services.common.convert import decode_request_audio, limits_pb
 from services.common.errors import RequestError, abort
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
+from services.gateway import shard
+from services.gateway.dispatch import Dispatcher
 from services.gateway.registry import Registry, WorkerHandle
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
@@ -30,8 +36,9 @@ def _passthrough(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, grpc.
 
 
 class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
-    def __init__(self, registry: Registry, settings: Settings) -> None:
+    def __init__(self, registry: Registry, dispatcher: Dispatcher, settings: Settings) -> None:
         self._registry = registry
+        self._dispatch = dispatcher
         self._settings = settings
 
     def _pick(self, tried: set[str]) -> WorkerHandle:
@@ -55,30 +62,94 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
     ) -> pb.TranscribeResponse:
         with request_line("Transcribe", context) as line:
             line.fields["audio_bytes"] = len(request.audio_content)
-            tried: set[str] = set()
-            while True:
-                try:
-                    handle = self._pick(tried)
-                except RequestError as err:
-                    line.fail(err)
-                    await abort(context, err)
+            try:
+                pieces = await self._shard_plan(request)
+                if pieces is None:
+                    response = await self._unary(request, context, line)
+                else:
+                    response = await self._sharded(pieces, context, line)
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
+            except grpc.aio.AioRpcError as exc:
+                await self._fail(context, line, exc)
+            response.request_id = line.request_id
+            line.fields.update(
+                worker=response.worker_id, audio_s=round(response.audio_duration.ToNanoseconds() / 1e9, 3)
+            )
+            return response
+
+    async def _unary(
+        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext, line: RequestLine
+    ) -> pb.TranscribeResponse:
+        """One call on one worker; a worker that goes away mid-call is replaced (the call is idempotent)."""
+        tried: set[str] = set()
+        while True:
+            async with self._dispatch.slot(tried, context.time_remaining()) as handle:
                 tried.add(handle.name)
-                line.fields["worker"] = handle.name
                 try:
-                    with handle.track():
-                        response: pb.TranscribeResponse = await handle.transcription.Transcribe(
-                            request, timeout=context.time_remaining(), metadata=_metadata(line)
-                        )
+                    response: pb.TranscribeResponse = await handle.transcription.Transcribe(
+                        request, timeout=context.time_remaining(), metadata=_metadata(line)
+                    )
+                    return response
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                        # The worker went away or is draining; the call is idempotent, so try another.
-                        handle.mark_unreachable(f"call failed: {exc.details()}")
-                        log.warning("worker_unavailable_retrying", worker=handle.name, details=exc.details())
-                        continue
-                    await self._fail(context, line, exc)
-                response.request_id = line.request_id
-                line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
-                return response
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    handle.mark_unreachable(f"call failed: {exc.details()}")
+                    log.warning("worker_unavailable_retrying", worker=handle.name, details=exc.details())
+
+    async def _shard_plan(self, request: pb.TranscribeRequest) -> list[tuple[float, pb.TranscribeRequest]] | None:
+        """Pieces of a long recording for parallel transcription, or None to send it whole."""
+        serving = sum(1 for w in self._registry.workers.values() if w.serving)
+        threshold = self._settings.shard_min_seconds
+        if serving < 2 or threshold <= 0:
+            return None
+        try:
+            if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
+                channels = audio.check_pcm_format(request.sample_rate_hertz, request.audio_channel_count)
+                duration = len(request.audio_content) / (2 * channels * request.sample_rate_hertz)
+            else:
+                declared = await asyncio.to_thread(shard.container_duration, request.audio_content)
+                duration = declared or 0.0
+            if duration < threshold or duration > self._settings.max_audio_seconds:
+                return None
+            samples = await asyncio.to_thread(decode_request_audio, request, self._settings.max_audio_seconds)
+        except audio.AudioError:
+            return None  # the worker answers with the precise error
+        seconds = samples.size / audio.SAMPLE_RATE
+        pieces = shard.piece_count(seconds, serving)
+        # Each piece must also fit in one gRPC message.
+        pieces = max(pieces, math.ceil(samples.size * 2 / (0.9 * self._settings.max_message_bytes)))
+        if pieces < 2:
+            return None
+        bounds = [0, *shard.split_points(samples, pieces), samples.size]
+        return [
+            (
+                start / audio.SAMPLE_RATE,
+                pb.TranscribeRequest(
+                    audio_content=shard.pcm16(samples[start:end]),
+                    encoding=pb.AUDIO_ENCODING_LINEAR16,
+                    sample_rate_hertz=audio.SAMPLE_RATE,
+                    audio_channel_count=1,
+                    options=request.options,
+                ),
+            )
+            for start, end in itertools.pairwise(bounds)
+        ]
+
+    async def _sharded(
+        self, pieces: list[tuple[float, pb.TranscribeRequest]], context: grpc.aio.ServicerContext, line: RequestLine
+    ) -> pb.TranscribeResponse:
+        started = time.perf_counter()
+        line.fields["pieces"] = len(pieces)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [(offset, group.create_task(self._unary(piece, context, line))) for offset, piece in pieces]
+        except* (RequestError, grpc.aio.AioRpcError) as failed:
+            raise failed.exceptions[0] from None
+        merged = shard.merge([(offset, task.result()) for offset, task in tasks])
+        merged.processing_time.FromNanoseconds(round((time.perf_counter() - started) * 1e9))
+        return merged
 
     async def StreamingTranscribe(
         self,
@@ -92,7 +163,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                 line.fail(err)
                 await abort(context, err)
             line.fields["worker"] = handle.name
-            with handle.track():
+            with handle.track_stream():
                 # The stream stays on this worker for its whole life: its session state lives there.
                 call = handle.transcription.StreamingTranscribe(
                     timeout=context.time_remaining(), metadata=_metadata(line)

@@ -7,11 +7,10 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 
 from services.common import audio
 from services.common.config import Settings
-from services.common.convert import alternative, duration, limits_pb, transcribe_response
+from services.common.convert import alternative, decode_request_audio, duration, limits_pb, transcribe_response
 from services.common.errors import RequestError, abort
 from services.common.rpclog import request_line
 from services.gen import transcription_pb2 as pb
@@ -31,15 +30,6 @@ def limits_from(settings: Settings) -> Limits:
         max_beam_size=settings.max_beam_size,
         max_initial_prompt_chars=settings.max_initial_prompt_chars,
     )
-
-
-def decode_request_audio(request: pb.TranscribeRequest, max_seconds: float) -> np.ndarray:
-    """Audio of a Transcribe request as 16 kHz mono float32, or AudioError."""
-    if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
-        return audio.decode_linear16(
-            request.audio_content, request.sample_rate_hertz, request.audio_channel_count, max_seconds
-        )
-    return audio.decode_container(request.audio_content, max_seconds)
 
 
 def _transcribe_blocking(

@@ -1,0 +1,106 @@
+"""Fleet behaviour under load: the bounded queue, long-file sharding, cancellation."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from services.common.errors import error_reason
+from services.gen import transcription_pb2 as pb
+from tests.conftest import Fleet
+from tests.helpers import clip, read_wav, stream_requests, wait_for, words_of
+
+
+def retry_delay_s(err: grpc.RpcError) -> float | None:
+    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    info = error_details_pb2.RetryInfo()
+                    detail.Unpack(info)
+                    return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+def test_full_queue_is_refused_with_retry_info(serving_fleet: Fleet) -> None:
+    # 2 workers x 1 slot + GATEWAY_QUEUE_SIZE=6 queued: of 14 calls at once, at least 6 are refused.
+    request = pb.TranscribeRequest(audio_content=clip("speech_long.wav"))
+    futures = [serving_fleet.transcription.Transcribe.future(request, timeout=120) for _ in range(14)]
+    done, refused = [], []
+    for future in futures:
+        try:
+            done.append(future.result())
+        except grpc.RpcError as err:
+            refused.append(err)
+    assert refused, "nothing was refused"
+    for err in refused:
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()  # type: ignore[attr-defined]
+        assert error_reason(err.trailing_metadata()) == "QUEUE_FULL"  # type: ignore[attr-defined]
+        delay = retry_delay_s(err)
+        assert delay is not None and 0.5 <= delay <= 30
+    assert len(done) >= 8  # every slot and every queue place was used
+    assert all("coat" in r.transcript.lower() for r in done)
+
+
+def test_long_recording_is_sharded_over_both_workers_with_exact_offsets(serving_fleet: Fleet) -> None:
+    pcm, rate, _ = read_wav("speech_long.wav")
+    silence = b"\0\0" * rate  # 1 s between copies
+    audio = (pcm + silence) * 5  # about 65 s: over SHARD_MIN_SECONDS=20, and two 30 s pieces
+    request = pb.TranscribeRequest(
+        audio_content=audio,
+        encoding=pb.AUDIO_ENCODING_LINEAR16,
+        sample_rate_hertz=rate,
+        options=pb.RecognitionOptions(enable_word_time_offsets=True),
+    )
+    response = serving_fleet.transcription.Transcribe(request, timeout=120)
+    assert set(response.worker_id.split(",")) == {"gpu_worker_00", "gpu_worker_01"}
+    assert words_of(response.transcript).count("coat") == 5
+    assert abs(response.audio_duration.ToNanoseconds() / 1e9 - len(audio) / 2 / rate) < 0.05
+    words = [w for s in response.segments for w in s.words]
+    starts = [w.start_offset.ToNanoseconds() / 1e9 for w in words]
+    assert starts == sorted(starts)
+    # The last "coat" is said near the end of the fifth copy: its time must carry the piece offset.
+    last_coat = [w for w in words if w.word.lower().startswith("coat")][-1]
+    expected = 4 * (len(pcm) + len(silence)) / 2 / rate + 10.5
+    assert abs(last_coat.start_offset.ToNanoseconds() / 1e9 - expected) < 1.5
+    assert [s.id for s in response.segments] == list(range(len(response.segments)))
+
+
+def test_cancelled_stream_frees_its_worker_within_1s(serving_fleet: Fleet) -> None:
+    pcm, rate, _ = read_wav("speech_long.wav")
+    call = serving_fleet.transcription.StreamingTranscribe(
+        stream_requests(pcm, rate, pace=1.0, interim_results=True), timeout=60
+    )
+    first = next(call)  # the stream is running on a worker
+    worker = first.worker_id
+
+    def streams_on(name: str) -> int:
+        return serving_fleet.workers()[name].health.active_streams
+
+    assert streams_on(worker) == 1
+    cancelled_at = time.monotonic()
+    call.cancel()
+    assert wait_for(lambda: streams_on(worker) == 0, 1.5)
+    assert time.monotonic() - cancelled_at < 1.5  # 1 s plus one health poll
+
+
+def test_queue_never_blocks_streams(serving_fleet: Fleet) -> None:
+    """Streams are pinned, not queued: a stream starts while unary calls fill every slot."""
+    long_request = pb.TranscribeRequest(audio_content=clip("speech_long.wav"))
+    busy = [serving_fleet.transcription.Transcribe.future(long_request, timeout=120) for _ in range(4)]
+    results: list[pb.StreamingTranscribeResponse] = []
+    pcm, rate, _ = read_wav("speech_short.wav")
+
+    def stream() -> None:
+        results.extend(serving_fleet.transcription.StreamingTranscribe(stream_requests(pcm, rate, pace=0), timeout=120))
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    thread.join(120)
+    for future in busy:
+        future.result()
+    text = " ".join(r.alternatives[0].transcript for resp in results for r in resp.results if r.is_final)
+    assert "lazy" in text.lower()
