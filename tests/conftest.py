@@ -28,6 +28,7 @@ class Fleet:
     run_dir: Path
     env: dict[str, str]
     channel: grpc.Channel
+    metrics: str
 
     @property
     def transcription(self) -> transcription_pb2_grpc.TranscriptionServiceStub:
@@ -78,6 +79,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     conf = home / "supervisord.conf"
     shutil.copy(ROOT / "supervisord.conf", conf)
     address = f"127.0.0.1:{free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
     env.update(
         SCRIBE_ENV_FILE=str(home / "no.env"),
@@ -89,12 +91,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         RUN_DIR=str(home / "run"),
         HEALTH_INTERVAL_S="0.25",
         GATEWAY_QUEUE_SIZE="6",
+        METRICS_ADDRESS=metrics,
         SHARD_MIN_SECONDS="20",
         STREAM_IDLE_TIMEOUT_S="5",
         LOG_FORMAT="json",
     )
     channel = grpc.insecure_channel(address)
-    f = Fleet(address=address, conf=conf, run_dir=home / "run", env=env, channel=channel)
+    f = Fleet(address=address, conf=conf, run_dir=home / "run", env=env, channel=channel, metrics=metrics)
     started = f.scribe("start", "--wait", "120", check=False)
     try:
         assert started.returncode == 0, started.stderr + _logs(home / "run")

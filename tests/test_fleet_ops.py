@@ -15,7 +15,7 @@ from tests.helpers import clip, read_wav, stream_requests, wait_for, words_of
 
 
 def retry_delay_s(err: grpc.RpcError) -> float | None:
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in err.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             for detail in status_pb2.Status.FromString(value).details:
                 if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
@@ -37,8 +37,8 @@ def test_full_queue_is_refused_with_retry_info(serving_fleet: Fleet) -> None:
             refused.append(err)
     assert refused, "nothing was refused"
     for err in refused:
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()  # type: ignore[attr-defined]
-        assert error_reason(err.trailing_metadata()) == "QUEUE_FULL"  # type: ignore[attr-defined]
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+        assert error_reason(err.trailing_metadata()) == "QUEUE_FULL"
         delay = retry_delay_s(err)
         assert delay is not None and 0.5 <= delay <= 30
     assert len(done) >= 8  # every slot and every queue place was used
@@ -104,3 +104,22 @@ def test_queue_never_blocks_streams(serving_fleet: Fleet) -> None:
         future.result()
     text = " ".join(r.alternatives[0].transcript for resp in results for r in resp.results if r.is_final)
     assert "lazy" in text.lower()
+
+
+def test_prometheus_metrics_and_status_totals(serving_fleet: Fleet) -> None:
+    import urllib.request
+
+    serving_fleet.transcription.Transcribe(pb.TranscribeRequest(audio_content=clip("speech_short.flac")), timeout=60)
+    text = urllib.request.urlopen(f"http://{serving_fleet.metrics}/metrics", timeout=5).read().decode()
+    samples = {}
+    for row in text.splitlines():
+        if row and not row.startswith("#"):
+            key, value = row.rsplit(" ", 1)
+            samples[key] = float(value)
+    assert samples['scribe_requests_total{code="OK",method="Transcribe"}'] >= 1
+    assert samples['scribe_audio_seconds_total{method="Transcribe"}'] >= 3.4
+    assert samples['scribe_worker_serving{worker="gpu_worker_00"}'] == 1
+    assert samples['scribe_worker_rss_bytes{worker="gpu_worker_01"}'] > 50 * 2**20
+    assert "scribe_queue_depth" in samples
+    status = serving_fleet.scribe("status").stdout
+    assert "queue 0/6" in status and "ok" in status

@@ -194,7 +194,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"supervisord is not running either ({err})", file=sys.stderr)
         return 1
     print(format_table(status_rows(list(listed.workers))))
+    print(stats_line(listed.stats))
     return 0
+
+
+def stats_line(stats: fleet_pb2.FleetStats) -> str:
+    return (
+        f"queue {stats.queued_requests}/{stats.queue_size}  streams {stats.active_streams}  "
+        f"requests {stats.requests_ok} ok, {stats.requests_failed} failed  "
+        f"audio {stats.audio_seconds:.1f} s  realtime factor (last minute) {stats.realtime_factor:.2f}"
+    )
 
 
 def _stub(address: str) -> tuple[grpc.Channel, transcription_pb2_grpc.TranscriptionServiceStub]:

@@ -85,6 +85,10 @@ def _address(name: str, raw: str) -> str:
     return value
 
 
+def _optional_address(name: str, raw: str) -> str:
+    return _address(name, raw) if raw.strip() else ""
+
+
 def _endpoints(name: str, raw: str) -> tuple[str, ...]:
     items = tuple(item.strip() for item in raw.split(",") if item.strip())
     for item in items:
@@ -131,6 +135,8 @@ class Settings:
     health_interval_s: float
     # GATEWAY_QUEUE_SIZE (64): calls that may wait for a free worker slot; more get RESOURCE_EXHAUSTED.
     gateway_queue_size: int
+    # METRICS_ADDRESS (127.0.0.1:9464): where the gateway serves Prometheus metrics; empty turns them off.
+    metrics_address: str
     # SHARD_MIN_SECONDS (120): a Transcribe this long or longer is split at silences over all serving
     # workers; 0 turns sharding off.
     shard_min_seconds: float
@@ -224,6 +230,7 @@ _SPEC: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
     "health_interval_s": ("HEALTH_INTERVAL_S", "0.5", _float(0.05)),
     "gateway_queue_size": ("GATEWAY_QUEUE_SIZE", "64", _int(0, 100_000)),
     "shard_min_seconds": ("SHARD_MIN_SECONDS", "120", _float(0)),
+    "metrics_address": ("METRICS_ADDRESS", "127.0.0.1:9464", _optional_address),
     "max_message_mb": ("MAX_MESSAGE_MB", "64", _int(1, 2047)),
     "max_audio_seconds": ("MAX_AUDIO_SECONDS", "7200", _float(1)),
     "max_stream_seconds": ("MAX_STREAM_SECONDS", "14400", _float(1)),

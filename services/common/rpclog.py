@@ -6,7 +6,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,7 +46,12 @@ class RequestLine:
 
 
 @contextmanager
-def request_line(method: str, context: grpc.aio.ServicerContext) -> Iterator[RequestLine]:
+def request_line(
+    method: str,
+    context: grpc.aio.ServicerContext,
+    observe: Callable[[RequestLine, float], None] | None = None,
+) -> Iterator[RequestLine]:
+    """Bind the request id for the block; at its end log the canonical line and call `observe`."""
     line = RequestLine(method, request_id_from(context))
     tokens = structlog.contextvars.bind_contextvars(request_id=line.request_id, method=method)
     started = time.perf_counter()
@@ -61,11 +66,14 @@ def request_line(method: str, context: grpc.aio.ServicerContext) -> Iterator[Req
             log.exception("request_failed")
         raise
     finally:
+        elapsed = time.perf_counter() - started
+        if observe is not None:
+            observe(line, elapsed)
         log.info(
             "request",
             code=line.code.name,
             reason=line.reason,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            duration_ms=round(elapsed * 1000, 1),
             peer=context.peer(),
             **line.fields,
         )

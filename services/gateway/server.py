@@ -15,6 +15,7 @@ from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
 from services.gateway.dispatch import Dispatcher
+from services.gateway.metrics import GatewayStats
 from services.gateway.monitor import FleetMonitor
 from services.gateway.registry import Registry
 from services.gateway.servicer import FleetServicer, TranscriptionProxy
@@ -35,12 +36,13 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     ]
     registry = Registry(channel_options=options)
     dispatcher = Dispatcher(registry, settings.gateway_queue_size)
+    stats = GatewayStats(registry, dispatcher)
     server = grpc.aio.server(options=options)
     health_servicer = health.aio.HealthServicer()
     transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(
-        TranscriptionProxy(registry, dispatcher, settings), server
+        TranscriptionProxy(registry, dispatcher, stats, settings), server
     )
-    fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(registry), server)
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(registry, stats), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, (*SERVICES, health.SERVICE_NAME))
 
@@ -54,6 +56,8 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     supervisor = SupervisorClient(supervisor_url) if supervisor_url else None
     monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify)
     await on_change(0)
+    if settings.metrics_address:
+        stats.serve(settings.metrics_address)
     server.add_insecure_port(settings.gateway_address)
     await server.start()
     log.info(

@@ -18,6 +18,7 @@ from services.common.errors import RequestError, abort
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
 from services.gateway import shard
 from services.gateway.dispatch import Dispatcher
+from services.gateway.metrics import GatewayStats
 from services.gateway.registry import Registry, WorkerHandle
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
@@ -36,9 +37,10 @@ def _passthrough(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, grpc.
 
 
 class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
-    def __init__(self, registry: Registry, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(self, registry: Registry, dispatcher: Dispatcher, stats: GatewayStats, settings: Settings) -> None:
         self._registry = registry
         self._dispatch = dispatcher
+        self._stats = stats
         self._settings = settings
 
     def _pick(self, tried: set[str]) -> WorkerHandle:
@@ -60,7 +62,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
     async def Transcribe(
         self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TranscribeResponse:
-        with request_line("Transcribe", context) as line:
+        with request_line("Transcribe", context, self._stats.observe) as line:
             line.fields["audio_bytes"] = len(request.audio_content)
             try:
                 pieces = await self._shard_plan(request)
@@ -156,13 +158,14 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         request_iterator: AsyncIterator[pb.StreamingTranscribeRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
-        with request_line("StreamingTranscribe", context) as line:
+        with request_line("StreamingTranscribe", context, self._stats.observe) as line:
             try:
                 handle = self._pick(set())
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
             line.fields["worker"] = handle.name
+            self._stats.active_streams += 1
             with handle.track_stream():
                 # The stream stays on this worker for its whole life: its session state lives there.
                 call = handle.transcription.StreamingTranscribe(
@@ -177,9 +180,10 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                 finally:
                     pump.cancel()
                     call.cancel()
+                    self._stats.active_streams -= 1
 
     async def GetConfig(self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
-        with request_line("GetConfig", context) as line:
+        with request_line("GetConfig", context, self._stats.observe) as line:
             try:
                 handle = self._pick(set())
                 response: pb.GetConfigResponse = await handle.transcription.GetConfig(
@@ -206,10 +210,13 @@ async def _pump(requests: AsyncIterator[pb.StreamingTranscribeRequest], call: gr
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, stats: GatewayStats) -> None:
         self._registry = registry
+        self._stats = stats
 
     async def ListWorkers(
         self, request: fleet_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ListWorkersResponse:
-        return fleet_pb2.ListWorkersResponse(workers=[w.to_pb() for w in self._registry.sorted()])
+        return fleet_pb2.ListWorkersResponse(
+            workers=[w.to_pb() for w in self._registry.sorted()], stats=self._stats.to_pb()
+        )
