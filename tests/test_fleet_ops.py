@@ -33,13 +33,13 @@ def test_full_queue_is_refused_with_retry_info(serving_fleet: Fleet) -> None:
     for future in futures:
         try:
             done.append(future.result())
-        except grpc.RpcError as err:
-            refused.append(err)
+        except grpc.RpcError as exc:
+            refused.append(exc)
     assert refused, "nothing was refused"
-    for err in refused:
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
-        assert error_reason(err.trailing_metadata()) == "QUEUE_FULL"
-        delay = retry_delay_s(err)
+    for rejected in refused:
+        assert rejected.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, rejected.details()  # type: ignore[attr-defined]
+        assert error_reason(rejected.trailing_metadata()) == "QUEUE_FULL"  # type: ignore[attr-defined]
+        delay = retry_delay_s(rejected)
         assert delay is not None and 0.5 <= delay <= 30
     assert len(done) >= 8  # every slot and every queue place was used
     assert all("coat" in r.transcript.lower() for r in done)
