@@ -37,8 +37,8 @@ def test_full_queue_is_refused_with_retry_info(serving_fleet: Fleet) -> None:
             refused.append(exc)
     assert refused, "nothing was refused"
     for rejected in refused:
-        assert rejected.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, rejected.details()  # type: ignore[attr-defined]
-        assert error_reason(rejected.trailing_metadata()) == "QUEUE_FULL"  # type: ignore[attr-defined]
+        assert rejected.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, rejected.details()
+        assert error_reason(rejected.trailing_metadata()) == "QUEUE_FULL"
         delay = retry_delay_s(rejected)
         assert delay is not None and 0.5 <= delay <= 30
     assert len(done) >= 8  # every slot and every queue place was used
