@@ -42,6 +42,7 @@ def test_env_example_is_a_valid_configuration() -> None:
     [
         ("GPU_SCALE_WORKERS", "zero", "must be an integer"),
         ("GPU_SCALE_WORKERS", "0", "between 1 and 64"),
+        ("GPU_SCALE_WORKERS", "65", "between 1 and 64"),
         ("GPU_SCALE_ENABLED", "maybe", "true or false"),
         ("GATEWAY_ADDRESS", "localhost", "HOST:PORT"),
         ("WHISPER_DEVICE", "tpu", "one of auto, cpu, cuda"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from services.gen import fleet_pb2
 from services.gen import transcription_pb2 as pb
@@ -57,3 +58,45 @@ def test_scribe_status_agrees_with_supervisorctl(serving_fleet: Fleet) -> None:
             assert row.split()[1] == state, (status, ctl)
     assert status.count("SERVING") == 2
     assert "cpu" in status
+
+
+def test_scale_up_and_down_under_load_fails_nothing(serving_fleet: Fleet) -> None:
+    import threading
+
+    import grpc
+
+    fleet = serving_fleet
+    request = pb.TranscribeRequest(audio_content=clip("speech_short.flac"))
+    stop = threading.Event()
+    failures: list[str] = []
+    served: list[str] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                served.append(fleet.transcription.Transcribe(request, timeout=60).worker_id)
+            except grpc.RpcError as err:
+                failures.append(f"{err.code()}: {err.details()}")  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        up = fleet.scribe("scale", "3")
+        assert "3 workers" in up.stderr
+        fleet.wait_all_serving(("gpu_worker_00", "gpu_worker_01", "gpu_worker_02"), timeout=60)
+        assert "gpu_worker_02" in fleet.supervisorctl("status").stdout
+        assert wait_for(lambda: "gpu_worker_02" in served, 30)  # the new worker takes work
+        fleet.scribe("scale", "1")
+        assert wait_for(lambda: fleet.serving() == {"gpu_worker_00"}, 10), fleet.workers()
+        assert wait_for(lambda: "gpu_worker_02" not in fleet.workers(), 2)  # its group is gone, not just stopped
+        count = len(served)
+        assert wait_for(lambda: len(served) >= count + 3, 30)
+        fleet.scribe("scale", "2")
+        fleet.wait_all_serving(timeout=60)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert failures == []
+    assert "GPU_SCALE_WORKERS=2" in Path(fleet.env["SCRIBE_ENV_FILE"]).read_text()

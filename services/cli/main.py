@@ -9,13 +9,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
+from dotenv import set_key
 
 import services
+from services.cli import scale
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container
+from services.common.capacity import CapacityError
 from services.common.config import ConfigError, Settings
 from services.gateway.supervisor import SupervisorClient
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc, worker_pb2
@@ -44,11 +48,18 @@ def supervisor_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def env_file() -> Path:
+    """SCRIBE_ENV_FILE, else .env in the current folder, else the repository's .env."""
+    if os.environ.get("SCRIBE_ENV_FILE"):
+        return Path(os.environ["SCRIBE_ENV_FILE"])
+    return Path(".env") if Path(".env").is_file() else HOME / ".env"
+
+
 def _settings(overrides: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ)
     env.update(overrides or {})
     try:
-        return Settings.from_env(env)
+        return Settings.from_env(env, env_file=env_file())
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
 
@@ -72,6 +83,15 @@ def cmd_start(args: argparse.Namespace) -> int:
     if _supervisord_running(conf):
         print(f"scribe is already running ({control_url(conf)}); `scribe status` shows it", file=sys.stderr)
         return 1
+    try:
+        count = scale.resolve_count(settings, settings.gpu_scale_workers if settings.gpu_scale_enabled else 1)
+    except CapacityError as exc:
+        print(f"scribe: {exc}", file=sys.stderr)
+        return 2
+    settings = replace(settings, gpu_scale_workers=count)
+    # Extra groups from an earlier `scribe scale` are folded into numprocs now.
+    for extra in scale.scaled_dir(conf).glob("*.conf"):
+        extra.unlink()
     for folder in (settings.run_dir, settings.run_dir / "logs", conf.resolve().parent / "run"):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o700)  # worker sockets and the control socket: only this user may reach them
@@ -111,6 +131,36 @@ def wait_ready(address: str, workers: int, timeout: float) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    conf = Path(args.config)
+    if not _supervisord_running(conf):
+        print("scribe is not running: set GPU_SCALE_WORKERS in .env and `scribe start`", file=sys.stderr)
+        return 1
+    settings = _settings()
+    running = sum(
+        1 for p in SupervisorClient(control_url(conf)).workers() if p.state in ("RUNNING", "STARTING", "BACKOFF")
+    )
+    requested = 0 if args.workers == "auto" else int(args.workers)
+    try:
+        # Workers already running hold their memory: only the added ones must fit in what is free.
+        target = scale.resolve_count(settings, requested, running=min(running, requested or running))
+    except CapacityError as exc:
+        print(f"scribe: {exc}", file=sys.stderr)
+        return 2
+    steps = scale.scale(conf, target)
+    path = env_file()
+    path.touch(exist_ok=True)
+    set_key(str(path), "GPU_SCALE_WORKERS", str(target), quote_mode="never")
+    if target > 1:
+        set_key(str(path), "GPU_SCALE_ENABLED", "true", quote_mode="never")
+    print(
+        f"scribe: {target} workers (started {len(steps.start) + len(steps.add)}, drained and stopped "
+        f"{len(steps.stop)}); GPU_SCALE_WORKERS={target} written to {path}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -327,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--foreground", action="store_true", help="run supervisord in the foreground (make run)")
     start.add_argument("--wait", type=float, default=120, help="seconds to wait for the workers to serve")
     start.set_defaults(func=cmd_start)
+
+    sc = sub.add_parser("scale", help="change the number of running workers live (drains those it stops)")
+    sc.add_argument("workers", help="number of workers, or auto (as many as fit on the device)")
+    sc.set_defaults(func=cmd_scale)
 
     stop = sub.add_parser("stop", help="stop the workers, the gateway and supervisord")
     stop.set_defaults(func=cmd_stop)

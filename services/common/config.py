@@ -48,6 +48,12 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
     return parse
 
 
+def _workers(name: str, raw: str) -> int:
+    if raw.strip().lower() == "auto":
+        return 0
+    return _int(1, 64)(name, raw)
+
+
 def _float(minimum: float) -> Callable[[str, str], float]:
     def parse(name: str, raw: str) -> float:
         try:
@@ -110,7 +116,8 @@ class Settings:
     gpu_scale_enabled: bool
     # GPU_SCALE_DEVICE_ID (0): the CUDA device every worker binds to in scaled mode.
     gpu_scale_device_id: int
-    # GPU_SCALE_WORKERS (2): worker processes in scaled mode (supervisord numprocs).
+    # GPU_SCALE_WORKERS (2): worker processes in scaled mode (supervisord numprocs); "auto" (stored as 0)
+    # starts as many as fit in the device's free memory (cores and RAM on CPU).
     gpu_scale_workers: int
     # GPU_DEVICE_ID (0): the CUDA device of the single default worker when scaling is off.
     gpu_device_id: int
@@ -131,6 +138,12 @@ class Settings:
     run_dir: Path
     # STATIC_WORKERS (empty): comma-separated worker endpoints on other hosts (HOST:PORT or unix:PATH).
     static_workers: tuple[str, ...]
+    # WORKER_MEMORY_MB (0): memory one worker needs on its device, for the fit check of `scribe start`
+    # and `scribe scale`; 0 estimates it from the model's size and compute type.
+    worker_memory_mb: int
+    # MIN_FREE_VRAM_MB (512): a GPU worker whose device has less free memory stops taking new work
+    # (NOT_SERVING, with the reason) until it recovers.
+    min_free_vram_mb: int
     # HEALTH_INTERVAL_S (0.5): how often the gateway polls supervisord and each worker's health.
     health_interval_s: float
     # GATEWAY_QUEUE_SIZE (64): calls that may wait for a free worker slot; more get RESOURCE_EXHAUSTED.
@@ -162,7 +175,7 @@ class Settings:
     @property
     def worker_count(self) -> int:
         """Workers supervisord runs: GPU_SCALE_WORKERS when scaling is on, else the one default worker."""
-        return self.gpu_scale_workers if self.gpu_scale_enabled else 1
+        return max(1, self.gpu_scale_workers) if self.gpu_scale_enabled else 1
 
     @property
     def worker_device_id(self) -> int:
@@ -217,7 +230,7 @@ class Settings:
 _SPEC: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
     "gpu_scale_enabled": ("GPU_SCALE_ENABLED", "false", _bool),
     "gpu_scale_device_id": ("GPU_SCALE_DEVICE_ID", "0", _int(0)),
-    "gpu_scale_workers": ("GPU_SCALE_WORKERS", "2", _int(1, 64)),
+    "gpu_scale_workers": ("GPU_SCALE_WORKERS", "2", _workers),
     "gpu_device_id": ("GPU_DEVICE_ID", "0", _int(0)),
     "whisper_device": ("WHISPER_DEVICE", "auto", _choice("auto", "cpu", "cuda")),
     "whisper_model": ("WHISPER_MODEL", EMBEDDED_MODEL, _nonempty),
@@ -227,6 +240,8 @@ _SPEC: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
     "gateway_address": ("GATEWAY_ADDRESS", "127.0.0.1:50051", _address),
     "run_dir": ("RUN_DIR", "./run", _path),
     "static_workers": ("STATIC_WORKERS", "", _endpoints),
+    "worker_memory_mb": ("WORKER_MEMORY_MB", "0", _int(0)),
+    "min_free_vram_mb": ("MIN_FREE_VRAM_MB", "512", _int(0)),
     "health_interval_s": ("HEALTH_INTERVAL_S", "0.5", _float(0.05)),
     "gateway_queue_size": ("GATEWAY_QUEUE_SIZE", "64", _int(0, 100_000)),
     "shard_min_seconds": ("SHARD_MIN_SECONDS", "120", _float(0)),

@@ -8,6 +8,7 @@ RESOURCE_EXHAUSTED and a retry delay instead of slowing every client down.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -18,15 +19,18 @@ from services.common.errors import RequestError
 from services.gateway.registry import Registry, WorkerHandle
 
 
-def free_worker(workers: Iterable[WorkerHandle], exclude: set[str]) -> WorkerHandle | None:
-    """The least busy SERVING worker with a free slot, or None."""
-    best: WorkerHandle | None = None
-    for w in sorted(workers, key=lambda w: w.name):
-        if w.name in exclude or not w.serving or w.in_flight >= w.capacity:
-            continue
-        if best is None or (w.in_flight / w.capacity, w.streams) < (best.in_flight / best.capacity, best.streams):
-            best = w
-    return best
+def free_worker(workers: Iterable[WorkerHandle], exclude: set[str], turn: int = 0) -> WorkerHandle | None:
+    """The least busy SERVING worker with a free slot, or None; ties rotate with `turn`."""
+    free = [
+        w
+        for w in sorted(workers, key=lambda w: w.name)
+        if w.name not in exclude and w.serving and w.in_flight < w.capacity
+    ]
+    if not free:
+        return None
+    best = min((w.in_flight / w.capacity, w.streams) for w in free)
+    tied = [w for w in free if (w.in_flight / w.capacity, w.streams) == best]
+    return tied[turn % len(tied)]
 
 
 class Dispatcher:
@@ -35,6 +39,7 @@ class Dispatcher:
         self.queue_size = queue_size
         self.waiting = 0
         self._changed = asyncio.Condition()
+        self._turns = itertools.count()
         self._service_s = 1.0  # moving average of one call's time on a worker, for the retry delay
 
     def capacity(self) -> int:
@@ -62,7 +67,7 @@ class Dispatcher:
     async def slot(self, exclude: set[str], timeout: float | None) -> AsyncIterator[WorkerHandle]:
         """Hold one slot on a worker for the duration of the block."""
         # Calls already queued go first: a newcomer only takes a free slot when nobody waits.
-        handle = None if self.waiting else free_worker(self._registry.workers.values(), exclude)
+        handle = None if self.waiting else free_worker(self._registry.workers.values(), exclude, next(self._turns))
         if handle is None:
             if not any(w.serving and w.name not in exclude for w in self._registry.workers.values()):
                 raise self._no_worker()
@@ -91,7 +96,7 @@ class Dispatcher:
                 found: list[WorkerHandle] = []
 
                 def ready() -> bool:
-                    handle = free_worker(self._registry.workers.values(), exclude)
+                    handle = free_worker(self._registry.workers.values(), exclude, next(self._turns))
                     if handle is not None:
                         found.append(handle)
                         return True

@@ -50,7 +50,10 @@ class SupervisorClient:
         return [ProcessInfo(r["group"], r["name"], r["statename"], int(r["pid"]), r["description"]) for r in rows]
 
     def workers(self) -> list[ProcessInfo]:
-        return [p for p in self.processes() if p.group == WORKER_GROUP]
+        """Every worker: the gpu_worker group, and the one-process groups `scribe scale` adds."""
+        return [
+            p for p in self.processes() if p.group.startswith(WORKER_GROUP) and worker_process_num(p.name) is not None
+        ]
 
     def start(self, name: str, wait: bool = True) -> bool:
         return bool(self._proxy().supervisor.startProcess(name, wait))
@@ -61,6 +64,16 @@ class SupervisorClient:
     def state(self) -> str:
         state: dict[str, Any] = self._proxy().supervisor.getState()  # type: ignore[assignment]
         return str(state["statename"])
+
+    def reload_config(self) -> None:
+        """Re-read supervisord.conf and its includes (changes apply only on add/remove)."""
+        self._proxy().supervisor.reloadConfig()
+
+    def add_group(self, name: str) -> None:
+        self._proxy().supervisor.addProcessGroup(name)
+
+    def remove_group(self, name: str) -> None:
+        self._proxy().supervisor.removeProcessGroup(name)
 
     def shutdown(self) -> None:
         self._proxy().supervisor.shutdown()

@@ -19,6 +19,7 @@ from services.common.reflection import enable_reflection
 from services.gen import transcription_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gpu_worker.device import DeviceProbe
 from services.gpu_worker.faster_whisper_engine import FasterWhisperEngine
+from services.gpu_worker.guard import DeviceGuard
 from services.gpu_worker.runtime import WorkerRuntime
 from services.gpu_worker.servicer import TranscriptionServicer, WorkerServicer
 
@@ -38,7 +39,8 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 
 async def serve(settings: Settings, process_num: int, listen: str | None) -> None:
     worker_id = f"gpu_worker_{process_num:02d}"
-    runtime = WorkerRuntime(worker_id, process_num, settings.worker_concurrency)
+    guard = DeviceGuard(min_free_bytes=settings.min_free_vram_mb * 2**20)
+    runtime = WorkerRuntime(worker_id, process_num, settings.worker_concurrency, guard)
     server = grpc.aio.server(options=server_options(settings))
     health_servicer = health.aio.HealthServicer()
     transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(TranscriptionServicer(runtime, settings), server)
@@ -83,9 +85,13 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         compute_type=engine.info.compute_type,
     )
 
+    guard_task = asyncio.create_task(watch_device(runtime, worker_servicer, guard))
     await stop.wait()
-    # Drain: refuse new work first (health Watch sees NOT_SERVING at once), then let in-flight calls end.
+    guard_task.cancel()
+    # Drain: refuse new work first (health Watch sees NOT_SERVING at once), hand streams back to the
+    # gateway, then let in-flight unary calls end.
     runtime.set_status(worker_pb2.WORKER_STATUS_DRAINING, "shutting down")
+    runtime.draining.set()
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     log.info("worker_draining", active=runtime.active, streams=runtime.streams)
     await server.stop(grace=25)
@@ -93,6 +99,17 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
     if not listen:
         settings.worker_socket(process_num).unlink(missing_ok=True)
     log.info("worker_stopped")
+
+
+async def watch_device(runtime: WorkerRuntime, servicer: WorkerServicer, guard: DeviceGuard) -> None:
+    """Every second: NOT_SERVING while the device is short of memory or recently faulted."""
+    while True:
+        await asyncio.sleep(1.0)
+        if servicer.probe.available or guard.last_error:
+            reason = guard.verdict(servicer.probe.read(runtime.pid))
+            if reason != runtime.guard_reason:
+                log.warning("device_guard", reason=reason or "recovered")
+            runtime.apply_guard(reason)
 
 
 async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:

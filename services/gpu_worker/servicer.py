@@ -120,17 +120,30 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
     async def _next(
         self, requests: AsyncIterator[pb.StreamingTranscribeRequest]
     ) -> pb.StreamingTranscribeRequest | None:
+        """The next request; None at the end. Ends the stream when idle too long or when draining."""
         timeout = self._limits.stream_idle_timeout_s
-        try:
-            return await asyncio.wait_for(anext(requests), timeout)
-        except StopAsyncIteration:
-            return None
-        except TimeoutError:
+        reading = asyncio.ensure_future(anext(requests))
+        draining = asyncio.ensure_future(self._rt.draining.wait())
+        done, _ = await asyncio.wait({reading, draining}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        draining.cancel()
+        if reading in done:
+            try:
+                return reading.result()
+            except StopAsyncIteration:
+                return None
+        reading.cancel()
+        if draining in done:
+            # The gateway re-sends this stream's unfinished audio to another worker.
             raise RequestError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "STREAM_IDLE_TIMEOUT",
-                f"no audio for {timeout:g} s: send audio continuously (silence included) or close the stream",
-            ) from None
+                grpc.StatusCode.UNAVAILABLE,
+                "WORKER_DRAINING",
+                f"worker {self._rt.worker_id} is shutting down: the stream continues on another worker",
+            )
+        raise RequestError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "STREAM_IDLE_TIMEOUT",
+            f"no audio for {timeout:g} s: send audio continuously (silence included) or close the stream",
+        )
 
     async def _stream(
         self, requests: AsyncIterator[pb.StreamingTranscribeRequest], fields: dict[str, object]
