@@ -76,7 +76,7 @@ def test_scale_up_and_down_under_load_fails_nothing(serving_fleet: Fleet) -> Non
             try:
                 served.append(fleet.transcription.Transcribe(request, timeout=60).worker_id)
             except grpc.RpcError as err:
-                failures.append(f"{err.code()}: {err.details()}")  # type: ignore[attr-defined]
+                failures.append(f"{err.code()}: {err.details()}")
 
     threads = [threading.Thread(target=load) for _ in range(2)]
     for t in threads:
