@@ -161,6 +161,9 @@ class Settings:
     max_stream_seconds: float
     # STREAM_IDLE_TIMEOUT_S (30): a stream with no audio for this long is ended (DEADLINE_EXCEEDED).
     stream_idle_timeout_s: float
+    # STREAM_FAILOVER_WAIT_S (30): how long a stream waits for a worker when none is serving (at its start,
+    # or after its worker died) before it fails with UNAVAILABLE.
+    stream_failover_wait_s: float
     # STREAM_INTERIM_INTERVAL_S (1.0): audio between two interim decodes of a stream.
     stream_interim_interval_s: float
     # MAX_BEAM_SIZE (10): largest beam_size a client may ask for.
@@ -250,6 +253,7 @@ _SPEC: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
     "max_audio_seconds": ("MAX_AUDIO_SECONDS", "7200", _float(1)),
     "max_stream_seconds": ("MAX_STREAM_SECONDS", "14400", _float(1)),
     "stream_idle_timeout_s": ("STREAM_IDLE_TIMEOUT_S", "30", _float(0.1)),
+    "stream_failover_wait_s": ("STREAM_FAILOVER_WAIT_S", "30", _float(0)),
     "stream_interim_interval_s": ("STREAM_INTERIM_INTERVAL_S", "1.0", _float(0.1)),
     "max_beam_size": ("MAX_BEAM_SIZE", "10", _int(1, 64)),
     "max_initial_prompt_chars": ("MAX_INITIAL_PROMPT_CHARS", "1000", _int(0)),

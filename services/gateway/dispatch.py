@@ -55,6 +55,19 @@ class Dispatcher:
         async with self._changed:
             self._changed.notify_all()
 
+    async def wait_for_serving(self, timeout: float) -> bool:
+        """Wait until some worker serves; False when `timeout` passed first."""
+
+        def serving() -> bool:
+            return any(w.serving for w in self._registry.workers.values())
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(serving), timeout)
+            except TimeoutError:
+                return False
+        return True
+
     def _no_worker(self) -> RequestError:
         return RequestError(
             grpc.StatusCode.UNAVAILABLE,

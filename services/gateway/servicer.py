@@ -20,6 +20,7 @@ from services.gateway import shard
 from services.gateway.dispatch import Dispatcher
 from services.gateway.metrics import GatewayStats
 from services.gateway.registry import Registry, WorkerHandle
+from services.gateway.relay import StreamRelay
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 
@@ -154,33 +155,21 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         return merged
 
     async def StreamingTranscribe(
-        self,
-        request_iterator: AsyncIterator[pb.StreamingTranscribeRequest],
-        context: grpc.aio.ServicerContext,
+        self, request_iterator: AsyncIterator[pb.StreamingTranscribeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
         with request_line("StreamingTranscribe", context, self._stats.observe) as line:
+            relay = StreamRelay(self._registry, self._dispatch, line, context, self._settings.stream_failover_wait_s)
+            self._stats.active_streams += 1
             try:
-                handle = self._pick(set())
+                async for response in relay.run(request_iterator):
+                    yield response
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
-            line.fields["worker"] = handle.name
-            self._stats.active_streams += 1
-            with handle.track_stream():
-                # The stream stays on this worker for its whole life: its session state lives there.
-                call = handle.transcription.StreamingTranscribe(
-                    timeout=context.time_remaining(), metadata=_metadata(line)
-                )
-                pump = asyncio.create_task(_pump(request_iterator, call))
-                try:
-                    async for response in call:
-                        yield response
-                except grpc.aio.AioRpcError as exc:
-                    await self._fail(context, line, exc)
-                finally:
-                    pump.cancel()
-                    call.cancel()
-                    self._stats.active_streams -= 1
+            except grpc.aio.AioRpcError as exc:
+                await self._fail(context, line, exc)
+            finally:
+                self._stats.active_streams -= 1
 
     async def GetConfig(self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
         with request_line("GetConfig", context, self._stats.observe) as line:
@@ -197,16 +186,6 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             response.worker_count = sum(1 for w in self._registry.workers.values() if w.serving)
             response.limits.CopyFrom(limits_pb(self._settings))
             return response
-
-
-async def _pump(requests: AsyncIterator[pb.StreamingTranscribeRequest], call: grpc.aio.StreamStreamCall) -> None:
-    """Copy the client's requests to the worker, then half-close."""
-    try:
-        async for request in requests:
-            await call.write(request)
-        await call.done_writing()
-    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-        pass  # the worker side ended first; its status reaches the client through the read loop
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):

@@ -22,6 +22,8 @@ class DecodeOptions:
     word_timestamps: bool = False
     vad_filter: bool = False
     initial_prompt: str | None = None
+    # Temperatures tried in turn when a decode looks wrong (faster-whisper's fallback); above 0 it samples.
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class FasterWhisperEngine:
             word_timestamps=options.word_timestamps,
             vad_filter=options.vad_filter,
             initial_prompt=options.initial_prompt or None,
+            temperature=list(options.temperatures),
         )
         out = tuple(
             Segment(

@@ -163,6 +163,15 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         options = decode_options(config.options, self._limits, engine.info)
         resampler = audio.PcmResampler(config.sample_rate_hertz, config.audio_channel_count)
         session = StreamingSession(engine, options)
+        if config.HasField("resume"):
+            try:
+                session.restore(config.resume.state)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "BAD_RESUME_STATE",
+                    f"streaming_config.resume is not usable: {exc}",
+                ) from None
         interval = self._settings.stream_interim_interval_s
         with_words = config.options.enable_word_time_offsets
         worker_id = self._rt.worker_id
@@ -171,7 +180,15 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             results = stream_results(
                 update, config.interim_results, with_words, session.language, session.total_seconds
             )
-            return [pb.StreamingTranscribeResponse(results=[r], worker_id=worker_id) for r in results]
+            out = [pb.StreamingTranscribeResponse(results=[r], worker_id=worker_id) for r in results]
+            if not out:
+                out.append(pb.StreamingTranscribeResponse(worker_id=worker_id))
+            # The resume point rides on the message that carries the finals it accounts for, so the
+            # gateway never holds a final without the state that follows it.
+            offset, state = session.snapshot()
+            out[0].resume_point.audio_offset.CopyFrom(duration(offset))
+            out[0].resume_point.state = state
+            return out
 
         while True:
             request = await self._next(requests)

@@ -12,8 +12,9 @@ The class is synchronous and holds no locks: the worker calls it from one execut
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from difflib import SequenceMatcher
 
 import numpy as np
@@ -94,7 +95,9 @@ class StreamingSession:
         min_decode_s: float = 0.3,
     ) -> None:
         self._engine = engine
-        self._options = replace(options, word_timestamps=True)
+        # Greedy-or-beam at temperature 0 only: sampling fallbacks would make a stream replayed on another
+        # worker (failover) decode differently, and cost latency a live stream cannot spare.
+        self._options = replace(options, word_timestamps=True, temperatures=(0.0,))
         self._base_prompt = options.initial_prompt or ""
         self._trim_after = trim_after_s
         self._max_buffer = max_buffer_s
@@ -103,8 +106,9 @@ class StreamingSession:
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0  # samples from the stream start to buffer[0]
         self._total = 0
-        self._unprocessed = 0
+        self._decoded_at = 0  # stream position (samples) of the last decode
         self._committed: list[Word] = []
+        self._in_prompt = 0  # leading committed words already part of _base_prompt (after a restore)
         self._hypothesis: list[Word] = []
         self.language: str = options.language or ""
         self.decodes = 0
@@ -115,7 +119,9 @@ class StreamingSession:
 
     @property
     def unprocessed_seconds(self) -> float:
-        return self._unprocessed / SAMPLE_RATE
+        """Audio since the last decode. Decodes are scheduled by audio position, never by wall clock,
+        so a stream replayed on another worker is decoded at exactly the same points."""
+        return (self._total - self._decoded_at) / SAMPLE_RATE
 
     @property
     def buffer_seconds(self) -> float:
@@ -129,7 +135,6 @@ class StreamingSession:
         if samples.size:
             self._buffer = np.concatenate([self._buffer, samples])
             self._total += samples.size
-            self._unprocessed += samples.size
 
     def process(self) -> StreamUpdate:
         """Decode the buffer and commit what two consecutive hypotheses agree on."""
@@ -159,16 +164,47 @@ class StreamingSession:
         self._hypothesis = []
         return StreamUpdate(tuple(final), (), 1.0)
 
+    def snapshot(self) -> tuple[float, bytes]:
+        """(stream offset in seconds of the buffered audio, opaque state): with the audio from that
+        offset on, `restore` rebuilds this session exactly on another worker."""
+        state = {
+            "v": 1,
+            "buffer_start": self._buffer_start,
+            "decoded_at": self._decoded_at,
+            "prompt": self._prompt() or "",
+            # The last words feed alignment and repeat checks; the prompt already holds the rest.
+            "committed": [asdict(w) for w in self._committed[-20:]],
+            "hypothesis": [asdict(w) for w in self._hypothesis],
+            "language": self.language,
+        }
+        return self._buffer_start / SAMPLE_RATE, json.dumps(state).encode()
+
+    def restore(self, blob: bytes) -> None:
+        """Continue from a snapshot; the next audio added must start at the snapshot's offset."""
+        state = json.loads(blob)
+        if state.get("v") != 1:
+            raise ValueError("unknown session state version")
+        self._buffer_start = self._total = int(state["buffer_start"])
+        self._decoded_at = int(state["decoded_at"])
+        # The prompt already holds the committed text that left the buffer; words still in the buffer
+        # are kept for alignment and join the prompt when they leave it.
+        self._base_prompt = state["prompt"]
+        self._committed = [Word(**w) for w in state["committed"]]
+        start = self._buffer_start / SAMPLE_RATE
+        self._in_prompt = sum(1 for w in self._committed if w.end <= start)
+        self._hypothesis = [Word(**w) for w in state["hypothesis"]]
+        self.language = state["language"]
+
     def _prompt(self) -> str | None:
         # Only text whose audio has left the buffer: prompted with words it can still hear, Whisper
         # takes them as already said and skips that speech.
         start = self._buffer_start / SAMPLE_RATE
-        gone = " ".join(w.word for w in self._committed if w.end <= start)
+        gone = " ".join(w.word for w in self._committed[self._in_prompt :] if w.end <= start)
         prompt = (self._base_prompt + " " + gone).strip()[-self._prompt_chars :]
         return prompt or None
 
     def _decode(self) -> list[Word] | None:
-        self._unprocessed = 0
+        self._decoded_at = self._total
         if self._buffer.size < self._min_decode:
             return None
         options = replace(self._options, initial_prompt=self._prompt())

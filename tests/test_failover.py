@@ -1,0 +1,68 @@
+"""A worker killed with SIGKILL mid-stream: the client's stream goes on, with the same words."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from services.gen import transcription_pb2 as pb
+from tests.conftest import Fleet
+from tests.helpers import read_wav, stream_requests, words_of
+
+
+def finals(responses: list[pb.StreamingTranscribeResponse]) -> list[pb.StreamingRecognitionResult]:
+    return [r for resp in responses for r in resp.results if r.is_final]
+
+
+def final_words(responses: list[pb.StreamingTranscribeResponse]) -> list[pb.WordInfo]:
+    return [w for r in finals(responses) for w in r.alternatives[0].words]
+
+
+def run_stream(fleet: Fleet, kill_after: int | None = None) -> list[pb.StreamingTranscribeResponse]:
+    pcm, rate, _ = read_wav("speech_long.wav")
+    options = pb.RecognitionOptions(enable_word_time_offsets=True)
+    # Pacing does not change what a stream decodes (decodes follow the audio, not the clock); 3x keeps it short.
+    call = fleet.transcription.StreamingTranscribe(
+        stream_requests(pcm, rate, pace=3.0, interim_results=True, options=options), timeout=120
+    )
+    responses = []
+    for response in call:
+        responses.append(response)
+        if kill_after is not None and len(finals(responses)) == kill_after:
+            pid = fleet.workers()[response.worker_id].supervisor_pid
+            os.kill(pid, signal.SIGKILL)
+            kill_after = None
+    return responses
+
+
+def test_sigkill_mid_stream_loses_and_repeats_nothing(serving_fleet: Fleet) -> None:
+    reference = run_stream(serving_fleet)
+    moved = run_stream(serving_fleet, kill_after=2)
+    try:
+        assert len({r.worker_id for r in moved}) == 2, "the stream did not move to another worker"
+        expected = words_of(" ".join(r.alternatives[0].transcript for r in finals(reference)))
+        got = words_of(" ".join(r.alternatives[0].transcript for r in finals(moved)))
+        assert got == expected  # WER 0 against the uninterrupted run
+        starts = [w.start_offset.ToNanoseconds() for w in final_words(moved)]
+        assert starts == sorted(starts)
+        assert [w.word for w in final_words(moved)] == [w.word for w in final_words(reference)]
+    finally:
+        serving_fleet.wait_all_serving(timeout=60)  # supervisord restarts the killed worker
+
+
+def test_drained_worker_hands_its_stream_over(serving_fleet: Fleet) -> None:
+    pcm, rate, _ = read_wav("speech_long.wav")
+    call = serving_fleet.transcription.StreamingTranscribe(
+        stream_requests(pcm, rate, pace=2.0, interim_results=True), timeout=120
+    )
+    responses = [next(call)]
+    first_worker = responses[0].worker_id
+    serving_fleet.supervisorctl("stop", f"gpu_worker:{first_worker}")
+    try:
+        responses.extend(call)  # no error: the stream continues elsewhere
+        assert responses[-1].worker_id != first_worker
+        text = words_of(" ".join(r.alternatives[0].transcript for r in finals(responses)))
+        assert "coat" in text and "morning" in text
+    finally:
+        serving_fleet.supervisorctl("start", f"gpu_worker:{first_worker}")
+        serving_fleet.wait_all_serving(timeout=60)
