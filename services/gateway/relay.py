@@ -131,6 +131,10 @@ class StreamRelay:
                             if response.results or response.speech_event_type:
                                 yield response
                     return
+                except asyncio.CancelledError:
+                    if self._client_error is not None and not self._context.cancelled():
+                        raise self._client_error from None
+                    raise
                 except grpc.aio.AioRpcError as exc:
                     if self._client_error is not None:
                         raise self._client_error from None
@@ -199,6 +203,7 @@ class StreamRelay:
                     await call.write(pb.StreamingTranscribeRequest(audio_content=data))
                     position += len(data)
                 if self._client_error is not None:
+                    # Ends the read loop with CancelledError; run() turns that into the client's error.
                     call.cancel()
                     return
                 if self._client_done and position >= self._audio.end:
