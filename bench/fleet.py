@@ -1,0 +1,51 @@
+"""A throwaway fleet for benchmarks: supervisord, gateway and workers in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def fleet(workers: int, threads: int, **env: str) -> Iterator[str]:
+    """Start `workers` workers with `threads` CPU threads each; yields the gateway address."""
+    home = Path(tempfile.mkdtemp(prefix="scribe-bench-"))
+    conf = home / "supervisord.conf"
+    shutil.copy(ROOT / "supervisord.conf", conf)
+    address = f"127.0.0.1:{free_port()}"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
+    full_env.update(
+        SCRIBE_ENV_FILE=str(home / "none.env"),
+        GPU_SCALE_ENABLED="true",
+        GPU_SCALE_WORKERS=str(workers),
+        WHISPER_CPU_THREADS=str(threads),
+        GATEWAY_ADDRESS=address,
+        METRICS_ADDRESS="",
+        RUN_DIR=str(home / "run"),
+        LOG_FORMAT="json",
+        GATEWAY_QUEUE_SIZE="10000",
+    )
+    full_env.update(env)
+    scribe = [str(BIN / "scribe"), "--config", str(conf)]
+    subprocess.run([*scribe, "start", "--wait", "180"], env=full_env, check=True, capture_output=True)
+    try:
+        yield address
+    finally:
+        subprocess.run([*scribe, "stop"], env=full_env, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
