@@ -7,7 +7,7 @@ import signal
 
 from services.gen import transcription_pb2 as pb
 from tests.conftest import Fleet
-from tests.helpers import read_wav, stream_requests, words_of
+from tests.helpers import read_wav, stream_requests, wait_for, words_of
 
 
 def finals(responses: list[pb.StreamingTranscribeResponse]) -> list[pb.StreamingRecognitionResult]:
@@ -65,4 +65,62 @@ def test_drained_worker_hands_its_stream_over(serving_fleet: Fleet) -> None:
         assert "coat" in text and "morning" in text
     finally:
         serving_fleet.supervisorctl("start", f"gpu_worker:{first_worker}")
+        serving_fleet.wait_all_serving(timeout=60)
+
+
+def test_sigterm_turns_health_watch_not_serving_first(serving_fleet: Fleet) -> None:
+    import threading
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    socket = serving_fleet.run_dir / "worker-01.sock"
+    seen: list[int] = []
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+
+        def follow() -> None:
+            try:
+                for update in watch:
+                    seen.append(update.status)
+            except grpc.RpcError:
+                pass  # the worker exits after it reported NOT_SERVING
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        try:
+            assert wait_for(lambda: seen[-1:] == [health_pb2.HealthCheckResponse.SERVING], 5)
+            serving_fleet.supervisorctl("stop", "gpu_worker:gpu_worker_01")
+            thread.join(30)
+            assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            watch.cancel()
+            serving_fleet.supervisorctl("start", "gpu_worker:gpu_worker_01")
+    serving_fleet.wait_all_serving(timeout=60)
+
+
+def test_stream_waits_for_a_worker_when_none_is_up(serving_fleet: Fleet) -> None:
+    import threading
+    import time
+
+    serving_fleet.supervisorctl("stop", "gpu_worker:*")
+    responses: list[pb.StreamingTranscribeResponse] = []
+    try:
+        assert wait_for(lambda: serving_fleet.serving() == set(), 5)
+        pcm, rate, _ = read_wav("speech_short.wav")
+
+        def stream() -> None:
+            responses.extend(
+                serving_fleet.transcription.StreamingTranscribe(stream_requests(pcm, rate, pace=0), timeout=60)
+            )
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        time.sleep(2)  # the stream is waiting, not failed
+        assert thread.is_alive()
+        serving_fleet.supervisorctl("start", "gpu_worker:gpu_worker_00")
+        thread.join(60)
+        assert "lazy" in " ".join(r.alternatives[0].transcript for x in responses for r in x.results).lower()
+    finally:
+        serving_fleet.supervisorctl("start", "gpu_worker:*")
         serving_fleet.wait_all_serving(timeout=60)
