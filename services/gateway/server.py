@@ -11,9 +11,11 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
 from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
+from services.common.tls import bind
 from services.gateway.monitor import FleetMonitor
 from services.gateway.registry import Registry
 from services.gateway.servicer import FleetServicer, TranscriptionProxy
@@ -32,8 +34,11 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    registry = Registry(channel_options=options)
-    server = grpc.aio.server(options=options)
+    tokens = configured_tokens(settings)
+    # Remote workers (STATIC_WORKERS on TCP) are given the first token, so they must accept it too.
+    registry = Registry(channel_options=options, worker_token=tokens[0] if tokens else None)
+    interceptors = [TokenAuthInterceptor(TokenSet(tokens))] if tokens else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(TranscriptionProxy(registry, settings), server)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(registry), server)
@@ -50,11 +55,13 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     supervisor = SupervisorClient(supervisor_url) if supervisor_url else None
     monitor = FleetMonitor(registry, settings, supervisor, on_change)
     await on_change(0)
-    server.add_insecure_port(settings.gateway_address)
+    transport = bind(server, settings.gateway_address, settings, "GATEWAY_ADDRESS")
     await server.start()
     log.info(
         "gateway_listening",
         address=settings.gateway_address,
+        transport=transport,
+        tokens=len(tokens),
         supervisor=supervisor_url,
         static=settings.static_workers,
     )
@@ -81,7 +88,11 @@ def main() -> None:
         sys.exit(2)
     configure_logging(settings.log_level, settings.log_format, service="gateway")
     # supervisord tells its children where its socket is; run by hand, the gateway uses static workers only.
-    asyncio.run(serve(settings, os.environ.get("SUPERVISOR_SERVER_URL")))
+    try:
+        asyncio.run(serve(settings, os.environ.get("SUPERVISOR_SERVER_URL")))
+    except ConfigError as exc:  # TLS files or tokens that only turn out bad when read
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

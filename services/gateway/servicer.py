@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 import grpc
 import structlog
 
+from services.common.auth import client_identity
 from services.common.config import Settings
 from services.common.convert import limits_pb
 from services.common.errors import RequestError, abort
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
+from services.gateway.limits import StreamLimiter
 from services.gateway.registry import Registry, WorkerHandle
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
@@ -33,6 +35,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self._registry = registry
         self._settings = settings
+        self.streams = StreamLimiter(settings.max_concurrent_streams, settings.max_streams_per_client)
 
     def _pick(self, tried: set[str]) -> WorkerHandle:
         handle = self._registry.pick(exclude=tried)
@@ -86,13 +89,20 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
         with request_line("StreamingTranscribe", context) as line:
+            client = line.fields["client"] = client_identity(context)
             try:
-                handle = self._pick(set())
+                self.streams.acquire(client)
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
+            try:
+                handle = self._pick(set())
+            except RequestError as err:
+                self.streams.release(client)
+                line.fail(err)
+                await abort(context, err)
             line.fields["worker"] = handle.name
-            with handle.track():
+            with self.streams.held(client), handle.track():
                 # The stream stays on this worker for its whole life: its session state lives there.
                 call = handle.transcription.StreamingTranscribe(
                     timeout=context.time_remaining(), metadata=_metadata(line)

@@ -20,7 +20,12 @@ from services.gpu_worker.device import DeviceProbe, process_rss_bytes
 from services.gpu_worker.engine import DecodeOptions, Engine, EngineResult, Word
 from services.gpu_worker.runtime import WorkerRuntime
 from services.gpu_worker.streaming import StreamingSession, StreamUpdate
-from services.gpu_worker.validation import Limits, check_streaming_encoding, decode_options
+from services.gpu_worker.validation import (
+    Limits,
+    check_streaming_encoding,
+    check_transcribe_encoding,
+    decode_options,
+)
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -30,23 +35,24 @@ def limits_from(settings: Settings) -> Limits:
         stream_idle_timeout_s=settings.stream_idle_timeout_s,
         max_beam_size=settings.max_beam_size,
         max_initial_prompt_chars=settings.max_initial_prompt_chars,
+        max_decode_ratio=settings.max_decode_ratio,
     )
 
 
-def decode_request_audio(request: pb.TranscribeRequest, max_seconds: float) -> np.ndarray:
+def decode_request_audio(request: pb.TranscribeRequest, max_seconds: float, max_ratio: float = 0.0) -> np.ndarray:
     """Audio of a Transcribe request as 16 kHz mono float32, or AudioError."""
     if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
         return audio.decode_linear16(
             request.audio_content, request.sample_rate_hertz, request.audio_channel_count, max_seconds
         )
-    return audio.decode_container(request.audio_content, max_seconds)
+    return audio.decode_container(request.audio_content, max_seconds, max_ratio)
 
 
 def _transcribe_blocking(
-    engine: Engine, request: pb.TranscribeRequest, options: DecodeOptions, max_seconds: float
+    engine: Engine, request: pb.TranscribeRequest, options: DecodeOptions, limits: Limits
 ) -> tuple[EngineResult, float]:
     started = time.perf_counter()
-    samples = decode_request_audio(request, max_seconds)
+    samples = decode_request_audio(request, limits.max_audio_seconds, limits.max_decode_ratio)
     result = engine.transcribe(samples, options)
     return result, time.perf_counter() - started
 
@@ -92,10 +98,9 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             line.fields["audio_bytes"] = len(request.audio_content)
             try:
                 engine = self._rt.require_engine()
+                check_transcribe_encoding(request.encoding)
                 options = decode_options(request.options, self._limits, engine.info)
-                result, elapsed = await self._rt.run(
-                    _transcribe_blocking, engine, request, options, self._limits.max_audio_seconds
-                )
+                result, elapsed = await self._rt.run(_transcribe_blocking, engine, request, options, self._limits)
             except audio.AudioError as err:
                 line.fail(_invalid_audio(err))
                 await abort(context, _invalid_audio(err))
