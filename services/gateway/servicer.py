@@ -13,6 +13,7 @@ from services.common.config import Settings
 from services.common.convert import limits_pb
 from services.common.errors import RequestError, abort
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
+from services.gateway.call_status import StatusKeeper
 from services.gateway.limits import StreamLimiter
 from services.gateway.registry import Registry, WorkerHandle
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
@@ -48,8 +49,14 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             )
         return handle
 
-    async def _fail(self, context: grpc.aio.ServicerContext, line: RequestLine, exc: grpc.aio.AioRpcError) -> None:
-        code, details, trailing = _passthrough(exc)
+    async def _fail(
+        self,
+        context: grpc.aio.ServicerContext,
+        line: RequestLine,
+        exc: grpc.aio.AioRpcError,
+        keeper: StatusKeeper | None = None,
+    ) -> None:
+        code, details, trailing = await keeper.settle(exc) if keeper else _passthrough(exc)
         line.fail_code(code, "WORKER_ERROR")
         await context.abort(code, details, trailing_metadata=tuple(trailing or ()))
 
@@ -107,12 +114,13 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                 call = handle.transcription.StreamingTranscribe(
                     timeout=context.time_remaining(), metadata=_metadata(line)
                 )
+                keeper = StatusKeeper(call)
                 pump = asyncio.create_task(_pump(request_iterator, call))
                 try:
                     async for response in call:
                         yield response
                 except grpc.aio.AioRpcError as exc:
-                    await self._fail(context, line, exc)
+                    await self._fail(context, line, exc, keeper)
                 finally:
                     pump.cancel()
                     call.cancel()
