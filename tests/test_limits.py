@@ -301,7 +301,7 @@ def test_bomb_that_declares_its_length_is_refused_before_decoding(serving_fleet:
 
 
 def test_bomb_that_hides_its_length_is_refused_within_bounded_memory(serving_fleet: Fleet) -> None:
-    # 3 h of 8 kHz silence in 21 KB, with "length unknown" in its header: only decoding finds out. Without
+    # 3 h of 8 kHz silence in 18 KiB, with "length unknown" in its header: only decoding finds out. Without
     # MAX_DECODE_RATIO the worker would decode 2 h (MAX_AUDIO_SECONDS), 230 MB, before refusing it.
     bomb = flac_bomb(3 * 3600, rate=8000, declare_length=False)
     pids = {name: w.supervisor_pid for name, w in serving_fleet.workers().items()}
