@@ -126,3 +126,11 @@ def video_without_audio(seconds: float = 0.5) -> bytes:
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
+
+
+def wav_with_unknown_codec() -> bytes:
+    """A WAV whose fmt chunk names a codec tag (0x1234) no decoder knows."""
+    samples = tone(0.5)
+    data = bytearray(wav_bytes(samples, 16000))
+    data[20:22] = (0x1234).to_bytes(2, "little")
+    return bytes(data)

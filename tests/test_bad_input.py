@@ -9,7 +9,15 @@ import pytest
 
 from services.common.errors import error_reason
 from services.gen import transcription_pb2 as pb
-from tests.bad_audio import encode_audio, nan_float_wav, tone, video_without_audio, wav_bytes, zero_channel_wav
+from tests.bad_audio import (
+    encode_audio,
+    nan_float_wav,
+    tone,
+    video_without_audio,
+    wav_bytes,
+    wav_with_unknown_codec,
+    zero_channel_wav,
+)
 from tests.conftest import Fleet
 from tests.helpers import clip, read_wav, stream_requests, words_of
 
@@ -80,6 +88,12 @@ CASES = [
         "NO_AUDIO_STREAM",
     ),
     ("0-channel wav", pb.TranscribeRequest(audio_content=zero_channel_wav()), "INVALID_ARGUMENT", "UNDECODABLE_AUDIO"),
+    (  # found by test_fuzz: no decoder used to mean AttributeError, so UNKNOWN at the client
+        "wav with unknown codec",
+        pb.TranscribeRequest(audio_content=wav_with_unknown_codec()),
+        "INVALID_ARGUMENT",
+        "UNDECODABLE_AUDIO",
+    ),
     ("NaN float wav", pb.TranscribeRequest(audio_content=nan_float_wav()), "INVALID_ARGUMENT", "NON_FINITE_SAMPLES"),
     (
         "zero-length LINEAR16",

@@ -1,7 +1,7 @@
 """Every limit answers its documented status with an ErrorInfo reason, and the worker carries on.
 
-Tight limits need their own processes: one worker on TCP loopback (which must check the token) and a
-gateway in front of it. Decompression bombs go to the shared fleet, whose limits are the defaults.
+Tight limits need their own processes: one worker on TCP loopback, as on another host (TLS, and it must
+check the token), and a gateway in front of it. Decompression bombs go to the shared fleet, whose limits are the defaults.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from services.common.errors import error_reason
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gen import transcription_pb2 as pb
 from tests.bad_audio import flac_bomb
+from tests.certs import Certs
 from tests.conftest import TOKEN_A, TOKEN_B, Fleet, Process, spawn, start_gateway
 from tests.helpers import clip, free_port, read_wav, stream_requests, wait_for, words_of
 
@@ -34,14 +35,15 @@ GATEWAY_LIMITS = {"MAX_MESSAGE_MB": "1", "MAX_CONCURRENT_STREAMS": "3", "MAX_STR
 
 
 @pytest.fixture(scope="module")
-def tcp_worker(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    """A worker as on another host: TCP, token required, tight limits."""
+def tcp_worker(fleet: Fleet, certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """A worker as on another host: TCP with TLS, token required, tight limits."""
     address = f"127.0.0.1:{free_port()}"
+    tls = {"TLS_CERT_FILE": str(certs.server.cert), "TLS_KEY_FILE": str(certs.server.key)}
     worker = spawn(
         fleet,
         tmp_path_factory.mktemp("tcp-worker"),
         "services.gpu_worker",
-        {"AUTH_TOKENS": TOKEN_A, **WORKER_LIMITS},
+        {"AUTH_TOKENS": TOKEN_A, **tls, **WORKER_LIMITS},
         "--listen",
         address,
         "--process-num",
@@ -57,9 +59,11 @@ def tcp_worker(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def limited(fleet: Fleet, tcp_worker: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    """A gateway with tight limits and two tokens, routing to the TCP worker (it sends TOKEN_A there)."""
-    env = {"AUTH_TOKENS": f"{TOKEN_A},{TOKEN_B}", **GATEWAY_LIMITS}
+def limited(
+    fleet: Fleet, tcp_worker: Process, certs: Certs, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
+    """A gateway with tight limits and two tokens, routing to the TCP worker over TLS (it sends TOKEN_A)."""
+    env = {"AUTH_TOKENS": f"{TOKEN_A},{TOKEN_B}", "WORKER_TLS_CA_FILE": str(certs.ca), **GATEWAY_LIMITS}
     gateway = start_gateway(fleet, tmp_path_factory.mktemp("limited-gateway"), env, workers=tcp_worker.address)
     yield gateway
     gateway.stop()
@@ -89,8 +93,11 @@ def _retry_after(err: grpc.RpcError) -> float | None:
 # --- A worker on TCP ---------------------------------------------------------------------------------------
 
 
-def test_tcp_worker_needs_the_token_and_leaves_health_open(tcp_worker: Process) -> None:
-    with grpc.insecure_channel(tcp_worker.address) as channel:
+def test_tcp_worker_needs_tls_and_the_token_and_leaves_health_open(tcp_worker: Process, certs: Certs) -> None:
+    with grpc.insecure_channel(tcp_worker.address) as plaintext:
+        err = _error(lambda: health_pb2_grpc.HealthStub(plaintext).Check(health_pb2.HealthCheckRequest(), timeout=5))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+    with open_channel(tcp_worker.address, ClientSecurity(ca_file=str(certs.ca))) as channel:
         worker = worker_pb2_grpc.WorkerServiceStub(channel)
         err = _error(lambda: worker.GetWorkerHealth(worker_pb2.GetWorkerHealthRequest(), timeout=10))
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED

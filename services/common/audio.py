@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
+import structlog
+
+log = structlog.get_logger()
 
 SAMPLE_RATE = 16_000
 SUPPORTED_SAMPLE_RATES: tuple[int, ...] = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -115,6 +118,11 @@ def decode_container(data: bytes, max_seconds: float, max_ratio: float = 0.0) ->
             declared = declared_seconds(container, stream)
             if declared is not None and declared > max_seconds + 1:
                 raise _too_long(max_seconds, declared)  # before a single frame is decoded
+            if stream.codec_context is None:  # a codec tag FFmpeg has no decoder for
+                raise AudioError(
+                    "UNDECODABLE_AUDIO",
+                    "FFmpeg has no decoder for this file's audio codec: send wav, flac, mp3, ogg or m4a",
+                )
             check_floats = stream.codec_context.name.startswith("pcm_f")
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             for frame in container.decode(stream):
@@ -137,7 +145,11 @@ def decode_container(data: bytes, max_seconds: float, max_ratio: float = 0.0) ->
                 frames.append(out.to_ndarray().reshape(-1))
     except AudioError:
         raise
-    except (av.error.FFmpegError, ValueError, IndexError, OSError) as exc:
+    except Exception as exc:
+        # Hostile files reach corners of FFmpeg and PyAV that raise all sorts of exceptions; whatever it
+        # is, the file could not be decoded, and the worker must answer that rather than INTERNAL.
+        if not isinstance(exc, (av.error.FFmpegError, ValueError, IndexError, OSError)):
+            log.warning("decode_failed_unexpectedly", error=repr(exc), exc_info=True)
         raise AudioError(
             "UNDECODABLE_AUDIO",
             f"could not decode the audio ({exc.__class__.__name__}): send a wav, flac, mp3, ogg or m4a "

@@ -191,6 +191,9 @@ class Settings:
     auth_tokens: tuple[str, ...]
     # AUTH_TOKENS_FILE (empty): file with one bearer token per line (# comments allowed).
     auth_tokens_file: Path | None
+    # WORKER_TLS_CA_FILE (empty): PEM CA that signed the certificates of workers on TCP (STATIC_WORKERS);
+    # when set, the gateway reaches them over TLS.
+    worker_tls_ca_file: Path | None
     # MAX_CONCURRENT_STREAMS (128): streams the gateway carries at once, over all clients.
     max_concurrent_streams: int
     # MAX_STREAMS_PER_CLIENT (16): streams one client (token, else certificate, else address) may hold at once.
@@ -297,6 +300,7 @@ _SPEC: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
     "allow_insecure": ("ALLOW_INSECURE", "false", _bool),
     "auth_tokens": ("AUTH_TOKENS", "", _tokens),
     "auth_tokens_file": ("AUTH_TOKENS_FILE", "", _optional_file),
+    "worker_tls_ca_file": ("WORKER_TLS_CA_FILE", "", _optional_file),
     "max_concurrent_streams": ("MAX_CONCURRENT_STREAMS", "128", _int(1)),
     "max_streams_per_client": ("MAX_STREAMS_PER_CLIENT", "16", _int(1)),
     "max_decode_ratio": ("MAX_DECODE_RATIO", "1000", _float(0)),

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
 from services.common.config import ConfigError, Settings
+from services.common.credentials import channel_credentials
 from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
@@ -36,7 +37,8 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     ]
     tokens = configured_tokens(settings)
     # Remote workers (STATIC_WORKERS on TCP) are given the first token, so they must accept it too.
-    registry = Registry(channel_options=options, worker_token=tokens[0] if tokens else None)
+    worker_tls = channel_credentials(settings.worker_tls_ca_file) if settings.worker_tls_ca_file else None
+    registry = Registry(channel_options=options, worker_token=tokens[0] if tokens else None, tcp_credentials=worker_tls)
     interceptors = [TokenAuthInterceptor(TokenSet(tokens))] if tokens else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
