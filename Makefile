@@ -45,7 +45,7 @@ bench-limits: $(GEN)
 
 # `make test` runs the same fuzz tests with 20 examples each.
 fuzz: $(GEN)
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py -q --timeout=0 --hypothesis-show-statistics
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py -q -s --timeout=0
 
 lint: $(GEN)
 	$(BIN)/ruff check services tests bench
