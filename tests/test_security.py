@@ -332,3 +332,27 @@ def test_unreadable_client_files_are_a_clear_cli_error(serving_fleet: Fleet) -> 
     result = serving_fleet.scribe("status", "--tls-ca", "/nonexistent/ca.pem", check=False)
     assert result.returncode != 0
     assert "cannot read the CA file" in result.stderr
+
+
+def test_cli_uses_the_local_token_only_for_the_local_gateway(
+    serving_fleet: Fleet, tls_gateway: Process, certs: Certs
+) -> None:
+    env = {**serving_fleet.env, "GATEWAY_ADDRESS": tls_gateway.address, "AUTH_TOKENS": TOKEN_A}
+
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "scribe"), "status", "--tls-ca", str(certs.ca), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    local = status()
+    assert local.returncode == 0, local.stderr
+    assert "SERVING" in local.stdout
+    # The same gateway under another name is "another address": this host's token is not sent there.
+    elsewhere = status("--address", tls_gateway.address.replace("127.0.0.1", "localhost"))
+    assert elsewhere.returncode == 1
+    assert "UNAUTHENTICATED" in elsewhere.stderr

@@ -105,7 +105,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _security(args: argparse.Namespace, settings: Settings | None = None) -> ClientSecurity:
-    """--tls-* and --token, else SCRIBE_TLS_* and SCRIBE_TOKEN, else this host's own first AUTH_TOKENS entry."""
+    """--tls-* and --token, else SCRIBE_TLS_* and SCRIBE_TOKEN, else, for this host's own gateway only, its
+    first AUTH_TOKENS entry (a server's token is never sent to another address)."""
     security = ClientSecurity.from_env(
         ca_file=args.tls_ca,
         cert_file=args.tls_cert,
@@ -113,9 +114,10 @@ def _security(args: argparse.Namespace, settings: Settings | None = None) -> Cli
         server_name=args.tls_server_name,
         token=args.token,
     )
-    if security.token is None:
+    settings = settings or _settings()
+    if security.token is None and getattr(args, "address", None) in (None, settings.gateway_address):
         try:
-            local = configured_tokens(settings or _settings())
+            local = configured_tokens(settings)
         except ConfigError:
             local = ()
         if local:
