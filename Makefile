@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/transcription/v1/*.proto)
 GEN    := services/gen/transcription/v1/transcription_pb2.py
+FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test proto lint bench clean help
+.PHONY: run test proto lint bench bench-limits fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -14,6 +15,8 @@ help:
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - benchmarks (needs ../shared/audio)"
+	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
+	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +39,13 @@ run: $(GEN)
 
 test: $(GEN)
 	$(BIN)/python -m pytest
+
+bench-limits: $(GEN)
+	$(BIN)/python -m bench.decode_limits
+
+# `make test` runs the same fuzz tests with 20 examples each.
+fuzz: $(GEN)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py -q -s --timeout=0
 
 lint: $(GEN)
 	$(BIN)/ruff check services tests bench

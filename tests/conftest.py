@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
+from tests.certs import Certs, make_certs
 from tests.helpers import ROOT, free_port, wait_for
 
 BIN = Path(sys.executable).parent
@@ -119,3 +120,70 @@ def serving_fleet(fleet: Fleet) -> Fleet:
     """The fleet with both workers serving again (a previous test may have stopped one)."""
     fleet.wait_all_serving()
     return fleet
+
+
+# --- Extra gateways and a TCP worker, for security and limits tests -------------------------------------
+# A gateway process alone starts in about a second; it reuses the fleet's worker over its unix socket
+# (STATIC_WORKERS), so trying TLS, tokens or tight limits costs no second fleet.
+
+TOKEN_A = "token-a-0123456789abcdef"
+TOKEN_B = "token-b-0123456789abcdef"
+
+
+@dataclass
+class Process:
+    """A gateway or worker started by a test, with its log."""
+
+    address: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def spawn(fleet: Fleet, folder: Path, module: str, env: dict[str, str], *args: str) -> Process:
+    """`python -m module` with the fleet's environment (no supervisord) plus `env`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    full = {k: v for k, v in fleet.env.items() if not k.startswith("SUPERVISOR_")}
+    full.update(RUN_DIR=str(folder / "run"), LOG_FORMAT="json", HEALTH_INTERVAL_S="0.25", METRICS_ADDRESS="")
+    full.update(env)
+    log = folder / f"{module.rsplit('.', 1)[-1]}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", module, *args], env=full, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    return Process(address=full.get("GATEWAY_ADDRESS", ""), popen=popen, log=log)
+
+
+def start_gateway(fleet: Fleet, folder: Path, env: dict[str, str], workers: str | None = None) -> Process:
+    """A gateway in front of the fleet's worker 00 (or `workers`), waited for until it routes to it."""
+    address = f"127.0.0.1:{free_port()}"
+    static = workers or f"unix://{fleet.run_dir / 'worker-00.sock'}"
+    gateway = spawn(fleet, folder, "services.gateway", {"GATEWAY_ADDRESS": address, "STATIC_WORKERS": static, **env})
+
+    def routing() -> bool:
+        assert gateway.popen.poll() is None, gateway.logs()
+        return '"serving_workers": 1' in gateway.logs()
+
+    try:
+        assert wait_for(routing, 60, 0.1), gateway.logs()
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))

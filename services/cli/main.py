@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -19,9 +20,12 @@ from dotenv import set_key
 import services
 from services.cli import scale
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container
+from services.common.auth import configured_tokens
 from services.common.capacity import CapacityError
 from services.common.config import ConfigError, Settings
-from services.gateway.supervisor import SupervisorClient
+from services.common.credentials import ClientSecurity, CredentialsError, open_channel
+from services.common.tls import transport_mode
+from services.gateway.supervisor import SupervisorClient, check_supervisor_conf
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc, worker_pb2
 from services.gen import transcription_pb2 as pb
 
@@ -80,6 +84,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         overrides["GPU_SCALE_WORKERS"] = str(args.workers)
     settings = _settings(overrides)
     conf = Path(args.config)
+    try:
+        # Refused here rather than by a gateway that supervisord would restart until it gives up.
+        transport_mode(settings.gateway_address, settings, "GATEWAY_ADDRESS")
+        configured_tokens(settings)
+        check_supervisor_conf(conf)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     if _supervisord_running(conf):
         print(f"scribe is already running ({control_url(conf)}); `scribe status` shows it", file=sys.stderr)
         return 1
@@ -109,12 +121,33 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.foreground:
         os.execve(supervisord, [supervisord, "-n", "-c", str(conf)], env)
     subprocess.run([supervisord, "-c", str(conf)], env=env, check=True)
-    return wait_ready(settings.gateway_address, settings.worker_count, args.wait)
+    return wait_ready(settings.gateway_address, settings.worker_count, args.wait, _security(args, settings))
 
 
-def wait_ready(address: str, workers: int, timeout: float) -> int:
+def _security(args: argparse.Namespace, settings: Settings | None = None) -> ClientSecurity:
+    """--tls-* and --token, else SCRIBE_TLS_* and SCRIBE_TOKEN, else, for this host's own gateway only, its
+    first AUTH_TOKENS entry (a server's token is never sent to another address)."""
+    security = ClientSecurity.from_env(
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+        server_name=args.tls_server_name,
+        token=args.token,
+    )
+    settings = settings or _settings()
+    if security.token is None and getattr(args, "address", None) in (None, settings.gateway_address):
+        try:
+            local = configured_tokens(settings)
+        except ConfigError:
+            local = ()
+        if local:
+            security = dataclasses.replace(security, token=local[0])
+    return security
+
+
+def wait_ready(address: str, workers: int, timeout: float, security: ClientSecurity | None = None) -> int:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, security) as channel:
         fleet = fleet_pb2_grpc.FleetServiceStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -233,7 +266,7 @@ def format_table(rows: list[list[str]]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     address = args.address or _settings().gateway_address
     try:
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, _security(args)) as channel:
             listed = fleet_pb2_grpc.FleetServiceStub(channel).ListWorkers(fleet_pb2.ListWorkersRequest(), timeout=3)
     except grpc.RpcError as exc:
         print(f"gateway {address} did not answer ({exc.code().name}); supervisord says:", file=sys.stderr)
@@ -256,9 +289,12 @@ def stats_line(stats: fleet_pb2.FleetStats) -> str:
     )
 
 
-def _stub(address: str) -> tuple[grpc.Channel, transcription_pb2_grpc.TranscriptionServiceStub]:
-    channel = grpc.insecure_channel(
+def _stub(
+    address: str, security: ClientSecurity | None = None
+) -> tuple[grpc.Channel, transcription_pb2_grpc.TranscriptionServiceStub]:
+    channel = open_channel(
         address,
+        security,
         options=[("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)],
     )
     return channel, transcription_pb2_grpc.TranscriptionServiceStub(channel)
@@ -307,7 +343,7 @@ def stream_requests(
 def cmd_transcribe(args: argparse.Namespace) -> int:
     address = args.address or _settings().gateway_address
     data = Path(args.file).read_bytes()
-    channel, stub = _stub(address)
+    channel, stub = _stub(address, _security(args))
     try:
         if not args.stream:
             response = stub.Transcribe(
@@ -366,8 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scribe", description="gRPC speech transcription on many workers")
     parser.add_argument("--config", default=str(DEFAULT_CONF), help="supervisord.conf (default: the repository's)")
     sub = parser.add_subparsers(dest="command", required=True)
+    # How to reach a gateway with TLS or tokens on (flags win over SCRIBE_TLS_* and SCRIBE_TOKEN).
+    security = argparse.ArgumentParser(add_help=False)
+    security.add_argument("--tls-ca", help="CA file that signed the gateway's certificate (turns on TLS)")
+    security.add_argument("--tls-cert", help="client certificate for mutual TLS (with --tls-key)")
+    security.add_argument("--tls-key", help="key of --tls-cert")
+    security.add_argument("--tls-server-name", help="name to expect in the gateway's certificate")
+    security.add_argument("--token", help="bearer token (default SCRIBE_TOKEN, else this host's AUTH_TOKENS)")
 
-    start = sub.add_parser("start", help="start supervisord with the gateway and the workers")
+    start = sub.add_parser("start", parents=[security], help="start supervisord with the gateway and the workers")
     start.add_argument(
         "--gpu-scale",
         action="store_true",
@@ -385,11 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop the workers, the gateway and supervisord")
     stop.set_defaults(func=cmd_stop)
 
-    status = sub.add_parser("status", help="table of workers: supervisor state, routing, device, memory, load")
+    status = sub.add_parser(
+        "status", parents=[security], help="table of workers: supervisor state, routing, device, memory, load"
+    )
     status.add_argument("--address", help="gateway address (default GATEWAY_ADDRESS)")
     status.set_defaults(func=cmd_status)
 
-    tr = sub.add_parser("transcribe", help="transcribe an audio file through the gateway")
+    tr = sub.add_parser("transcribe", parents=[security], help="transcribe an audio file through the gateway")
     tr.add_argument("file")
     tr.add_argument("--address", help="gateway address (default GATEWAY_ADDRESS)")
     tr.add_argument("--stream", action="store_true", help="stream the file as live audio and print live captions")
@@ -407,7 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        sys.exit(args.func(args))
+    except CredentialsError as exc:
+        sys.exit(f"scribe: {exc}")
 
 
 if __name__ == "__main__":

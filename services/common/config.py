@@ -107,6 +107,36 @@ def _path(name: str, raw: str) -> Path:
     return Path(_nonempty(name, raw)).expanduser().resolve()
 
 
+def _optional_file(name: str, raw: str) -> Path | None:
+    """A file that must exist when named; empty means unset."""
+    if not raw.strip():
+        return None
+    path = Path(raw.strip()).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"{name} names {str(path)!r}, which is not a readable file")
+    return path
+
+
+def _tokens(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        check_token(name, item)
+    return items
+
+
+#: Shortest bearer token accepted: a guessable token is no protection.
+MIN_TOKEN_CHARS = 16
+
+
+def check_token(name: str, token: str) -> str:
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or c == "," for c in token) or not token.isprintable():
+        raise ConfigError(
+            f"{name}: every token must be at least {MIN_TOKEN_CHARS} printable characters without spaces or "
+            "commas (e.g. the output of `openssl rand -hex 32`)"
+        )
+    return token
+
+
 @dataclass(frozen=True)
 class Settings:
     """scribe's configuration. Field comments give the variable, its default and its meaning."""
@@ -174,6 +204,30 @@ class Settings:
     log_level: str
     # LOG_FORMAT (auto): json, console, or auto (console on a terminal, JSON otherwise).
     log_format: str
+    # TLS_CERT_FILE (empty): PEM certificate chain of the gateway (and of a worker run with --listen);
+    # with TLS_KEY_FILE it turns on TLS.
+    tls_cert_file: Path | None
+    # TLS_KEY_FILE (empty): PEM private key for TLS_CERT_FILE.
+    tls_key_file: Path | None
+    # TLS_CLIENT_CA_FILE (empty): PEM CA bundle; when set, clients must show a certificate it signed (mTLS).
+    tls_client_ca_file: Path | None
+    # ALLOW_INSECURE (false): allow plaintext on an address that is not loopback (logs a warning).
+    allow_insecure: bool
+    # AUTH_TOKENS (empty): comma-separated bearer tokens; when any are set (here or in AUTH_TOKENS_FILE),
+    # every call but grpc.health.v1 needs `authorization: Bearer <token>`.
+    auth_tokens: tuple[str, ...]
+    # AUTH_TOKENS_FILE (empty): file with one bearer token per line (# comments allowed).
+    auth_tokens_file: Path | None
+    # WORKER_TLS_CA_FILE (empty): PEM CA that signed the certificates of workers on TCP (STATIC_WORKERS);
+    # when set, the gateway reaches them over TLS.
+    worker_tls_ca_file: Path | None
+    # MAX_CONCURRENT_STREAMS (128): streams the gateway carries at once, over all clients.
+    max_concurrent_streams: int
+    # MAX_STREAMS_PER_CLIENT (16): streams one client (token, else certificate, else address) may hold at once.
+    max_streams_per_client: int
+    # MAX_DECODE_RATIO (1000): decoded audio (16 kHz mono 16-bit) may be at most this many times the size
+    # of the file sent, past its first minute; 0 turns the check off. Stops decompression bombs early.
+    max_decode_ratio: float
 
     @property
     def worker_count(self) -> int:
@@ -213,7 +267,19 @@ class Settings:
         for field in fields(cls):
             variable, default, parse = _SPEC[field.name]
             values[field.name] = parse(variable, merged.get(variable, default))
-        return cls(**values)
+        settings = cls(**values)
+        settings._check_tls()
+        return settings
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together (certificate and its key)")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE as well")
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
 
     def as_env(self) -> dict[str, str]:
         """The variables a child process needs to rebuild these settings (with the mode resolved)."""
@@ -223,6 +289,8 @@ class Settings:
             value = getattr(self, field.name)
             if isinstance(value, bool):
                 out[variable] = "true" if value else "false"
+            elif value is None:
+                out[variable] = ""
             elif isinstance(value, tuple):
                 out[variable] = ",".join(value)
             else:
@@ -259,6 +327,16 @@ _SPEC: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
     "max_initial_prompt_chars": ("MAX_INITIAL_PROMPT_CHARS", "1000", _int(0)),
     "log_level": ("LOG_LEVEL", "info", _choice("debug", "info", "warning", "error")),
     "log_format": ("LOG_FORMAT", "auto", _choice("auto", "json", "console")),
+    "tls_cert_file": ("TLS_CERT_FILE", "", _optional_file),
+    "tls_key_file": ("TLS_KEY_FILE", "", _optional_file),
+    "tls_client_ca_file": ("TLS_CLIENT_CA_FILE", "", _optional_file),
+    "allow_insecure": ("ALLOW_INSECURE", "false", _bool),
+    "auth_tokens": ("AUTH_TOKENS", "", _tokens),
+    "auth_tokens_file": ("AUTH_TOKENS_FILE", "", _optional_file),
+    "worker_tls_ca_file": ("WORKER_TLS_CA_FILE", "", _optional_file),
+    "max_concurrent_streams": ("MAX_CONCURRENT_STREAMS", "128", _int(1)),
+    "max_streams_per_client": ("MAX_STREAMS_PER_CLIENT", "16", _int(1)),
+    "max_decode_ratio": ("MAX_DECODE_RATIO", "1000", _float(0)),
 }
 
 #: Variable name of each field, for documentation and error messages.

@@ -73,10 +73,10 @@ def limits_pb(settings: Settings) -> pb.Limits:
     )
 
 
-def decode_request_audio(request: pb.TranscribeRequest, max_seconds: float) -> np.ndarray:
+def decode_request_audio(request: pb.TranscribeRequest, max_seconds: float, max_ratio: float = 0.0) -> np.ndarray:
     """Audio of a Transcribe request as 16 kHz mono float32, or AudioError."""
     if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
         return audio.decode_linear16(
             request.audio_content, request.sample_rate_hertz, request.audio_channel_count, max_seconds
         )
-    return audio.decode_container(request.audio_content, max_seconds)
+    return audio.decode_container(request.audio_content, max_seconds, max_ratio)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from services.common.credentials import aio_token_interceptors
 from services.gen import fleet_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 SUPERVISOR_STATES = {
@@ -39,12 +40,25 @@ class WorkerHandle:
     health_error: str = ""
     in_flight: int = 0
     streams: int = 0
+    token: str | None = field(default=None, repr=False)
+    tcp_credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
 
     @property
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=self.channel_options)
+            # A worker on TCP checks the token like the gateway does; one on a unix socket is guarded by
+            # its folder's mode, so its calls skip the interceptors' per-message cost.
+            tcp = not self.address.startswith("unix:")
+            interceptors = aio_token_interceptors(self.token) if tcp else None
+            if tcp and self.tcp_credentials is not None:
+                self._channel = grpc.aio.secure_channel(
+                    self.address, self.tcp_credentials, options=self.channel_options, interceptors=interceptors
+                )
+            else:
+                self._channel = grpc.aio.insecure_channel(
+                    self.address, options=self.channel_options, interceptors=interceptors
+                )
         return self._channel
 
     @property
@@ -132,15 +146,28 @@ def choose_least_loaded(workers: Iterable[WorkerHandle], turn: int) -> WorkerHan
 class Registry:
     """All known workers by name."""
 
-    def __init__(self, channel_options: list[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        channel_options: list[tuple[str, int]],
+        worker_token: str | None = None,
+        tcp_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.workers: dict[str, WorkerHandle] = {}
         self._options = channel_options
+        self._token = worker_token
+        self._tcp_credentials = tcp_credentials
         self._turns = itertools.count()
 
     def ensure(self, name: str, address: str) -> WorkerHandle:
         handle = self.workers.get(name)
         if handle is None or handle.address != address:
-            handle = WorkerHandle(name=name, address=address, channel_options=self._options)
+            handle = WorkerHandle(
+                name=name,
+                address=address,
+                channel_options=self._options,
+                token=self._token,
+                tcp_credentials=self._tcp_credentials,
+            )
             self.workers[name] = handle
         return handle
 

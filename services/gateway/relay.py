@@ -19,14 +19,17 @@ import structlog
 from services.common import audio
 from services.common.errors import RequestError
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine
+from services.gateway.call_status import StatusKeeper
 from services.gateway.dispatch import Dispatcher
 from services.gateway.registry import Registry, WorkerHandle
 from services.gen import transcription_pb2 as pb
+from services.gpu_worker.validation import check_streaming_encoding
 
 log = structlog.get_logger()
 
-# Errors after which the stream moves: the worker went away, or broke in a way another may not.
-MOVABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+# Errors after which the stream moves: the worker went away (killed, draining, unreachable). Anything
+# else is the worker's answer to this stream, and another worker would give the same.
+MOVABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 MAX_MOVES = 5
 
 
@@ -95,7 +98,11 @@ class StreamRelay:
                 "CONFIG_NOT_FIRST",
                 "the first StreamingTranscribeRequest must carry streaming_config, and only it",
             )
-        config = first.streaming_config
+        config = pb.StreamingConfig()
+        config.CopyFrom(first.streaming_config)
+        # Only the gateway may resume a session: a client's resume state would let it forge one.
+        config.ClearField("resume")
+        check_streaming_encoding(config)
         try:
             channels = audio.check_pcm_format(config.sample_rate_hertz, config.audio_channel_count)
         except audio.AudioError as err:
@@ -118,6 +125,7 @@ class StreamRelay:
                 call = handle.transcription.StreamingTranscribe(
                     timeout=self._context.time_remaining(), metadata=((REQUEST_ID_HEADER, self._line.request_id),)
                 )
+                keeper = StatusKeeper(call)
                 writer = asyncio.create_task(self._write(call, opening, start))
                 try:
                     with handle.track_stream():
@@ -135,20 +143,24 @@ class StreamRelay:
                     if self._client_error is not None and not self._context.cancelled():
                         raise self._client_error from None
                     raise
-                except grpc.aio.AioRpcError as exc:
+                except grpc.aio.AioRpcError as failed:
                     if self._client_error is not None:
                         raise self._client_error from None
-                    if exc.code() not in MOVABLE or self.moves >= MAX_MOVES or self._context.cancelled():
-                        raise
+                    # The worker's own status, even where grpc.aio reports its write race instead.
+                    code, details, trailing = await keeper.settle(failed)
+                    exc = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
+                    if code not in MOVABLE or self.moves >= MAX_MOVES or self._context.cancelled():
+                        raise exc from None
                     self.moves += 1
                     self._line.fields["moves"] = self.moves
-                    handle.mark_unreachable(f"stream failed: {exc.code().name} {exc.details()}")
+                    if code == grpc.StatusCode.UNAVAILABLE:
+                        handle.mark_unreachable(f"stream failed: {code.name} {details}")
                     exclude = {handle.name}
                     log.warning(
                         "stream_moved",
                         worker=handle.name,
-                        code=exc.code().name,
-                        details=exc.details(),
+                        code=code.name,
+                        details=details,
                         replay_bytes=self._audio.end - start,
                     )
                 finally:

@@ -11,9 +11,12 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
 from services.common.config import ConfigError, Settings
+from services.common.credentials import channel_credentials
 from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
+from services.common.tls import bind
 from services.gateway.dispatch import Dispatcher
 from services.gateway.metrics import GatewayStats
 from services.gateway.monitor import FleetMonitor
@@ -34,10 +37,14 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    registry = Registry(channel_options=options)
+    tokens = configured_tokens(settings)
+    # Remote workers (STATIC_WORKERS on TCP) are given the first token, so they must accept it too.
+    worker_tls = channel_credentials(settings.worker_tls_ca_file) if settings.worker_tls_ca_file else None
+    registry = Registry(channel_options=options, worker_token=tokens[0] if tokens else None, tcp_credentials=worker_tls)
+    interceptors = [TokenAuthInterceptor(TokenSet(tokens))] if tokens else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     dispatcher = Dispatcher(registry, settings.gateway_queue_size)
     stats = GatewayStats(registry, dispatcher)
-    server = grpc.aio.server(options=options)
     health_servicer = health.aio.HealthServicer()
     transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(
         TranscriptionProxy(registry, dispatcher, stats, settings), server
@@ -58,11 +65,14 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     await on_change(0)
     if settings.metrics_address:
         stats.serve(settings.metrics_address)
-    server.add_insecure_port(settings.gateway_address)
+    transport = bind(server, settings.gateway_address, settings, "GATEWAY_ADDRESS")
     await server.start()
     log.info(
         "gateway_listening",
         address=settings.gateway_address,
+        transport=transport,
+        tokens=len(tokens),
+        metrics=settings.metrics_address,
         supervisor=supervisor_url,
         static=settings.static_workers,
     )
@@ -89,7 +99,11 @@ def main() -> None:
         sys.exit(2)
     configure_logging(settings.log_level, settings.log_format, service="gateway")
     # supervisord tells its children where its socket is; run by hand, the gateway uses static workers only.
-    asyncio.run(serve(settings, os.environ.get("SUPERVISOR_SERVER_URL")))
+    try:
+        asyncio.run(serve(settings, os.environ.get("SUPERVISOR_SERVER_URL")))
+    except ConfigError as exc:  # TLS files or tokens that only turn out bad when read
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

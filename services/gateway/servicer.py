@@ -12,12 +12,14 @@ import grpc
 import structlog
 
 from services.common import audio
+from services.common.auth import client_identity
 from services.common.config import Settings
 from services.common.convert import decode_request_audio, limits_pb
 from services.common.errors import RequestError, abort
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
 from services.gateway import shard
 from services.gateway.dispatch import Dispatcher
+from services.gateway.limits import StreamLimiter
 from services.gateway.metrics import GatewayStats
 from services.gateway.registry import Registry, WorkerHandle
 from services.gateway.relay import StreamRelay
@@ -43,6 +45,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         self._dispatch = dispatcher
         self._stats = stats
         self._settings = settings
+        self.streams = StreamLimiter(settings.max_concurrent_streams, settings.max_streams_per_client)
 
     def _pick(self, tried: set[str]) -> WorkerHandle:
         handle = self._registry.pick(exclude=tried)
@@ -55,7 +58,12 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             )
         return handle
 
-    async def _fail(self, context: grpc.aio.ServicerContext, line: RequestLine, exc: grpc.aio.AioRpcError) -> None:
+    async def _fail(
+        self,
+        context: grpc.aio.ServicerContext,
+        line: RequestLine,
+        exc: grpc.aio.AioRpcError,
+    ) -> None:
         code, details, trailing = _passthrough(exc)
         line.fail_code(code, "WORKER_ERROR")
         await context.abort(code, details, trailing_metadata=tuple(trailing or ()))
@@ -158,11 +166,18 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         self, request_iterator: AsyncIterator[pb.StreamingTranscribeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
         with request_line("StreamingTranscribe", context, self._stats.observe) as line:
+            client = line.fields["client"] = client_identity(context)
+            try:
+                self.streams.acquire(client)
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
             relay = StreamRelay(self._registry, self._dispatch, line, context, self._settings.stream_failover_wait_s)
             self._stats.active_streams += 1
             try:
-                async for response in relay.run(request_iterator):
-                    yield response
+                with self.streams.held(client):
+                    async for response in relay.run(request_iterator):
+                        yield response
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import configparser
 import re
 import xmlrpc.client
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
+
+from services.common.config import ConfigError
+from services.common.tls import is_loopback
 
 WORKER_GROUP = "gpu_worker"
 _WORKER_NAME = re.compile(r"^gpu_worker_(\d+)$")
@@ -26,6 +31,29 @@ class ProcessInfo:
     @property
     def full_name(self) -> str:
         return f"{self.group}:{self.name}"
+
+
+def check_supervisor_conf(path: Path) -> None:
+    """supervisord's control interface starts and stops anything it runs: only this user may reach it.
+
+    The unix socket must be chmod 0700 (or stricter); an inet_http_server must listen on loopback and
+    ask for a username and password.
+    """
+    conf = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
+    conf.read(path)
+    if conf.has_section("unix_http_server"):
+        mode = conf.get("unix_http_server", "chmod", fallback="0700")
+        if int(mode, 8) & 0o077:
+            raise ConfigError(f"{path}: [unix_http_server] chmod={mode} lets other users control supervisord: use 0700")
+    if conf.has_section("inet_http_server"):
+        port = conf.get("inet_http_server", "port", fallback="")
+        host = port.rpartition(":")[0] if ":" in port else ""
+        if not host or host == "*" or not is_loopback(port):
+            raise ConfigError(f"{path}: [inet_http_server] port={port} is not a loopback address: bind it to 127.0.0.1")
+        if not conf.get("inet_http_server", "username", fallback="") or not conf.get(
+            "inet_http_server", "password", fallback=""
+        ):
+            raise ConfigError(f"{path}: [inet_http_server] needs a username and a password")
 
 
 def worker_process_num(name: str) -> int | None:

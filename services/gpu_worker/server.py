@@ -13,9 +13,11 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
 from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
+from services.common.tls import bind
 from services.gen import transcription_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gpu_worker.device import DeviceProbe
 from services.gpu_worker.faster_whisper_engine import FasterWhisperEngine
@@ -41,7 +43,17 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
     worker_id = f"gpu_worker_{process_num:02d}"
     guard = DeviceGuard(min_free_bytes=settings.min_free_vram_mb * 2**20)
     runtime = WorkerRuntime(worker_id, process_num, settings.worker_concurrency, guard)
-    server = grpc.aio.server(options=server_options(settings))
+    interceptors = []
+    if listen:
+        # On TCP anyone who reaches the port could skip the gateway's checks: the worker checks the token
+        # itself. On its unix socket the folder's mode 0700 keeps everyone but this user out.
+        tokens = configured_tokens(settings)
+        if not tokens:
+            raise ConfigError(
+                "a worker on TCP (--listen) needs AUTH_TOKENS or AUTH_TOKENS_FILE, with the token the gateway sends"
+            )
+        interceptors.append(TokenAuthInterceptor(TokenSet(tokens)))
+    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(TranscriptionServicer(runtime, settings), server)
     worker_servicer = WorkerServicer(runtime, DeviceProbe(str(settings.worker_device_id), enabled=False), settings)
@@ -51,12 +63,14 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
 
     if listen:
         address = listen
+        bind(server, address, settings, "--listen")
     else:
         socket_path = settings.worker_socket(process_num)
-        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private_dir(socket_path.parent)
         socket_path.unlink(missing_ok=True)  # left behind by a worker that was killed
         address = f"unix://{socket_path}"
-    server.add_insecure_port(address)
+        server.add_insecure_port(address)
     await server.start()
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     log.info("worker_listening", address=address)
@@ -112,6 +126,16 @@ async def watch_device(runtime: WorkerRuntime, servicer: WorkerServicer, guard: 
             runtime.apply_guard(reason)
 
 
+def check_private_dir(folder: Path) -> None:
+    """Whoever can reach a worker's socket skips the gateway's token and limits: only this user may."""
+    mode = folder.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(
+            f"RUN_DIR {str(folder)!r} has mode {mode:04o}, so other users could reach the worker sockets in it: "
+            f"run `chmod 700 {folder}` (scribe start creates it that way) or point RUN_DIR at a private folder"
+        )
+
+
 async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
     for name in ("", *SERVICES):
         await servicer.set(name, status)
@@ -133,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         service="gpu_worker",
         worker=f"gpu_worker_{args.process_num:02d}",
     )
-    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(settings, args.process_num, args.listen))
+    Path(settings.run_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        asyncio.run(serve(settings, args.process_num, args.listen))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ from services.gpu_worker.device import DeviceProbe, process_rss_bytes
 from services.gpu_worker.engine import DecodeOptions, Engine, EngineResult, Word
 from services.gpu_worker.runtime import WorkerRuntime
 from services.gpu_worker.streaming import StreamingSession, StreamUpdate
-from services.gpu_worker.validation import Limits, check_streaming_encoding, decode_options
+from services.gpu_worker.validation import (
+    Limits,
+    check_streaming_encoding,
+    check_transcribe_encoding,
+    decode_options,
+)
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -29,14 +34,15 @@ def limits_from(settings: Settings) -> Limits:
         stream_idle_timeout_s=settings.stream_idle_timeout_s,
         max_beam_size=settings.max_beam_size,
         max_initial_prompt_chars=settings.max_initial_prompt_chars,
+        max_decode_ratio=settings.max_decode_ratio,
     )
 
 
 def _transcribe_blocking(
-    engine: Engine, request: pb.TranscribeRequest, options: DecodeOptions, max_seconds: float
+    engine: Engine, request: pb.TranscribeRequest, options: DecodeOptions, limits: Limits
 ) -> tuple[EngineResult, float]:
     started = time.perf_counter()
-    samples = decode_request_audio(request, max_seconds)
+    samples = decode_request_audio(request, limits.max_audio_seconds, limits.max_decode_ratio)
     result = engine.transcribe(samples, options)
     return result, time.perf_counter() - started
 
@@ -82,10 +88,9 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             line.fields["audio_bytes"] = len(request.audio_content)
             try:
                 engine = self._rt.require_engine()
+                check_transcribe_encoding(request.encoding)
                 options = decode_options(request.options, self._limits, engine.info)
-                result, elapsed = await self._rt.run(
-                    _transcribe_blocking, engine, request, options, self._limits.max_audio_seconds
-                )
+                result, elapsed = await self._rt.run(_transcribe_blocking, engine, request, options, self._limits)
             except audio.AudioError as err:
                 line.fail(_invalid_audio(err))
                 await abort(context, _invalid_audio(err))

@@ -20,6 +20,17 @@ class Limits:
     stream_idle_timeout_s: float
     max_beam_size: int
     max_initial_prompt_chars: int
+    max_decode_ratio: float = 0.0
+
+
+#: How much of a client's string an error message repeats: a 1 MB language code must not come back
+#: as a 1 MB status message (gRPC would refuse to send it, and the client would see INTERNAL).
+ECHO_CHARS = 40
+
+
+def echo(value: str) -> str:
+    """`value` as an error message may quote it: repr'd, and cut short."""
+    return repr(value) if len(value) <= ECHO_CHARS else repr(value[:ECHO_CHARS]) + f"... ({len(value)} characters)"
 
 
 def _invalid(reason: str, message: str) -> RequestError:
@@ -34,7 +45,7 @@ def decode_options(options: pb.RecognitionOptions, limits: Limits, engine: Engin
             hint = "this model is English-only" if not engine.multilingual else "see GetConfig.language_codes"
             raise _invalid(
                 "UNSUPPORTED_LANGUAGE",
-                f"language_code {options.language_code!r} is not supported ({hint}); "
+                f"language_code {echo(options.language_code)} is not supported ({hint}); "
                 "leave it empty to detect the language",
             )
     task = "translate" if options.task == pb.TASK_TRANSLATE else "transcribe"
@@ -57,6 +68,15 @@ def decode_options(options: pb.RecognitionOptions, limits: Limits, engine: Engin
         vad_filter=options.vad_filter,
         initial_prompt=options.initial_prompt or None,
     )
+
+
+def check_transcribe_encoding(encoding: int) -> None:
+    if encoding not in (pb.AUDIO_ENCODING_UNSPECIFIED, pb.AUDIO_ENCODING_LINEAR16, pb.AUDIO_ENCODING_CONTAINER):
+        raise _invalid(
+            "UNSUPPORTED_ENCODING",
+            f"encoding {encoding} is not an AudioEncoding this server knows: use AUDIO_ENCODING_CONTAINER "
+            "(or leave it unset) for a file, AUDIO_ENCODING_LINEAR16 for raw samples",
+        )
 
 
 def check_streaming_encoding(config: pb.StreamingConfig) -> None:
