@@ -53,7 +53,7 @@ def test_subtitles_escape_markup_and_keep_each_cue_on_one_line() -> None:
     response.segments[0].end_offset.FromMilliseconds(1500)
     vtt = to_vtt(response)
     assert "&lt;b&gt; &amp; c --&gt; d e" in vtt
-    assert [html.unescape(c.text) for c in webvtt.from_buffer(io.StringIO(vtt))] == ["a <b> & c --> d e"]
+    assert [html.unescape(c.text) for c in webvtt.from_buffer(io.StringIO(vtt)).captions] == ["a <b> & c --> d e"]
     assert [c.content for c in srt.parse(to_srt(response))] == ["a <b> & c --> d e"]
 
 
@@ -64,7 +64,7 @@ def test_srt_and_vtt_of_a_live_transcript_parse_and_match_the_segments(long_resp
     assert [c.index for c in cues] == list(range(1, len(expected) + 1))
     one_ms = timedelta(milliseconds=1)
     assert [(c.start // one_ms, c.end // one_ms, c.content) for c in cues] == expected
-    vtt = webvtt.from_buffer(io.StringIO(render(long_response, "vtt")))
+    vtt = webvtt.from_buffer(io.StringIO(render(long_response, "vtt"))).captions
     assert [(c.start_time.in_milliseconds(), c.end_time.in_milliseconds(), c.text) for c in vtt] == [
         (start, end, text) for start, end, text in expected
     ]
@@ -89,8 +89,8 @@ def test_cli_writes_every_format_beside_the_file(
             (start / 1000, end / 1000) for start, end, _ in expected
         ]
     elif fmt == "vtt":
-        cues = webvtt.from_buffer(io.StringIO(written))
-        assert [(c.start_time.in_milliseconds(), c.end_time.in_milliseconds()) for c in cues] == [
+        vtt_cues = webvtt.from_buffer(io.StringIO(written)).captions
+        assert [(c.start_time.in_milliseconds(), c.end_time.in_milliseconds()) for c in vtt_cues] == [
             (start, end) for start, end, _ in expected
         ]
     elif fmt == "tsv":
