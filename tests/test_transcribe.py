@@ -7,7 +7,7 @@ import pytest
 
 from services.gen import transcription_pb2 as pb
 from tests.conftest import Fleet
-from tests.helpers import clip, read_wav, words_of
+from tests.helpers import clip, read_wav, wait_for, words_of
 
 EXPECTED = ["quick", "brown", "fox", "over", "the", "lazy", "dog"]
 
@@ -58,8 +58,9 @@ def test_request_id_from_client_is_kept(serving_fleet: Fleet) -> None:
         timeout=60,
     )
     assert response.request_id == "test-req-42"
-    logs = (serving_fleet.run_dir / "logs" / "gateway.log").read_text()
-    assert '"request_id": "test-req-42"' in logs
+    log = serving_fleet.run_dir / "logs" / "gateway.log"
+    # supervisord copies the gateway's output into the file on its own schedule: give it a moment.
+    assert wait_for(lambda: '"request_id": "test-req-42"' in log.read_text(), 10), log.read_text()[-2000:]
 
 
 def test_get_config_describes_model_and_limits(serving_fleet: Fleet) -> None:

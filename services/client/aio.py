@@ -15,6 +15,9 @@ from services.client.sync import DEFAULT_ADDRESS
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 
+#: Longest wait, at the start of each stream attempt, for the server to accept or refuse it before audio goes out.
+ADMISSION_WAIT_S = 0.25
+
 
 async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:
     if isinstance(chunks, AsyncIterable):
@@ -23,6 +26,19 @@ async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterato
     else:
         for chunk in chunks:
             yield chunk
+
+
+async def _write_all(call: grpc.aio.StreamStreamCall, requests: AsyncIterator[pb.StreamingTranscribeRequest]) -> None:
+    """Send the requests, then half-close; a call that ended first reports its status to the reader."""
+    try:
+        async for request in requests:
+            await call.write(request)
+        await call.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass
+    except Exception:
+        call.cancel()  # the caller's audio source failed: end the call, and `stream` raises this error
+        raise
 
 
 class AsyncScribeClient:
@@ -140,20 +156,34 @@ class AsyncScribeClient:
         metadata = call_metadata(self._token, request_id)
         deadline = self._deadline(timeout)
 
-        async def requests() -> AsyncIterator[pb.StreamingTranscribeRequest]:
+        async def requests(call: grpc.aio.StreamStreamCall) -> AsyncIterator[pb.StreamingTranscribeRequest]:
             yield first
+            # Audio waits until the server answers or ADMISSION_WAIT_S passes: a write still in flight
+            # when the server refuses the stream turns its status into INTERNAL (grpc/grpc#36066), and
+            # a refusal (busy, bad token) comes at once. Chunks read meanwhile are kept, not lost.
+            answered = [asyncio.ensure_future(call.initial_metadata()), asyncio.ensure_future(call.code())]
+            await asyncio.wait(answered, timeout=ADMISSION_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in answered:
+                waiter.cancel()
+            if call.done():
+                return
             async for chunk in replay.attempt():
                 yield pb.StreamingTranscribeRequest(audio_content=chunk)
 
         attempt = 0
         try:
             while True:
-                call = self._stub.StreamingTranscribe(requests(), timeout=self._left(deadline), metadata=metadata)
+                call = self._stub.StreamingTranscribe(timeout=self._left(deadline), metadata=metadata)
+                writer = asyncio.ensure_future(_write_all(call, requests(call)))
                 try:
                     async for response in call:
                         replay.commit()
                         yield response
                     return
+                except asyncio.CancelledError:
+                    if writer.done() and not writer.cancelled() and writer.exception() is not None:
+                        raise writer.exception() from None  # type: ignore[misc]
+                    raise
                 except grpc.aio.AioRpcError as err:
                     delay = (
                         None if replay.committed else next_delay(err, attempt, self._busy_retries, self._left(deadline))
@@ -162,6 +192,7 @@ class AsyncScribeClient:
                         raise
                 finally:
                     call.cancel()
+                    writer.cancel()
                 await asyncio.sleep(delay)
                 attempt += 1
         finally:
