@@ -16,7 +16,7 @@ from services.client import ScribeClient
 from services.common.errors import error_reason
 from services.gen import transcription_pb2 as pb
 from tests.conftest import BIN, Fleet
-from tests.helpers import ROOT, repeated_wav, words_of
+from tests.helpers import ROOT, repeated_wav, wait_for, words_of
 
 # About 72 s: three of Whisper's 30 s windows, so segments come in at least three batches.
 LONG_REPEATS = 6
@@ -92,3 +92,26 @@ def test_cli_shows_a_progress_bar_on_a_terminal(serving_fleet: Fleet, tmp_path: 
     assert 100 in shown and any(0 < p < 100 for p in shown), text[-2000:]
     assert re.search(r"\d+/7\d s of audio", text), text[-2000:]
     assert words_of(stdout.decode())[:2] == ["good", "morning"]
+
+
+def test_a_client_that_goes_away_frees_the_workers_slot_early(serving_fleet: Fleet) -> None:
+    """The worker stops decoding at the next segment instead of transcribing to the end for nobody."""
+    audio = repeated_wav("speech_long.wav", 8)  # about 96 s: four of Whisper's 30 s windows
+    with ScribeClient(serving_fleet.address) as client:
+        started = time.monotonic()
+        assert list(client.transcribe_with_progress(audio))[-1].progress_percent == 100
+        full = time.monotonic() - started
+
+        started = time.monotonic()
+        reports = client.transcribe_with_progress(audio)
+        worker = next(r for r in reports if r.segments).worker_id
+        reports.close()  # the caller stops reading: the call is cancelled
+
+        def idle() -> bool:
+            health = {w.name: w.health for w in client.list_workers().workers}[worker]
+            return health.active_requests == 0 and health.queued_requests == 0
+
+        assert wait_for(idle, full, 0.1)
+        freed = time.monotonic() - started
+    # Cancelled after the first window, the slot is free after the second one, not the fourth.
+    assert freed < 0.8 * full, (freed, full)

@@ -253,6 +253,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if not sources:
         print(f"scribe: no audio files in {' '.join(args.paths)}", file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        print("scribe: --jobs must be 1 or more", file=sys.stderr)
+        return 2
     if args.stream and not single:
         print("scribe: --stream takes one file", file=sys.stderr)
         return 2
