@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 
 import grpc
 
@@ -118,7 +118,7 @@ class AsyncScribeClient:
         channels: int = 0,
         timeout: float | None = None,
         request_id: str | None = None,
-    ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
+    ) -> AsyncGenerator[pb.TranscribeWithProgressResponse, None]:
         request = pb.TranscribeWithProgressRequest(
             request=transcribe_request(audio, options, sample_rate_hertz, channels)
         )
@@ -149,7 +149,7 @@ class AsyncScribeClient:
         *,
         timeout: float | None = None,
         request_id: str | None = None,
-    ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
+    ) -> AsyncGenerator[pb.StreamingTranscribeResponse, None]:
         """Stream LINEAR16 chunks from an async (or plain) iterable; yields interim and final results."""
         first = (config or StreamConfig()).to_pb()
         replay = AsyncReplay(_aiter(chunks))

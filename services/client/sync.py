@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -105,7 +105,7 @@ class ScribeClient:
         channels: int = 0,
         timeout: float | None = None,
         request_id: str | None = None,
-    ) -> Iterator[pb.TranscribeWithProgressResponse]:
+    ) -> Generator[pb.TranscribeWithProgressResponse, None, None]:
         """Like `transcribe`, yielding progress reports; the last one has the whole result in `.result`."""
         request = pb.TranscribeWithProgressRequest(
             request=transcribe_request(audio, options, sample_rate_hertz, channels)
@@ -137,7 +137,7 @@ class ScribeClient:
         *,
         timeout: float | None = None,
         request_id: str | None = None,
-    ) -> Iterator[pb.StreamingTranscribeResponse]:
+    ) -> Generator[pb.StreamingTranscribeResponse, None, None]:
         """Stream LINEAR16 chunks (any size from 20 ms on) and yield interim and final results."""
         first = (config or StreamConfig()).to_pb()
         replay = Replay(iter(chunks))
