@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/transcription/v1/*.proto)
 GEN    := services/gen/transcription/v1/transcription_pb2.py
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test proto lint bench bench-limits fuzz clean help
+.PHONY: run test proto lint bench bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench  - benchmarks (needs ../shared/audio)"
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
+	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +55,9 @@ lint: $(GEN)
 
 bench: $(GEN)
 	$(BIN)/python -m bench.throughput
+
+bench-clients: $(GEN)
+	$(BIN)/python -m bench.clients
 
 clean:
 	rm -rf $(VENV) services/gen/transcription run

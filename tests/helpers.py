@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import time
 import wave
@@ -63,3 +64,15 @@ def stream_requests(
 def read_wav(name: str) -> tuple[bytes, int, int]:
     with wave.open(str(DATA / name)) as w:
         return w.readframes(w.getnframes()), w.getframerate(), w.getnchannels()
+
+
+def repeated_wav(name: str, times: int) -> bytes:
+    """A WAV of a committed clip played `times` times over: long audio without a large file in git."""
+    pcm, rate, channels = read_wav(name)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm * times)
+    return out.getvalue()

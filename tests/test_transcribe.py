@@ -59,8 +59,8 @@ def test_request_id_from_client_is_kept(serving_fleet: Fleet) -> None:
     )
     assert response.request_id == "test-req-42"
     log = serving_fleet.run_dir / "logs" / "gateway.log"
-    # The canonical line is written as the call ends, just after the response leaves.
-    assert wait_for(lambda: '"request_id": "test-req-42"' in log.read_text(), 5)
+    # supervisord copies the gateway's output into the file on its own schedule: give it a moment.
+    assert wait_for(lambda: '"request_id": "test-req-42"' in log.read_text(), 10), log.read_text()[-2000:]
 
 
 def test_get_config_describes_model_and_limits(serving_fleet: Fleet) -> None:

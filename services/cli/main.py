@@ -16,17 +16,20 @@ from pathlib import Path
 import grpc
 import numpy as np
 from dotenv import set_key
+from rich.console import Console
 
 import services
 from services.cli import scale
+from services.cli.transcribe import find_audio, output_path, transcribe_batch, transcribe_one
+from services.client import FORMATS, ScribeClient, StreamConfig, TranscribeOptions
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container
 from services.common.auth import configured_tokens
 from services.common.capacity import CapacityError
 from services.common.config import ConfigError, Settings
-from services.common.credentials import ClientSecurity, CredentialsError, open_channel
+from services.common.credentials import ClientSecurity, CredentialsError
 from services.common.tls import transport_mode
 from services.gateway.supervisor import SupervisorClient, check_supervisor_conf
-from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc, worker_pb2
+from services.gen import fleet_pb2, worker_pb2
 from services.gen import transcription_pb2 as pb
 
 HOME = Path(services.__file__).resolve().parent.parent
@@ -145,13 +148,20 @@ def _security(args: argparse.Namespace, settings: Settings | None = None) -> Cli
     return security
 
 
+def client_for(address: str, security: ClientSecurity | None = None) -> ScribeClient:
+    """The one place the CLI makes its gateway client, with TLS and the token from `security`."""
+    security = security or ClientSecurity()
+    return ScribeClient(
+        address, credentials=security.credentials(), token=security.token, extra_options=security.channel_options()
+    )
+
+
 def wait_ready(address: str, workers: int, timeout: float, security: ClientSecurity | None = None) -> int:
     deadline = time.monotonic() + timeout
-    with open_channel(address, security) as channel:
-        fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+    with client_for(address, security) as client:
         while time.monotonic() < deadline:
             try:
-                listed = fleet.ListWorkers(fleet_pb2.ListWorkersRequest(), timeout=1).workers
+                listed = client.list_workers(timeout=1).workers
                 serving = sum(1 for w in listed if w.routing_state == fleet_pb2.ROUTING_STATE_SERVING)
                 if serving >= workers:
                     print(f"scribe: {serving} workers serving on {address}", file=sys.stderr)
@@ -266,8 +276,8 @@ def format_table(rows: list[list[str]]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     address = args.address or _settings().gateway_address
     try:
-        with open_channel(address, _security(args)) as channel:
-            listed = fleet_pb2_grpc.FleetServiceStub(channel).ListWorkers(fleet_pb2.ListWorkersRequest(), timeout=3)
+        with client_for(address, _security(args)) as client:
+            listed = client.list_workers(timeout=3)
     except grpc.RpcError as exc:
         print(f"gateway {address} did not answer ({exc.code().name}); supervisord says:", file=sys.stderr)
         try:
@@ -289,24 +299,14 @@ def stats_line(stats: fleet_pb2.FleetStats) -> str:
     )
 
 
-def _stub(
-    address: str, security: ClientSecurity | None = None
-) -> tuple[grpc.Channel, transcription_pb2_grpc.TranscriptionServiceStub]:
-    channel = open_channel(
-        address,
-        security,
-        options=[("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)],
-    )
-    return channel, transcription_pb2_grpc.TranscriptionServiceStub(channel)
-
-
-def _options(args: argparse.Namespace) -> pb.RecognitionOptions:
-    return pb.RecognitionOptions(
-        language_code=args.language or "",
+def _options(args: argparse.Namespace) -> TranscribeOptions:
+    return TranscribeOptions(
+        language=args.language,
         beam_size=args.beam_size,
-        enable_word_time_offsets=args.words,
+        # JSON is the format with words; the others have no place for them.
+        word_timestamps=args.words or args.format == "json",
         vad_filter=args.vad,
-        initial_prompt=args.prompt or "",
+        initial_prompt=args.prompt,
     )
 
 
@@ -317,61 +317,68 @@ def pcm_chunks(samples: np.ndarray, chunk_s: float) -> Iterator[bytes]:
         yield pcm[i : i + step]
 
 
-def stream_requests(
-    samples: np.ndarray, options: pb.RecognitionOptions, chunk_s: float, speed: float
-) -> Iterator[pb.StreamingTranscribeRequest]:
-    """Config first, then the audio paced at `speed` times real time (0: as fast as possible)."""
-    yield pb.StreamingTranscribeRequest(
-        streaming_config=pb.StreamingConfig(
-            encoding=pb.AUDIO_ENCODING_LINEAR16,
-            sample_rate_hertz=SAMPLE_RATE,
-            options=options,
-            interim_results=True,
-        )
-    )
+def paced(chunks: Iterator[bytes], speed: float) -> Iterator[bytes]:
+    """LINEAR16 chunks at `speed` times real time (0: as fast as possible), like a live source."""
     started = time.monotonic()
     sent = 0.0
-    for chunk in pcm_chunks(samples, chunk_s):
+    for chunk in chunks:
         if speed > 0:
             delay = started + sent / speed - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        yield pb.StreamingTranscribeRequest(audio_content=chunk)
+        yield chunk
         sent += len(chunk) / 2 / SAMPLE_RATE
+
+
+def _stream_file(client: ScribeClient, args: argparse.Namespace) -> int:
+    try:
+        samples = decode_container(Path(args.paths[0]).read_bytes(), max_seconds=24 * 3600)
+    except AudioError as exc:
+        print(f"scribe: {args.paths[0]}: {exc}", file=sys.stderr)
+        return 2
+    config = StreamConfig(sample_rate_hertz=SAMPLE_RATE, options=_options(args), interim_results=True)
+    return print_stream(client.stream(paced(pcm_chunks(samples, 0.1), args.speed), config))
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     address = args.address or _settings().gateway_address
-    data = Path(args.file).read_bytes()
-    channel, stub = _stub(address, _security(args))
-    try:
-        if not args.stream:
-            response = stub.Transcribe(
-                pb.TranscribeRequest(audio_content=data, options=_options(args)), timeout=args.timeout
-            )
-            if args.segments:
-                for s in response.segments:
-                    start, end = s.start_offset.ToMilliseconds() / 1000, s.end_offset.ToMilliseconds() / 1000
-                    print(f"[{start:8.2f} -> {end:8.2f}] {s.text}")
-            else:
-                print(response.transcript)
-            print(
-                f"{response.worker_id}: {response.audio_duration.ToMilliseconds() / 1000:.1f} s of audio in "
-                f"{response.processing_time.ToMilliseconds() / 1000:.2f} s ({response.language_code})",
-                file=sys.stderr,
-            )
-            return 0
+    sources = find_audio(args.paths)
+    single = len(args.paths) == 1 and not Path(args.paths[0]).is_dir()
+    err = Console(stderr=True)
+    if not sources:
+        print(f"scribe: no audio files in {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    if args.jobs < 1:
+        print("scribe: --jobs must be 1 or more", file=sys.stderr)
+        return 2
+    if args.stream and not single:
+        print("scribe: --stream takes one file", file=sys.stderr)
+        return 2
+    if not single and args.output == "-":
+        print(
+            "scribe: with several files, --output names a folder (each transcript goes beside its file by default)",
+            file=sys.stderr,
+        )
+        return 2
+    fmt = args.format or "txt"
+    with client_for(address, _security(args)) as client:
         try:
-            samples = decode_container(data, max_seconds=24 * 3600)
-        except AudioError as exc:
-            print(f"scribe: {args.file}: {exc}", file=sys.stderr)
+            if args.stream:
+                return _stream_file(client, args)
+            if single:
+                # Plain `scribe transcribe FILE` prints the text; asking for a format writes a file.
+                output = args.output or ("-" if args.format is None else None)
+                destination = None if output == "-" else Path(output) if output else output_path(sources[0], fmt, None)
+                return transcribe_one(
+                    client, sources[0], _options(args), fmt, destination, args.segments, args.timeout, err
+                )
+            return transcribe_batch(client, sources, _options(args), fmt, args.output, args.jobs, args.timeout, err)
+        except grpc.RpcError as exc:
+            print(f"scribe: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"scribe: {exc}", file=sys.stderr)
             return 2
-        return print_stream(stub.StreamingTranscribe(stream_requests(samples, _options(args), 0.1, args.speed)))
-    except grpc.RpcError as exc:
-        print(f"scribe: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    finally:
-        channel.close()
 
 
 def print_stream(responses: Iterator[pb.StreamingTranscribeResponse], out=sys.stdout) -> int:
@@ -434,8 +441,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--address", help="gateway address (default GATEWAY_ADDRESS)")
     status.set_defaults(func=cmd_status)
 
-    tr = sub.add_parser("transcribe", parents=[security], help="transcribe an audio file through the gateway")
-    tr.add_argument("file")
+    tr = sub.add_parser(
+        "transcribe",
+        parents=[security],
+        help="transcribe audio files or folders through the gateway",
+        description="One FILE: prints the transcript, or with --format writes FILE.<format> beside it. "
+        "Several files or folders: transcribes them --jobs at a time, each transcript beside its file.",
+    )
+    tr.add_argument("paths", nargs="+", metavar="PATH", help="audio files, or folders to search for audio files")
+    tr.add_argument("--format", choices=FORMATS, help="txt, srt, vtt, json (with words) or tsv (default txt)")
+    tr.add_argument(
+        "--output",
+        help="one file: where to write (- for stdout); several: the folder to write into (default: beside each file)",
+    )
+    tr.add_argument("--jobs", type=int, default=2, help="with several files: calls at once (default 2)")
     tr.add_argument("--address", help="gateway address (default GATEWAY_ADDRESS)")
     tr.add_argument("--stream", action="store_true", help="stream the file as live audio and print live captions")
     tr.add_argument("--speed", type=float, default=1.0, help="with --stream: times real time (0 = no pacing)")

@@ -202,6 +202,40 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             response.limits.CopyFrom(limits_pb(self._settings))
             return response
 
+    async def TranscribeWithProgress(
+        self, request: pb.TranscribeWithProgressRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
+        with request_line("TranscribeWithProgress", context, self._stats.observe) as line:
+            line.fields["audio_bytes"] = len(request.request.audio_content)
+            tried: set[str] = set()
+            while True:
+                sent = 0
+                try:
+                    # A slot in the fleet queue, like Transcribe: progress calls are unary work too.
+                    async with self._dispatch.slot(tried, context.time_remaining()) as handle:
+                        tried.add(handle.name)
+                        line.fields["worker"] = handle.name
+                        call = handle.transcription.TranscribeWithProgress(
+                            request, timeout=context.time_remaining(), metadata=_metadata(line)
+                        )
+                        async for response in call:
+                            if response.HasField("result"):
+                                response.result.request_id = line.request_id
+                                line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
+                            sent += 1
+                            yield response
+                    return
+                except RequestError as err:
+                    line.fail(err)
+                    await abort(context, err)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE and not sent:
+                        # Nothing reached the client yet, so another worker can start over.
+                        handle.mark_unreachable(f"call failed: {exc.details()}")
+                        log.warning("worker_unavailable_retrying", worker=handle.name, details=exc.details())
+                        continue
+                    await self._fail(context, line, exc)
+
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def __init__(self, registry: Registry, stats: GatewayStats) -> None:

@@ -6,6 +6,7 @@ the streaming session and the gateway do not change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,8 +71,14 @@ class EngineInfo:
 
 
 class Engine(Protocol):
-    """A loaded speech model. `transcribe` blocks; the worker calls it off the event loop."""
+    """A loaded speech model. `transcribe` blocks; the worker calls it off the event loop.
+
+    `on_segment`, when given, is called with each segment as soon as it is decoded (on the inference
+    thread), which is how TranscribeWithProgress reports progress; an exception it raises ends the call.
+    """
 
     info: EngineInfo
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> EngineResult: ...
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions, on_segment: Callable[[Segment], None] | None = None
+    ) -> EngineResult: ...

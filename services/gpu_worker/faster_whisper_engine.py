@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import ctranslate2
@@ -74,7 +75,9 @@ class FasterWhisperEngine:
             languages=languages,
         )
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> EngineResult:
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions, on_segment: Callable[[Segment], None] | None = None
+    ) -> EngineResult:
         segments, info = self._model.transcribe(
             audio,
             language=options.language,
@@ -85,8 +88,9 @@ class FasterWhisperEngine:
             initial_prompt=options.initial_prompt or None,
             temperature=list(options.temperatures),
         )
-        out = tuple(
-            Segment(
+        out: list[Segment] = []
+        for i, s in enumerate(segments):  # the generator decodes lazily: consume it on this thread
+            segment = Segment(
                 id=i,
                 start=float(s.start),
                 end=float(s.end),
@@ -97,10 +101,11 @@ class FasterWhisperEngine:
                 avg_logprob=float(s.avg_logprob),
                 no_speech_prob=float(s.no_speech_prob),
             )
-            for i, s in enumerate(segments)  # the generator decodes lazily: consume it on this thread
-        )
+            out.append(segment)
+            if on_segment is not None:
+                on_segment(segment)
         return EngineResult(
-            segments=out,
+            segments=tuple(out),
             language=info.language,
             language_probability=float(info.language_probability),
             duration=float(info.duration),

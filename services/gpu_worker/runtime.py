@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -96,5 +97,50 @@ class WorkerRuntime:
                 grpc.StatusCode.UNAVAILABLE, "WORKER_DEVICE_ERROR", f"worker {self.worker_id}: {self.guard.last_error}"
             ) from None
 
+    async def stream(self, fn: Callable[..., None], *args: object) -> AsyncIterator[T]:
+        """Run `fn(emit, *args)` like `run`, yielding every item it passes to `emit` as soon as it does.
+
+        When the consumer stops early (the client went away), the next `emit` raises `Abandoned` on the
+        inference thread, so a long recording stops being decoded instead of holding the slot to its end.
+        """
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[T] = asyncio.Queue()
+        abandoned = threading.Event()
+
+        def emit(item: T) -> None:
+            if abandoned.is_set():
+                raise Abandoned
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        done = asyncio.ensure_future(self.run(fn, emit, *args))
+        waiting: asyncio.Future[T] | None = None
+        try:
+            while True:
+                waiting = asyncio.ensure_future(items.get())
+                await asyncio.wait((waiting, done), return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    yield waiting.result()
+                    continue
+                # Items are queued by call_soon_threadsafe before `done` resolves, so all are here now.
+                while not items.empty():
+                    yield items.get_nowait()
+                done.result()
+                return
+        finally:
+            abandoned.set()
+            if waiting is not None:
+                waiting.cancel()
+            if not done.done():
+                done.add_done_callback(_ignore_abandoned)
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Abandoned(Exception):
+    """Raised on the inference thread when nobody reads what `WorkerRuntime.stream` produces any more."""
+
+
+def _ignore_abandoned(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log an unobserved Abandoned

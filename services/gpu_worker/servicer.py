@@ -17,6 +17,7 @@ from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gpu_worker.device import DeviceProbe, process_rss_bytes
 from services.gpu_worker.engine import DecodeOptions, Engine, EngineResult, Word
+from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
 from services.gpu_worker.runtime import WorkerRuntime
 from services.gpu_worker.streaming import StreamingSession, StreamUpdate
 from services.gpu_worker.validation import (
@@ -102,6 +103,35 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             response = transcribe_response(result, elapsed, self._rt.worker_id)
             response.request_id = line.request_id
             return response
+
+    async def TranscribeWithProgress(
+        self, request: pb.TranscribeWithProgressRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
+        with request_line("TranscribeWithProgress", context) as line:
+            inner = request.request
+            line.fields["audio_bytes"] = len(inner.audio_content)
+            highest = 0.0
+            try:
+                engine = self._rt.require_engine()
+                options = decode_options(inner.options, self._limits, engine.info)
+                max_s = self._limits.max_audio_seconds
+                events: AsyncIterator[ProgressEvent] = self._rt.stream(
+                    transcribe_with_progress, engine, lambda: decode_request_audio(inner, max_s), options
+                )
+                async for event in events:
+                    response = progress_pb(event, self._rt.worker_id)
+                    highest = response.progress_percent = max(highest, response.progress_percent)
+                    if response.HasField("result"):
+                        response.result.request_id = line.request_id
+                        self._rt.completed += 1
+                        line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
+                    yield response
+            except audio.AudioError as err:
+                line.fail(_invalid_audio(err))
+                await abort(context, _invalid_audio(err))
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
 
     async def StreamingTranscribe(
         self,

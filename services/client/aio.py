@@ -1,0 +1,214 @@
+"""`AsyncScribeClient`: the asyncio Python client of the gateway (grpc.aio), same API as `ScribeClient`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import grpc
+
+from services.client.messages import Audio, StreamConfig, TranscribeOptions, transcribe_request
+from services.client.replay import AsyncReplay
+from services.client.retry import call_metadata, channel_options, next_delay
+from services.client.sync import DEFAULT_ADDRESS
+from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
+from services.gen import transcription_pb2 as pb
+
+#: Longest wait, at the start of each stream attempt, for the server to accept or refuse it before audio goes out.
+ADMISSION_WAIT_S = 0.25
+
+
+async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        for chunk in chunks:
+            yield chunk
+
+
+async def _write_all(call: grpc.aio.StreamStreamCall, requests: AsyncIterator[pb.StreamingTranscribeRequest]) -> None:
+    """Send the requests, then half-close; a call that ended first reports its status to the reader."""
+    try:
+        async for request in requests:
+            await call.write(request)
+        await call.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass
+    except Exception:
+        call.cancel()  # the caller's audio source failed: end the call, and `stream` raises this error
+        raise
+
+
+class AsyncScribeClient:
+    """The asyncio twin of `ScribeClient` (same arguments, same retries); use it inside one event loop."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        timeout: float | None = 600.0,
+        busy_retries: int = 3,
+        service_config: str | None = None,
+        extra_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        # extra_options: more channel options, e.g. grpc.ssl_target_name_override for a TLS server name.
+        options = [*channel_options(service_config), *extra_options]
+        self.channel = (
+            grpc.aio.secure_channel(address, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(address, options=options)
+        )
+        self._token = token
+        self._timeout = timeout
+        self._busy_retries = busy_retries
+        self._stub = transcription_pb2_grpc.TranscriptionServiceStub(self.channel)
+        self._fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
+
+    async def __aenter__(self) -> AsyncScribeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else time.monotonic() + timeout
+
+    @staticmethod
+    def _left(deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    async def transcribe(
+        self,
+        audio: Audio,
+        options: TranscribeOptions | None = None,
+        *,
+        sample_rate_hertz: int = 0,
+        channels: int = 0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> pb.TranscribeResponse:
+        request = transcribe_request(audio, options, sample_rate_hertz, channels)
+        metadata = call_metadata(self._token, request_id)
+        deadline = self._deadline(self._timeout if timeout is None else timeout)
+        attempt = 0
+        while True:
+            try:
+                response: pb.TranscribeResponse = await self._stub.Transcribe(
+                    request, timeout=self._left(deadline), metadata=metadata
+                )
+                return response
+            except grpc.aio.AioRpcError as err:
+                delay = next_delay(err, attempt, self._busy_retries, self._left(deadline))
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def transcribe_with_progress(
+        self,
+        audio: Audio,
+        options: TranscribeOptions | None = None,
+        *,
+        sample_rate_hertz: int = 0,
+        channels: int = 0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[pb.TranscribeWithProgressResponse, None]:
+        request = pb.TranscribeWithProgressRequest(
+            request=transcribe_request(audio, options, sample_rate_hertz, channels)
+        )
+        metadata = call_metadata(self._token, request_id)
+        deadline = self._deadline(self._timeout if timeout is None else timeout)
+        attempt = 0
+        while True:
+            call = self._stub.TranscribeWithProgress(request, timeout=self._left(deadline), metadata=metadata)
+            received = False
+            try:
+                async for response in call:
+                    received = True
+                    yield response
+                return
+            except grpc.aio.AioRpcError as err:
+                delay = None if received else next_delay(err, attempt, self._busy_retries, self._left(deadline))
+                if delay is None:
+                    raise
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def stream(
+        self,
+        chunks: AsyncIterable[bytes] | Iterable[bytes],
+        config: StreamConfig | None = None,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[pb.StreamingTranscribeResponse, None]:
+        """Stream LINEAR16 chunks from an async (or plain) iterable; yields interim and final results."""
+        first = (config or StreamConfig()).to_pb()
+        replay = AsyncReplay(_aiter(chunks))
+        metadata = call_metadata(self._token, request_id)
+        deadline = self._deadline(timeout)
+
+        async def requests(call: grpc.aio.StreamStreamCall) -> AsyncIterator[pb.StreamingTranscribeRequest]:
+            yield first
+            # Audio waits until the server answers or ADMISSION_WAIT_S passes: a write still in flight
+            # when the server refuses the stream turns its status into INTERNAL (grpc/grpc#36066), and
+            # a refusal (busy, bad token) comes at once. Chunks read meanwhile are kept, not lost.
+            answered = [asyncio.ensure_future(call.initial_metadata()), asyncio.ensure_future(call.code())]
+            await asyncio.wait(answered, timeout=ADMISSION_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in answered:
+                waiter.cancel()
+            if call.done():
+                return
+            async for chunk in replay.attempt():
+                yield pb.StreamingTranscribeRequest(audio_content=chunk)
+
+        attempt = 0
+        try:
+            while True:
+                call = self._stub.StreamingTranscribe(timeout=self._left(deadline), metadata=metadata)
+                writer = asyncio.ensure_future(_write_all(call, requests(call)))
+                try:
+                    async for response in call:
+                        replay.commit()
+                        yield response
+                    return
+                except asyncio.CancelledError:
+                    if writer.done() and not writer.cancelled() and writer.exception() is not None:
+                        raise writer.exception() from None  # type: ignore[misc]
+                    raise
+                except grpc.aio.AioRpcError as err:
+                    delay = (
+                        None if replay.committed else next_delay(err, attempt, self._busy_retries, self._left(deadline))
+                    )
+                    if delay is None:
+                        raise
+                finally:
+                    call.cancel()
+                    writer.cancel()
+                await asyncio.sleep(delay)
+                attempt += 1
+        finally:
+            replay.close()
+
+    async def get_config(self, timeout: float = 10.0) -> pb.GetConfigResponse:
+        response: pb.GetConfigResponse = await self._stub.GetConfig(
+            pb.GetConfigRequest(), timeout=timeout, metadata=call_metadata(self._token)
+        )
+        return response
+
+    async def list_workers(self, timeout: float = 10.0) -> fleet_pb2.ListWorkersResponse:
+        response: fleet_pb2.ListWorkersResponse = await self._fleet.ListWorkers(
+            fleet_pb2.ListWorkersRequest(), timeout=timeout, metadata=call_metadata(self._token)
+        )
+        return response

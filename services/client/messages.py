@@ -1,0 +1,88 @@
+"""Request messages built from plain Python values (pure functions the sync and async clients share)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.gen import transcription_pb2 as pb
+
+#: A recording: a path to an audio file, or its bytes.
+Audio = str | os.PathLike[str] | bytes
+
+_TASKS = {"transcribe": pb.TASK_TRANSCRIBE, "translate": pb.TASK_TRANSLATE}
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Decoding options (RecognitionOptions in the proto). The defaults are the server's."""
+
+    #: BCP-47 code such as "en"; None detects the language.
+    language: str | None = None
+    #: "transcribe", or "translate" into English (multilingual models only).
+    task: str = "transcribe"
+    #: Beam width; 0 is the server default.
+    beam_size: int = 0
+    #: Per-word start and end times and probabilities.
+    word_timestamps: bool = False
+    #: Skip non-speech with the Silero VAD before decoding.
+    vad_filter: bool = False
+    #: Text that conditions the decoder: names, jargon, spelling.
+    initial_prompt: str | None = None
+
+    def to_pb(self) -> pb.RecognitionOptions:
+        if self.task not in _TASKS:
+            raise ValueError(f"task must be one of {', '.join(_TASKS)}, got {self.task!r}")
+        return pb.RecognitionOptions(
+            language_code=self.language or "",
+            task=_TASKS[self.task],
+            beam_size=self.beam_size,
+            enable_word_time_offsets=self.word_timestamps,
+            vad_filter=self.vad_filter,
+            initial_prompt=self.initial_prompt or "",
+        )
+
+
+def audio_bytes(audio: Audio) -> bytes:
+    return audio if isinstance(audio, bytes) else Path(audio).read_bytes()
+
+
+def transcribe_request(
+    audio: Audio, options: TranscribeOptions | None, sample_rate_hertz: int = 0, channels: int = 0
+) -> pb.TranscribeRequest:
+    """A container file's bytes, or raw LINEAR16 when `sample_rate_hertz` is given."""
+    request = pb.TranscribeRequest(audio_content=audio_bytes(audio), options=(options or TranscribeOptions()).to_pb())
+    if sample_rate_hertz:
+        request.encoding = pb.AUDIO_ENCODING_LINEAR16
+        request.sample_rate_hertz = sample_rate_hertz
+        request.audio_channel_count = channels
+    return request
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Settings of a stream (StreamingConfig in the proto). Audio is LINEAR16."""
+
+    sample_rate_hertz: int = 16_000
+    channels: int = 1
+    options: TranscribeOptions = TranscribeOptions()
+    #: Send interim results (is_final=False) while the speech goes on.
+    interim_results: bool = True
+    #: End the stream after the first utterance.
+    single_utterance: bool = False
+    #: Send speech-began and speech-ended events.
+    voice_activity_events: bool = False
+
+    def to_pb(self) -> pb.StreamingTranscribeRequest:
+        return pb.StreamingTranscribeRequest(
+            streaming_config=pb.StreamingConfig(
+                encoding=pb.AUDIO_ENCODING_LINEAR16,
+                sample_rate_hertz=self.sample_rate_hertz,
+                audio_channel_count=self.channels,
+                options=self.options.to_pb(),
+                interim_results=self.interim_results,
+                single_utterance=self.single_utterance,
+                enable_voice_activity_events=self.voice_activity_events,
+            )
+        )

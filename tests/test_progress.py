@@ -1,0 +1,117 @@
+"""TranscribeWithProgress: segments arrive while a long recording is still being transcribed."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.client import ScribeClient
+from services.common.errors import error_reason
+from services.gen import transcription_pb2 as pb
+from tests.conftest import BIN, Fleet
+from tests.helpers import ROOT, repeated_wav, wait_for, words_of
+
+# About 72 s: three of Whisper's 30 s windows, so segments come in at least three batches.
+LONG_REPEATS = 6
+
+
+def seconds(d) -> float:
+    return d.ToNanoseconds() / 1e9
+
+
+def test_progress_sends_segments_before_the_end_and_reaches_100(serving_fleet: Fleet) -> None:
+    audio = repeated_wav("speech_long.wav", LONG_REPEATS)
+    arrivals: list[tuple[float, pb.TranscribeWithProgressResponse]] = []
+    with ScribeClient(serving_fleet.address) as client:
+        started = time.monotonic()
+        for report in client.transcribe_with_progress(audio, request_id="progress-test-1"):
+            arrivals.append((time.monotonic() - started, report))
+    reports = [r for _, r in arrivals]
+    first, last = reports[0], reports[-1]
+    assert not first.segments and first.progress_percent == 0 and seconds(first.audio_duration) > 70
+    assert last.HasField("result") and last.progress_percent == 100
+    assert not any(r.HasField("result") for r in reports[:-1])
+    percents = [r.progress_percent for r in reports]
+    assert percents == sorted(percents)
+    assert any(0 < p < 60 for p in percents), percents
+
+    # The segments streamed one by one are the whole transcript, in order, with ids going on.
+    streamed = [s for r in reports for s in r.segments]
+    assert [s.id for s in streamed] == list(range(len(streamed)))
+    assert [(s.text, s.end_offset) for s in streamed] == [(s.text, s.end_offset) for s in last.result.segments]
+    assert words_of(last.result.transcript)[:2] == ["good", "morning"]
+    assert last.result.request_id == "progress-test-1" and last.result.worker_id.startswith("gpu_worker_")
+
+    # The first segments came well before the end: the user saw progress, not a silent wait.
+    first_segment_at = next(t for t, r in arrivals if r.segments)
+    total = arrivals[-1][0]
+    assert first_segment_at < 0.8 * total, (first_segment_at, total)
+
+
+def test_progress_of_bad_audio_is_invalid_argument(serving_fleet: Fleet) -> None:
+    with ScribeClient(serving_fleet.address) as client, pytest.raises(grpc.RpcError) as caught:
+        list(client.transcribe_with_progress(b"definitely not audio" * 50))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(caught.value.trailing_metadata()) == "UNDECODABLE_AUDIO"
+
+
+def test_cli_shows_a_progress_bar_on_a_terminal(serving_fleet: Fleet, tmp_path: Path) -> None:
+    audio = tmp_path / "lecture.wav"
+    audio.write_bytes(repeated_wav("speech_long.wav", LONG_REPEATS))
+    controller, terminal = pty.openpty()  # stderr is a terminal, as in a user's shell; stdout is a pipe
+    env = dict(serving_fleet.env, COLUMNS="160")
+    proc = subprocess.Popen(
+        [str(BIN / "scribe"), "transcribe", str(audio), "--address", serving_fleet.address],
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env=env,
+        cwd=ROOT,
+    )
+    os.close(terminal)
+    screen = b""
+    while True:
+        try:
+            data = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not data:
+            break
+        screen += data
+    stdout = proc.stdout.read() if proc.stdout else b""
+    assert proc.wait(timeout=120) == 0
+    os.close(controller)
+    text = screen.decode(errors="replace")
+    shown = [int(p) for p in re.findall(r"(\d+)%", text)]
+    assert 100 in shown and any(0 < p < 100 for p in shown), text[-2000:]
+    assert re.search(r"\d+/7\d s of audio", text), text[-2000:]
+    assert words_of(stdout.decode())[:2] == ["good", "morning"]
+
+
+def test_a_client_that_goes_away_frees_the_workers_slot_early(serving_fleet: Fleet) -> None:
+    """The worker stops decoding at the next segment instead of transcribing to the end for nobody."""
+    audio = repeated_wav("speech_long.wav", 8)  # about 96 s: four of Whisper's 30 s windows
+    with ScribeClient(serving_fleet.address) as client:
+        started = time.monotonic()
+        assert list(client.transcribe_with_progress(audio))[-1].progress_percent == 100
+        full = time.monotonic() - started
+
+        started = time.monotonic()
+        reports = client.transcribe_with_progress(audio)
+        worker = next(r for r in reports if r.segments).worker_id
+        reports.close()  # the caller stops reading: the call is cancelled
+
+        def idle() -> bool:
+            health = {w.name: w.health for w in client.list_workers().workers}[worker]
+            return health.active_requests == 0 and health.queued_requests == 0
+
+        assert wait_for(idle, full, 0.1)
+        freed = time.monotonic() - started
+    # Cancelled after the first window, the slot is free after the second one, not the fourth.
+    assert freed < 0.8 * full, (freed, full)
