@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from difflib import SequenceMatcher
+from typing import Any
 
 import av
 import grpc
@@ -243,8 +244,8 @@ def test_stereo_is_downmixed(serving_fleet: Fleet, name: str) -> None:
     assert all(word in words_of(text) for word in EXPECTED), text
 
 
-def _worker_line(fleet: Fleet, request_id: str) -> dict[str, object]:
-    lines: list[dict[str, object]] = []
+def _worker_line(fleet: Fleet, request_id: str) -> dict[str, Any]:
+    lines: list[dict[str, Any]] = []
 
     def logged() -> bool:
         for log in (fleet.run_dir / "logs").glob("gpu_worker_*.log"):
