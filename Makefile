@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/transcription/v1/*.proto)
 GEN    := services/gen/transcription/v1/transcription_pb2.py
 
-.PHONY: run test proto lint bench clean help
+.PHONY: run test proto lint bench bench-stream clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -14,6 +14,7 @@ help:
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - benchmarks (needs ../shared/audio)"
+	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,9 @@ lint: $(GEN)
 
 bench: $(GEN)
 	$(BIN)/python -m bench.throughput
+
+bench-stream: $(GEN)
+	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) services/gen/transcription run

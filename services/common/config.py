@@ -139,7 +139,7 @@ class Settings:
     max_stream_seconds: float
     # STREAM_IDLE_TIMEOUT_S (30): a stream with no audio for this long is ended (DEADLINE_EXCEEDED).
     stream_idle_timeout_s: float
-    # STREAM_INTERIM_INTERVAL_S (1.0): audio between two interim decodes of a stream.
+    # STREAM_INTERIM_INTERVAL_S (1.0): speech between two interim decodes of a stream.
     stream_interim_interval_s: float
     # STREAM_SPEECH_END_TIMEOUT_S (0.5): silence after speech that ends an utterance and makes its words
     # final; a stream's StreamingConfig.speech_end_timeout overrides it.

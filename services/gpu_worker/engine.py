@@ -22,6 +22,11 @@ class DecodeOptions:
     word_timestamps: bool = False
     vad_filter: bool = False
     initial_prompt: str | None = None
+    # Decode the audio (at most 30 s) as one Whisper window and nothing more: no second window
+    # after the last word, no temperature fallback. A streaming session re-decodes its buffer
+    # every second; a second window costs another encoder pass and fills the pause after the
+    # speech with the prompt's words.
+    single_window: bool = False
 
 
 @dataclass(frozen=True)

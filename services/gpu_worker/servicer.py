@@ -146,6 +146,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                 utterances=session.utterances,
                 words=session.committed_count,
                 longest_decode_s=round(session.longest_decode_s, 2),
+                decode_s=round(session.decode_seconds, 3),
             )
         self._rt.completed += 1
 

@@ -1,20 +1,21 @@
 """A streaming session: Whisper over a sliding buffer, utterances cut by voice activity, words committed by agreement.
 
-Whisper decodes whole windows, not frames. The session keeps the audio of the utterance that is
-not yet committed and re-decodes it as audio arrives:
+Whisper decodes whole windows, not frames. The session keeps a buffer of recent audio and
+re-decodes it (one Whisper window, `DecodeOptions.single_window`) as audio arrives:
 
-- Silero VAD (`vad.py`) watches every 32 ms window. Silence outside speech is dropped at once, so
-  a silent stream costs no decodes and produces no text (Whisper would hallucinate on it).
+- Silero VAD (`vad.py`) judges every 32 ms window. Silence outside speech is never decoded, so a
+  silent stream costs no decode and produces no text (Whisper would hallucinate on it).
 - Inside an utterance, the longest word prefix on which two consecutive hypotheses agree is
-  committed (LocalAgreement-2, Machacek et al., 2023). Committed words are final: handed out once,
-  never revised.
-- When the speaker pauses, the buffer is decoded once more at once; if the pause lasts the
-  end-of-speech timeout, that hypothesis becomes final as a whole. That decode runs while the
-  timeout elapses, so an utterance's last words are final about one timeout after it ends
-  instead of waiting for a later hypothesis to agree with them.
-- The buffer is cut at utterance ends, and inside a long utterance just after committed words
-  (a sentence end when there is one), so each decode costs about the same however long the
-  stream runs. The committed text cut from the buffer goes back in as prompt.
+  committed (LocalAgreement-2, Machacek et al., 2023), but only words at least `commit_lag_s`
+  behind the audio. Committed words are final: handed out once, never revised.
+- When the speaker pauses, the buffer is decoded at once; if the pause lasts the end-of-speech
+  timeout, that hypothesis becomes final as a whole. The decode runs while the timeout elapses,
+  so an utterance's last words are final about one timeout after it ends instead of waiting for
+  a later hypothesis to agree with them.
+- A finished utterance stays in the buffer as context for the next one unless a long silence
+  follows it. Once the buffer passes `trim_after_s` it is cut just after committed words (at a
+  sentence end when there is one), so each decode costs about the same however long the stream
+  runs; the committed text cut from the buffer goes back in as prompt.
 
 Times count from the stream's start. The class is synchronous and holds no locks: the worker calls
 it from one thread at a time (`add_audio`/`detect` are cheap, `process`/`finish` decode).
@@ -22,6 +23,7 @@ it from one thread at a time (`add_audio`/`detect` are cheap, `process`/`finish`
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
@@ -58,6 +60,9 @@ class SessionConfig:
     pause_decode_s: float = 0.25  # a pause this long inside speech is decoded at once (maybe final)
     trim_after_s: float = 12.0  # inside an utterance, cut the buffer after committed words past this
     max_buffer_s: float = 24.0  # never let the buffer outgrow Whisper's 30 s window
+    # After an utterance its audio stays in the buffer as context for the next one (Whisper hears a
+    # sentence better with the one before it) unless the silence after it outlasts this.
+    context_gap_s: float = 3.0
     prompt_chars: int = 200
     min_decode_s: float = 0.3
     interims: bool = True  # False: decode only when a long utterance needs commits, and at pauses
@@ -83,7 +88,7 @@ class StreamingSession:
     def __init__(self, engine: Engine, options: DecodeOptions, config: SessionConfig | None = None) -> None:
         self._engine = engine
         # The session gates speech itself; the engine's VAD would remove the pauses word times rely on.
-        self._options = replace(options, word_timestamps=True, vad_filter=False)
+        self._options = replace(options, word_timestamps=True, vad_filter=False, single_window=True)
         self._base_prompt = options.initial_prompt or ""
         self.config = config or SessionConfig()
         self._vad = SileroStream()
@@ -94,6 +99,7 @@ class StreamingSession:
         self._vad_pos = 0  # samples the detector has judged: audio up to here is speech or not
         self._closing: tuple[int, int] | None = None  # (speech end, detected at) of an utterance to finalize
         self._floor = 0  # audio before this belongs to finished utterances
+        self._context_end: int | None = None  # end of the finished utterance kept as context
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0  # samples from the stream start to buffer[0]
         self._total = 0
@@ -105,6 +111,7 @@ class StreamingSession:
         self.decodes = 0
         self.utterances = 0
         self.longest_decode_s = 0.0  # longest audio decoded at once: stays bounded when trimming works
+        self.decode_seconds = 0.0  # time spent in the engine
 
     @property
     def total_seconds(self) -> float:
@@ -159,10 +166,15 @@ class StreamingSession:
             else:
                 self._closing = (event.sample, self._vad_pos)
                 break
-        if not self._detector.in_speech and self._closing is None:
+        if not self._detector.in_speech and self._closing is None and not self._keeps_context():
             # Outside speech only a pre-roll is kept: silence is never decoded.
             self._drop_before(max(self._floor, self._vad_pos - _samples(self.config.vad.pre_roll_s)))
         return events
+
+    def _keeps_context(self) -> bool:
+        if self._context_end is not None and self._vad_pos - self._context_end > _samples(self.config.context_gap_s):
+            self._context_end = None
+        return self._context_end is not None
 
     def decode_due(self) -> bool:
         """Whether `process` has work: an utterance to finalize, or a hypothesis to refresh."""
@@ -201,7 +213,7 @@ class StreamingSession:
             n = max(n, len(hypothesis) - 2)
         final, tail = hypothesis[:n], hypothesis[n:]
         self._commit(final)
-        self._trim_inside_utterance(tail)
+        self._trim_at_committed(tail)
         if not hypothesis and self.buffer_seconds > self.config.trim_after_s:
             self._drop_before(self._buffer_start + self._buffer.size - SAMPLE_RATE)
         agreeing = agreed_prefix(self._hypothesis, tail) if self._hypothesis else 0
@@ -219,7 +231,8 @@ class StreamingSession:
         return self._finalize(self._total, self._total)
 
     def _begin(self, start: int) -> None:
-        self._drop_before(max(self._floor, start - _samples(self.config.vad.pre_roll_s)))
+        if not self._keeps_context():
+            self._drop_before(max(self._floor, start - _samples(self.config.vad.pre_roll_s)))
         self._hypothesis = []
 
     def _finalize(self, speech_end: int, detected_at: int) -> StreamUpdate:
@@ -233,7 +246,10 @@ class StreamingSession:
         self._hypothesis = []
         self._closing = None
         self._floor = speech_end
-        self._drop_before(max(speech_end, detected_at - _samples(self.config.vad.pre_roll_s)))
+        self._context_end = speech_end
+        if not self._keeps_context():
+            self._drop_before(max(speech_end, detected_at - _samples(self.config.vad.pre_roll_s)))
+        self._trim_at_committed([])
         self.utterances += 1
         return StreamUpdate(tuple(final), (), 1.0)
 
@@ -252,7 +268,9 @@ class StreamingSession:
             return None
         self._decoded_to = until
         options = replace(self._options, initial_prompt=self._prompt())
+        started = time.perf_counter()
         result = self._engine.transcribe(audio, options)
+        self.decode_seconds += time.perf_counter() - started
         self.decodes += 1
         self.longest_decode_s = max(self.longest_decode_s, audio.size / SAMPLE_RATE)
         self.language = result.language
@@ -282,7 +300,7 @@ class StreamingSession:
         if len(self._committed) > 2 * _KEEP_COMMITTED:
             del self._committed[:-_KEEP_COMMITTED]
 
-    def _trim_inside_utterance(self, tail: list[Word]) -> None:
+    def _trim_at_committed(self, tail: list[Word]) -> None:
         """Cut a long buffer after committed words, at a sentence end when one is in the buffer."""
         if self.buffer_seconds < self.config.trim_after_s:
             return
