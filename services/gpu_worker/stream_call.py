@@ -93,6 +93,10 @@ class RequestReader:
             except TimeoutError:
                 self._queue.put_nowait(idle_timeout_error(self._idle))
                 return
+            except grpc.RpcError:
+                # The client went away; the call is over and nothing will read what is queued.
+                self._queue.put_nowait(None)
+                return
             if request.WhichOneof("streaming_request") != "audio_content":
                 self._queue.put_nowait(
                     RequestError(
