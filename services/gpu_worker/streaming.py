@@ -53,7 +53,7 @@ class SessionConfig:
     """How often the session decodes and how much audio it keeps. Times in seconds."""
 
     interim_interval_s: float = 1.0  # new speech audio between two decodes of an utterance
-    first_interim_s: float = 0.5  # speech before the first decode of an utterance
+    first_interim_s: float = 0.5  # speech between decodes of an utterance that has shown no words yet
     # Inside an utterance only words this far behind the decoded audio's end may be committed by
     # agreement: Whisper still rewrites recent words once it hears what follows them.
     commit_lag_s: float = 2.0
@@ -192,7 +192,8 @@ class StreamingSession:
         new = self._vad_pos - max(self._decoded_to, detector.speech_start)
         if not c.interims:
             return self.buffer_seconds >= c.trim_after_s / 2 and new >= _samples(c.interim_interval_s)
-        if self._decoded_to <= detector.speech_start:
+        if self._decoded_to <= detector.speech_start or not self._hypothesis:
+            # Until the utterance shows its first words, look again sooner.
             return new >= _samples(c.first_interim_s)
         return new >= _samples(c.interim_interval_s)
 
@@ -288,8 +289,9 @@ class StreamingSession:
         in_buffer = [w for w in self._committed[-20:] if w.end > offset]
         if in_buffer:
             words = after_committed(in_buffer, words, committed_end)
-            # Only inside one utterance: across a pause, a repeated word was said twice.
-            words = drop_repeated_tail(self._committed, words)
+            if committed_end > self._detector.speech_start / SAMPLE_RATE:
+                # Only inside one utterance: across a pause, a repeated word was said twice.
+                words = drop_repeated_tail(self._committed, words)
         return monotonic(words, committed_end)
 
     def _commit(self, final: list[Word]) -> None:
