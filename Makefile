@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/transcription/v1/*.proto)
 GEN    := services/gen/transcription/v1/transcription_pb2.py
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test proto lint bench bench-limits bench-clients fuzz clean help
+.PHONY: run test proto lint bench bench-stream bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
+	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +59,9 @@ bench: $(GEN)
 
 bench-clients: $(GEN)
 	$(BIN)/python -m bench.clients
+
+bench-stream: $(GEN)
+	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) services/gen/transcription run

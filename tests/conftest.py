@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from tests.certs import Certs, make_certs
@@ -187,3 +188,58 @@ def start_gateway(fleet: Fleet, folder: Path, env: dict[str, str], workers: str 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@dataclass
+class LoneWorker:
+    """One worker process serving on TCP, without supervisord or a gateway."""
+
+    address: str
+    channel: grpc.Channel
+
+    @property
+    def transcription(self) -> transcription_pb2_grpc.TranscriptionServiceStub:
+        return transcription_pb2_grpc.TranscriptionServiceStub(self.channel)
+
+
+@pytest.fixture(scope="module")
+def short_stream_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneWorker]:
+    """A real worker with MAX_STREAM_SECONDS=3: a limit the shared fleet keeps at its default."""
+    home = tmp_path_factory.mktemp("lone-worker")
+    # On its unix socket, in a private RUN_DIR, as supervisord runs workers (TCP would need a token).
+    (home / "run").mkdir(mode=0o700)
+    address = f"unix://{home / 'run' / 'worker-90.sock'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
+    env.update(
+        SCRIBE_ENV_FILE=str(home / "no.env"),
+        WHISPER_CPU_THREADS="1",
+        RUN_DIR=str(home / "run"),
+        MAX_STREAM_SECONDS="3",
+        LOG_FORMAT="json",
+    )
+    log = (home / "worker.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.gpu_worker", "--process-num", "90"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    channel = grpc.insecure_channel(address)
+    health = health_pb2_grpc.HealthStub(channel)
+
+    def serving() -> bool:
+        try:
+            answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+
+    try:
+        assert wait_for(serving, 120, 0.2), (home / "worker.log").read_text()[-3000:]
+        yield LoneWorker(address, channel)
+    finally:
+        channel.close()
+        proc.terminate()
+        proc.wait(timeout=40)
+        log.close()

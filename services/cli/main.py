@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TextIO
 
 import grpc
 import numpy as np
@@ -336,7 +337,9 @@ def _stream_file(client: ScribeClient, args: argparse.Namespace) -> int:
     except AudioError as exc:
         print(f"scribe: {args.paths[0]}: {exc}", file=sys.stderr)
         return 2
-    config = StreamConfig(sample_rate_hertz=SAMPLE_RATE, options=_options(args), interim_results=True)
+    config = StreamConfig(
+        sample_rate_hertz=SAMPLE_RATE, options=_options(args), interim_results=True, voice_activity_events=True
+    )
     return print_stream(client.stream(paced(pcm_chunks(samples, 0.1), args.speed), config))
 
 
@@ -381,24 +384,48 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             return 2
 
 
-def print_stream(responses: Iterator[pb.StreamingTranscribeResponse], out=sys.stdout) -> int:
-    """Live captions: on a terminal the interim tail is redrawn in place and committed text stays."""
+_UTTERANCE_ENDS = (pb.SPEECH_EVENT_TYPE_SPEECH_ACTIVITY_END, pb.SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE)
+
+
+def _wrap(line: str, width: int) -> tuple[list[str], str]:
+    """Whole terminal lines that `line` fills, and the rest, split at spaces."""
+    done = []
+    while len(line) >= width:
+        cut = line.rfind(" ", 0, width)
+        cut = cut if cut > 0 else width - 1
+        done.append(line[:cut])
+        line = line[cut:].lstrip()
+    return done, line
+
+
+def print_stream(responses: Iterator[pb.StreamingTranscribeResponse], out: TextIO = sys.stdout) -> int:
+    """Live captions. On a terminal the interim tail is redrawn in place (dim) after the committed text,
+    which stays; each utterance ends its line. Elsewhere each final result is printed as it comes."""
     tty = out.isatty()
+    width = max(20, shutil.get_terminal_size().columns) if tty else 0
     line = ""
     for response in responses:
+        if response.speech_event_type in _UTTERANCE_ENDS:
+            if tty and line:
+                out.write(f"\r\033[K{line}\n")
+                out.flush()
+            line = ""
+            continue
         for result in response.results:
             text = result.alternatives[0].transcript if result.alternatives else ""
-            if result.is_final:
-                line = f"{line} {text}".strip()
-                if not tty:
+            if not tty:
+                if result.is_final:
                     print(text, file=out, flush=True)
-                elif line.endswith((".", "?", "!")):
-                    out.write(f"\r\033[K{line}\n")
-                    line = ""
-                else:
-                    out.write(f"\r\033[K{line}")
-            elif tty:
-                out.write(f"\r\033[K{line} \033[2m{text}\033[0m")
+                continue
+            if result.is_final:
+                done, line = _wrap(f"{line} {text}".strip(), width)
+                for full in done:
+                    out.write(f"\r\033[K{full}\n")
+                out.write(f"\r\033[K{line}")
+            else:
+                room = width - len(line) - 2
+                tail = text if len(text) <= room else "…" + text[len(text) - room + 1 :]
+                out.write(f"\r\033[K{line} \033[2m{tail}\033[0m" if room > 1 else f"\r\033[K{line}")
             out.flush()
     if tty and line:
         out.write(f"\r\033[K{line}\n")

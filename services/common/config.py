@@ -54,7 +54,7 @@ def _workers(name: str, raw: str) -> int:
     return _int(1, 64)(name, raw)
 
 
-def _float(minimum: float) -> Callable[[str, str], float]:
+def _float(minimum: float, maximum: float | None = None) -> Callable[[str, str], float]:
     def parse(name: str, raw: str) -> float:
         try:
             value = float(raw.strip())
@@ -62,6 +62,8 @@ def _float(minimum: float) -> Callable[[str, str], float]:
             raise ConfigError(f"{name} must be a number, got {raw!r}") from None
         if not value >= minimum:  # also rejects NaN
             raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be <= {maximum}, got {raw!r}")
         return value
 
     return parse
@@ -194,8 +196,14 @@ class Settings:
     # STREAM_FAILOVER_WAIT_S (30): how long a stream waits for a worker when none is serving (at its start,
     # or after its worker died) before it fails with UNAVAILABLE.
     stream_failover_wait_s: float
-    # STREAM_INTERIM_INTERVAL_S (1.0): audio between two interim decodes of a stream.
+    # STREAM_INTERIM_INTERVAL_S (1.0): speech between two interim decodes of a stream.
     stream_interim_interval_s: float
+    # STREAM_SPEECH_END_TIMEOUT_S (0.5): silence after speech that ends an utterance and makes its words
+    # final; a stream's StreamingConfig.speech_end_timeout overrides it.
+    stream_speech_end_timeout_s: float
+    # STREAM_VAD_THRESHOLD (0.5): Silero speech probability from which a 32 ms window counts as speech;
+    # raise it for noisy audio, lower it for quiet speakers.
+    stream_vad_threshold: float
     # MAX_BEAM_SIZE (10): largest beam_size a client may ask for.
     max_beam_size: int
     # MAX_INITIAL_PROMPT_CHARS (1000): longest initial_prompt.
@@ -323,6 +331,8 @@ _SPEC: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
     "stream_idle_timeout_s": ("STREAM_IDLE_TIMEOUT_S", "30", _float(0.1)),
     "stream_failover_wait_s": ("STREAM_FAILOVER_WAIT_S", "30", _float(0)),
     "stream_interim_interval_s": ("STREAM_INTERIM_INTERVAL_S", "1.0", _float(0.1)),
+    "stream_speech_end_timeout_s": ("STREAM_SPEECH_END_TIMEOUT_S", "0.5", _float(0.1, 10)),
+    "stream_vad_threshold": ("STREAM_VAD_THRESHOLD", "0.5", _float(0.05, 0.95)),
     "max_beam_size": ("MAX_BEAM_SIZE", "10", _int(1, 64)),
     "max_initial_prompt_chars": ("MAX_INITIAL_PROMPT_CHARS", "1000", _int(0)),
     "log_level": ("LOG_LEVEL", "info", _choice("debug", "info", "warning", "error")),

@@ -122,6 +122,9 @@ class StreamRelay:
                     opening.streaming_config.resume.CopyFrom(resume)
                     seconds = resume.audio_offset.ToNanoseconds() / 1e9
                     start = round(seconds * config.sample_rate_hertz) * frame_bytes
+                    # What is replayed was live on the first worker: the new one decodes it that way too.
+                    replayed_s = self._audio.end / frame_bytes / config.sample_rate_hertz
+                    opening.streaming_config.resume.replay_until.FromNanoseconds(round(replayed_s * 1e9))
                 call = handle.transcription.StreamingTranscribe(
                     timeout=self._context.time_remaining(), metadata=((REQUEST_ID_HEADER, self._line.request_id),)
                 )

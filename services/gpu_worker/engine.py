@@ -25,6 +25,11 @@ class DecodeOptions:
     initial_prompt: str | None = None
     # Temperatures tried in turn when a decode looks wrong (faster-whisper's fallback); above 0 it samples.
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    # Decode the audio (at most 30 s) as one Whisper window and nothing more: no second window
+    # after the last word, no temperature fallback. A streaming session re-decodes its buffer
+    # every second; a second window costs another encoder pass and fills the pause after the
+    # speech with the prompt's words.
+    single_window: bool = False
 
 
 @dataclass(frozen=True)

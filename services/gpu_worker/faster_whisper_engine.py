@@ -9,10 +9,12 @@ from pathlib import Path
 import ctranslate2
 import faster_whisper
 import numpy as np
-from faster_whisper import WhisperModel
+from faster_whisper import BatchedInferencePipeline, WhisperModel
 
 from services.common.config import EMBEDDED_MODEL, Settings
 from services.gpu_worker.engine import DecodeOptions, EngineInfo, EngineResult, Segment, Word
+
+WINDOW_SAMPLES = 30 * 16_000  # one Whisper window
 
 
 def resolve_model(name: str) -> tuple[str, str]:
@@ -61,6 +63,8 @@ class FasterWhisperEngine:
             num_workers=settings.worker_concurrency,
             local_files_only=settings.whisper_model == EMBEDDED_MODEL,
         )
+        # One window per call, without faster-whisper's seek loop (DecodeOptions.single_window).
+        self._one_window = BatchedInferencePipeline(self._model)
         # faster-whisper logs every call at INFO; our canonical request lines say the same thing.
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
         multilingual = bool(self._model.model.is_multilingual)
@@ -78,16 +82,28 @@ class FasterWhisperEngine:
     def transcribe(
         self, audio: np.ndarray, options: DecodeOptions, on_segment: Callable[[Segment], None] | None = None
     ) -> EngineResult:
-        segments, info = self._model.transcribe(
-            audio,
-            language=options.language,
-            task=options.task,
-            beam_size=options.beam_size,
-            word_timestamps=options.word_timestamps,
-            vad_filter=options.vad_filter,
-            initial_prompt=options.initial_prompt or None,
-            temperature=list(options.temperatures),
-        )
+        if options.single_window and audio.size <= WINDOW_SAMPLES:
+            segments, info = self._one_window.transcribe(
+                audio,
+                language=options.language,
+                task=options.task,
+                beam_size=options.beam_size,
+                word_timestamps=options.word_timestamps,
+                initial_prompt=options.initial_prompt or None,
+                vad_filter=False,
+                batch_size=1,
+            )
+        else:
+            segments, info = self._model.transcribe(
+                audio,
+                language=options.language,
+                task=options.task,
+                beam_size=options.beam_size,
+                word_timestamps=options.word_timestamps,
+                vad_filter=options.vad_filter,
+                initial_prompt=options.initial_prompt or None,
+                temperature=list(options.temperatures),
+            )
         out: list[Segment] = []
         for i, s in enumerate(segments):  # the generator decodes lazily: consume it on this thread
             segment = Segment(

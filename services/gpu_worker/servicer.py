@@ -10,21 +10,23 @@ import grpc
 
 from services.common import audio
 from services.common.config import Settings
-from services.common.convert import alternative, decode_request_audio, duration, limits_pb, transcribe_response
+from services.common.convert import decode_request_audio, duration, limits_pb, transcribe_response
 from services.common.errors import RequestError, abort
 from services.common.rpclog import request_line
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gpu_worker.device import DeviceProbe, process_rss_bytes
-from services.gpu_worker.engine import DecodeOptions, Engine, EngineResult, Word
+from services.gpu_worker.engine import DecodeOptions, Engine, EngineResult
 from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
 from services.gpu_worker.runtime import WorkerRuntime
-from services.gpu_worker.streaming import StreamingSession, StreamUpdate
+from services.gpu_worker.stream_call import RequestReader, StreamCall, idle_timeout_error
+from services.gpu_worker.streaming import StreamingSession
 from services.gpu_worker.validation import (
     Limits,
     check_streaming_encoding,
     check_transcribe_encoding,
     decode_options,
+    session_config_from,
 )
 
 
@@ -51,29 +53,6 @@ def _transcribe_blocking(
 def _invalid_audio(err: audio.AudioError) -> RequestError:
     code = grpc.StatusCode.OUT_OF_RANGE if err.reason == "AUDIO_TOO_LONG" else grpc.StatusCode.INVALID_ARGUMENT
     return RequestError(code, err.reason, err.message)
-
-
-def stream_results(
-    update: StreamUpdate, interim: bool, with_words: bool, language: str, processed_s: float
-) -> list[pb.StreamingRecognitionResult]:
-    """Protobuf results of one session update: the committed words, then the interim tail."""
-    results = []
-
-    def result(words: tuple[Word, ...], final: bool, stability: float) -> pb.StreamingRecognitionResult:
-        return pb.StreamingRecognitionResult(
-            alternatives=[alternative(words, StreamUpdate.text(words), 0.0, with_words)],
-            is_final=final,
-            stability=stability,
-            result_start_offset=duration(words[0].start),
-            result_end_offset=duration(words[-1].end if final else max(words[-1].end, processed_s)),
-            language_code=language,
-        )
-
-    if update.final_words:
-        results.append(result(update.final_words, True, 1.0))
-    if interim and update.interim_words:
-        results.append(result(update.interim_words, False, update.stability))
-    return results
 
 
 class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer):
@@ -152,52 +131,35 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             finally:
                 self._rt.streams -= 1
 
-    async def _next(
-        self, requests: AsyncIterator[pb.StreamingTranscribeRequest]
-    ) -> pb.StreamingTranscribeRequest | None:
-        """The next request; None at the end. Ends the stream when idle too long or when draining."""
+    async def _first(self, requests: AsyncIterator[pb.StreamingTranscribeRequest]) -> pb.StreamingConfig | None:
         timeout = self._limits.stream_idle_timeout_s
-        reading = asyncio.ensure_future(anext(requests))
-        draining = asyncio.ensure_future(self._rt.draining.wait())
-        done, _ = await asyncio.wait({reading, draining}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        draining.cancel()
-        if reading in done:
-            try:
-                return reading.result()
-            except StopAsyncIteration:
-                return None
-        reading.cancel()
-        if draining in done:
-            # The gateway re-sends this stream's unfinished audio to another worker.
-            raise RequestError(
-                grpc.StatusCode.UNAVAILABLE,
-                "WORKER_DRAINING",
-                f"worker {self._rt.worker_id} is shutting down: the stream continues on another worker",
-            )
-        raise RequestError(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "STREAM_IDLE_TIMEOUT",
-            f"no audio for {timeout:g} s: send audio continuously (silence included) or close the stream",
-        )
-
-    async def _stream(
-        self, requests: AsyncIterator[pb.StreamingTranscribeRequest], fields: dict[str, object]
-    ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
-        first = await self._next(requests)
-        if first is None:
-            return
+        try:
+            first = await asyncio.wait_for(anext(requests), timeout)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise idle_timeout_error(timeout) from None
         if first.WhichOneof("streaming_request") != "streaming_config":
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "CONFIG_NOT_FIRST",
                 "the first StreamingTranscribeRequest must carry streaming_config, and only it",
             )
-        config = first.streaming_config
+        return first.streaming_config
+
+    async def _stream(
+        self, requests: AsyncIterator[pb.StreamingTranscribeRequest], fields: dict[str, object]
+    ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
+        config = await self._first(requests)
+        if config is None:
+            return
         engine = self._rt.require_engine()
         check_streaming_encoding(config)
         options = decode_options(config.options, self._limits, engine.info)
+        session_config = session_config_from(config, self._settings)
         resampler = audio.PcmResampler(config.sample_rate_hertz, config.audio_channel_count)
-        session = StreamingSession(engine, options)
+        session = StreamingSession(engine, options, session_config)
+        replay_until = 0.0
         if config.HasField("resume"):
             try:
                 session.restore(config.resume.state)
@@ -207,52 +169,23 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                     "BAD_RESUME_STATE",
                     f"streaming_config.resume is not usable: {exc}",
                 ) from None
-        interval = self._settings.stream_interim_interval_s
-        with_words = config.options.enable_word_time_offsets
-        worker_id = self._rt.worker_id
-
-        def responses(update: StreamUpdate) -> list[pb.StreamingTranscribeResponse]:
-            results = stream_results(
-                update, config.interim_results, with_words, session.language, session.total_seconds
+            replay_until = config.resume.replay_until.ToNanoseconds() / 1e9
+        call = StreamCall(self._rt, session, config, resampler, self._limits.max_stream_seconds, replay_until)
+        reader = RequestReader(requests, self._limits.stream_idle_timeout_s, self._rt.draining, self._rt.worker_id)
+        try:
+            async for response in call.run(reader):
+                yield response
+        finally:
+            reader.close()
+            fields.update(
+                audio_s=round(session.total_seconds, 3),
+                decodes=session.decodes,
+                utterances=session.utterances,
+                words=session.committed_count,
+                longest_decode_s=round(session.longest_decode_s, 2),
+                decode_s=round(session.decode_seconds, 3),
             )
-            out = [pb.StreamingTranscribeResponse(results=[r], worker_id=worker_id) for r in results]
-            if not out:
-                out.append(pb.StreamingTranscribeResponse(worker_id=worker_id))
-            # The resume point rides on the message that carries the finals it accounts for, so the
-            # gateway never holds a final without the state that follows it.
-            offset, state = session.snapshot()
-            out[0].resume_point.audio_offset.CopyFrom(duration(offset))
-            out[0].resume_point.state = state
-            return out
-
-        while True:
-            request = await self._next(requests)
-            if request is None:
-                break
-            if request.WhichOneof("streaming_request") != "audio_content":
-                raise RequestError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "CONFIG_TWICE",
-                    "streaming_config may only be sent once, in the first request; later requests carry audio_content",
-                )
-            session.add_audio(resampler.feed(request.audio_content))
-            if session.total_seconds > self._limits.max_stream_seconds:
-                for response in responses(await self._rt.run(session.finish)):
-                    yield response
-                raise RequestError(
-                    grpc.StatusCode.OUT_OF_RANGE,
-                    "STREAM_TOO_LONG",
-                    f"the stream passed the {self._limits.max_stream_seconds:g} s maximum; results up to "
-                    "there were sent: open a new stream to go on",
-                )
-            if session.unprocessed_seconds >= interval:
-                for response in responses(await self._rt.run(session.process)):
-                    yield response
-        session.add_audio(resampler.flush())
-        for response in responses(await self._rt.run(session.finish)):
-            yield response
         self._rt.completed += 1
-        fields.update(audio_s=round(session.total_seconds, 3), decodes=session.decodes)
 
     async def GetConfig(self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
         with request_line("GetConfig", context) as line:

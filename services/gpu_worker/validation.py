@@ -6,11 +6,15 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.common.config import Settings
 from services.common.errors import RequestError
 from services.gen import transcription_pb2 as pb
 from services.gpu_worker.engine import DecodeOptions, EngineInfo
+from services.gpu_worker.streaming import SessionConfig
+from services.gpu_worker.vad import VadConfig
 
 DEFAULT_BEAM_SIZE = 5
+SPEECH_END_TIMEOUT_RANGE_S = (0.1, 10.0)
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,28 @@ def check_streaming_encoding(config: pb.StreamingConfig) -> None:
             "UNSUPPORTED_ENCODING",
             "StreamingTranscribe takes LINEAR16 audio: set encoding to AUDIO_ENCODING_LINEAR16",
         )
+
+
+def session_config_from(config: pb.StreamingConfig, settings: Settings) -> SessionConfig:
+    """The streaming session's schedule: server settings, with the stream's own end-of-speech timeout."""
+    speech_end = settings.stream_speech_end_timeout_s
+    if config.HasField("speech_end_timeout") and config.speech_end_timeout.ToNanoseconds():
+        speech_end = config.speech_end_timeout.ToNanoseconds() / 1e9
+        low, high = SPEECH_END_TIMEOUT_RANGE_S
+        if not low <= speech_end <= high:
+            raise _invalid(
+                "SPEECH_END_TIMEOUT_OUT_OF_RANGE",
+                f"speech_end_timeout {speech_end:g} s is outside {low:g} s to {high:g} s; "
+                "leave it unset for the server default",
+            )
+    vad = VadConfig(
+        threshold=settings.stream_vad_threshold,
+        speech_end_s=speech_end,
+        # Pre-roll never reaches back past the pause that ended the previous utterance.
+        pre_roll_s=min(VadConfig.pre_roll_s, speech_end),
+    )
+    return SessionConfig(
+        interim_interval_s=settings.stream_interim_interval_s,
+        interims=config.interim_results,
+        vad=vad,
+    )

@@ -21,6 +21,14 @@ say "$tmp/c.wav" "Please remember to bring a warm coat tomorrow."
 sox -n -r 16000 -c 1 -b 16 "$tmp/gap.wav" trim 0 0.8
 sox "$tmp/a.wav" "$tmp/gap.wav" "$tmp/b.wav" "$tmp/gap.wav" "$tmp/c.wav" speech_long.wav
 
+# About 25 s of speech whose pauses are all under 0.5 s: one long utterance, for buffer trims
+# inside an utterance. Ogg at the lowest quality keeps the file small.
+say "$tmp/p.wav" "Streaming speech recognition turns live audio into text while the speaker is still talking. \
+Each word appears first as a guess, and becomes final once the system is sure of it. \
+Final words never change, so captions can be shown at once. \
+The service cuts its audio buffer at the end of each sentence, which keeps every decode equally fast, even after an hour."
+sox "$tmp/p.wav" -C 0 speech_paragraph.ogg
+
 # The short sentence in other containers and formats.
 sox speech_short.wav speech_short.flac
 sox speech_short.wav -C 3 speech_short.ogg
