@@ -13,11 +13,14 @@ from services.client.messages import Audio, StreamConfig, TranscribeOptions, tra
 from services.client.replay import AsyncReplay
 from services.client.retry import call_metadata, channel_options, next_delay
 from services.client.sync import DEFAULT_ADDRESS
+from services.common.call_status import StatusKeeper
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 
 #: Longest wait, at the start of each stream attempt, for the server to accept or refuse it before audio goes out.
-ADMISSION_WAIT_S = 0.25
+#: scribe's gateway answers with its headers as soon as it admits a stream, so this is one round trip there;
+#: the cap only matters for a server that sends no headers before its first result.
+ADMISSION_WAIT_S = 5.0
 
 
 async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -177,6 +180,7 @@ class AsyncScribeClient:
         try:
             while True:
                 call = self._stub.StreamingTranscribe(timeout=self._left(deadline), metadata=metadata)
+                keeper = StatusKeeper(call)
                 writer = asyncio.ensure_future(_write_all(call, requests(call)))
                 try:
                     async for response in call:
@@ -187,12 +191,15 @@ class AsyncScribeClient:
                     if writer.done() and not writer.cancelled() and writer.exception() is not None:
                         raise writer.exception() from None  # type: ignore[misc]
                     raise
-                except grpc.aio.AioRpcError as err:
+                except grpc.aio.AioRpcError as failed:
+                    # The server's own status, where grpc.aio reports its write race instead (grpc/grpc#36066).
+                    code, details, trailing = await keeper.settle(failed)
+                    err = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
                     delay = (
                         None if replay.committed else next_delay(err, attempt, self._busy_retries, self._left(deadline))
                     )
                     if delay is None:
-                        raise
+                        raise err from None
                 finally:
                     call.cancel()
                     writer.cancel()

@@ -17,9 +17,9 @@ import grpc
 import structlog
 
 from services.common import audio
+from services.common.call_status import StatusKeeper
 from services.common.errors import RequestError
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine
-from services.gateway.call_status import StatusKeeper
 from services.gateway.dispatch import Dispatcher
 from services.gateway.registry import Registry, WorkerHandle
 from services.gen import transcription_pb2 as pb
@@ -108,6 +108,9 @@ class StreamRelay:
         except audio.AudioError as err:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, err.reason, err.message) from None
         frame_bytes = 2 * channels
+        # Admitted and valid: say so at once. A client can then send audio knowing the stream was not
+        # refused, which keeps a refusal from meeting an in-flight write (grpc/grpc#36066).
+        await self._context.send_initial_metadata(())
         reader = asyncio.create_task(self._read(requests))
         resume: pb.StreamResumePoint | None = None
         exclude: set[str] = set()
