@@ -19,8 +19,9 @@ from services.gen import transcription_pb2 as pb
 
 #: Longest wait, at the start of each stream attempt, for the server to accept or refuse it before audio goes out.
 #: scribe's gateway answers with its headers as soon as it admits a stream, so this is one round trip there;
-#: the cap only matters for a server that sends no headers before its first result.
-ADMISSION_WAIT_S = 5.0
+#: the cap only matters for a server that sends no headers before its first result, and must stay well
+#: under a server's idle timeout. A refusal that still races a write is read back through StatusKeeper.
+ADMISSION_WAIT_S = 1.0
 
 
 async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:
