@@ -6,23 +6,11 @@ import threading
 import time
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
-from services.common.errors import error_reason
+from services.common.errors import error_reason, retry_delay
 from services.gen import transcription_pb2 as pb
 from tests.conftest import Fleet
 from tests.helpers import clip, read_wav, stream_requests, wait_for, words_of
-
-
-def retry_delay_s(err: grpc.RpcError) -> float | None:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return info.retry_delay.ToNanoseconds() / 1e9
-    return None
 
 
 def test_full_queue_is_refused_with_retry_info(serving_fleet: Fleet) -> None:
@@ -39,7 +27,7 @@ def test_full_queue_is_refused_with_retry_info(serving_fleet: Fleet) -> None:
     for rejected in refused:
         assert rejected.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, rejected.details()
         assert error_reason(rejected.trailing_metadata()) == "QUEUE_FULL"
-        delay = retry_delay_s(rejected)
+        delay = retry_delay(rejected.trailing_metadata())
         assert delay is not None and 0.5 <= delay <= 30
     assert len(done) >= 8  # every slot and every queue place was used
     assert all("coat" in r.transcript.lower() for r in done)

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.credentials import ClientSecurity, open_channel, token_metadata
-from services.common.errors import error_reason
+from services.common.errors import error_reason, retry_delay
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gen import transcription_pb2 as pb
 from tests.bad_audio import flac_bomb
@@ -77,17 +76,6 @@ def _error(call: object) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         call()  # type: ignore[operator]
     return info.value
-
-
-def _retry_after(err: grpc.RpcError) -> float | None:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return info.retry_delay.ToMilliseconds() / 1000
-    return None
 
 
 # --- A worker on TCP ---------------------------------------------------------------------------------------
@@ -261,14 +249,14 @@ def test_stream_limits_per_client_and_in_total(limited: Process) -> None:
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_reason(err.trailing_metadata()) == "TOO_MANY_STREAMS_FOR_CLIENT"
         assert "MAX_STREAMS_PER_CLIENT" in (err.details() or "")
-        assert _retry_after(err) == pytest.approx(2.0)
+        assert retry_delay(err.trailing_metadata()) == pytest.approx(2.0)
 
         held.append(HeldStream(channels[TOKEN_B]))  # another client still gets in
         assert wait_for(lambda: _in_flight(limited) == 3, 30)
         err = refused(TOKEN_B)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_reason(err.trailing_metadata()) == "TOO_MANY_STREAMS"
-        assert _retry_after(err) is not None
+        assert retry_delay(err.trailing_metadata()) is not None
     finally:
         for stream in held:
             stream.close()  # the held streams themselves end OK

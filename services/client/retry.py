@@ -18,7 +18,8 @@ import json
 from collections.abc import Iterable
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+
+from services.common.errors import retry_delay as server_retry_delay
 
 #: Services the retry policy covers (all of scribe's, on the gateway).
 SERVICES = ("transcription.v1.TranscriptionService", "transcription.v1.FleetService")
@@ -68,15 +69,8 @@ def retry_delay(
     """Seconds the server asked us to wait before retrying a RESOURCE_EXHAUSTED call, or None."""
     if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
         return None
-    for key, value in trailing_metadata or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        for detail in status_pb2.Status.FromString(value).details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return max(0.0, info.retry_delay.ToNanoseconds() / 1e9)
-    return None
+    delay = server_retry_delay(trailing_metadata)
+    return None if delay is None else max(0.0, delay)
 
 
 def next_delay(error: grpc.RpcError, attempt: int, max_retries: int, time_left: float | None) -> float | None:

@@ -62,4 +62,43 @@ def error_reason(trailing_metadata: object) -> str | None:
     return None
 
 
-__all__ = ["DOMAIN", "RequestError", "abort", "code_pb2", "error_reason", "to_status"]
+def retry_delay(trailing_metadata: object) -> float | None:
+    """Seconds of the google.rpc.RetryInfo in an error's trailing metadata, if the server sent one."""
+    for key, value in trailing_metadata or ():  # type: ignore[attr-defined]
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    info = error_details_pb2.RetryInfo()
+                    detail.Unpack(info)
+                    return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+def config_not_first() -> RequestError:
+    """A stream whose first request is not its config (checked by the gateway and by workers)."""
+    return RequestError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CONFIG_NOT_FIRST",
+        "the first StreamingTranscribeRequest must carry streaming_config, and only it",
+    )
+
+
+def config_twice() -> RequestError:
+    return RequestError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CONFIG_TWICE",
+        "streaming_config may only be sent once, in the first request; later requests carry audio_content",
+    )
+
+
+__all__ = [
+    "DOMAIN",
+    "RequestError",
+    "abort",
+    "code_pb2",
+    "config_not_first",
+    "config_twice",
+    "error_reason",
+    "retry_delay",
+    "to_status",
+]

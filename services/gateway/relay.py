@@ -18,7 +18,7 @@ import structlog
 
 from services.common import audio
 from services.common.call_status import StatusKeeper
-from services.common.errors import RequestError
+from services.common.errors import RequestError, config_not_first, config_twice
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine
 from services.gateway.dispatch import Dispatcher
 from services.gateway.registry import Registry, WorkerHandle
@@ -93,11 +93,7 @@ class StreamRelay:
         if first is None:
             return
         if first.WhichOneof("streaming_request") != "streaming_config":
-            raise RequestError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "CONFIG_NOT_FIRST",
-                "the first StreamingTranscribeRequest must carry streaming_config, and only it",
-            )
+            raise config_not_first()
         config = pb.StreamingConfig()
         config.CopyFrom(first.streaming_config)
         # Only the gateway may resume a session: a client's resume state would let it forge one.
@@ -198,11 +194,7 @@ class StreamRelay:
         try:
             async for request in requests:
                 if request.WhichOneof("streaming_request") != "audio_content":
-                    self._client_error = RequestError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "CONFIG_TWICE",
-                        "streaming_config may only be sent once, in the first request; later requests carry audio_content",
-                    )
+                    self._client_error = config_twice()
                     break
                 self._audio.add(request.audio_content)
                 self._arrived.set()

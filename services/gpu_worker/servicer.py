@@ -11,7 +11,7 @@ import grpc
 from services.common import audio
 from services.common.config import Settings
 from services.common.convert import decode_request_audio, duration, limits_pb, transcribe_response
-from services.common.errors import RequestError, abort
+from services.common.errors import RequestError, abort, config_not_first
 from services.common.rpclog import request_line
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
@@ -140,11 +140,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         except TimeoutError:
             raise idle_timeout_error(timeout) from None
         if first.WhichOneof("streaming_request") != "streaming_config":
-            raise RequestError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "CONFIG_NOT_FIRST",
-                "the first StreamingTranscribeRequest must carry streaming_config, and only it",
-            )
+            raise config_not_first()
         return first.streaming_config
 
     async def _stream(

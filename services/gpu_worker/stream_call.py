@@ -18,7 +18,7 @@ import numpy as np
 from services.common import audio
 from services.common.audio import SAMPLE_RATE
 from services.common.convert import alternative, duration
-from services.common.errors import RequestError
+from services.common.errors import RequestError, config_twice
 from services.gen import transcription_pb2 as pb
 from services.gpu_worker.engine import Word
 from services.gpu_worker.runtime import WorkerRuntime
@@ -122,14 +122,7 @@ class RequestReader:
                 self._queue.put_nowait(None)
                 return
             if request.WhichOneof("streaming_request") != "audio_content":
-                self._queue.put_nowait(
-                    RequestError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "CONFIG_TWICE",
-                        "streaming_config may only be sent once, in the first request; "
-                        "later requests carry audio_content",
-                    )
-                )
+                self._queue.put_nowait(config_twice())
                 return
             self._queue.put_nowait(request.audio_content)
 
