@@ -16,7 +16,6 @@ bench/results/clients.md.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import socket
@@ -24,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.fleet import wav_bytes
 from services.client import ScribeClient
 from services.common.audio import SAMPLE_RATE, decode_container
 
@@ -130,13 +129,7 @@ def joined_recording(audio: Path, durations: dict[str, float], count: int) -> tu
     """The `count` longest recordings one after the other, as a 16 kHz 16-bit WAV."""
     longest = sorted(durations, key=durations.__getitem__)[-count:]
     samples = np.concatenate([decode_container((audio / name).read_bytes(), 3600) for name in longest])
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return out.getvalue(), samples.size / SAMPLE_RATE
+    return wav_bytes(samples), samples.size / SAMPLE_RATE
 
 
 def progress(address: str, data: bytes, audio_s: float) -> list[ProgressRow]:

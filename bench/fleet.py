@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+
+from services.common.audio import SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -49,3 +55,13 @@ def fleet(workers: int, threads: int, **env: str) -> Iterator[str]:
     finally:
         subprocess.run([*scribe, "stop"], env=full_env, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return out.getvalue()

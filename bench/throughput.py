@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import sys
 import time
-import wave
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,22 +19,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.fleet import ROOT, fleet
+from bench.fleet import ROOT, fleet, wav_bytes
 from services.common.audio import SAMPLE_RATE, decode_container
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc
 
 RESULTS = ROOT / "bench" / "results"
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return out.getvalue()
 
 
 def load_clips(audio_dir: Path, limit_s: float) -> list[np.ndarray]:
