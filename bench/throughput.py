@@ -107,10 +107,11 @@ def main() -> None:
     for n in range(1, cores + 1):
         with fleet(n, 1, SHARD_MIN_SECONDS="60") as address:
             sharded = stub(address)
-            per_n[n] = best_of(
-                args.runs,
-                lambda sharded=sharded: sharded.Transcribe(pb.TranscribeRequest(audio_content=long_wav), timeout=3600),
-            )
+
+            def one_long_file(s: transcription_pb2_grpc.TranscriptionServiceStub = sharded) -> object:
+                return s.Transcribe(pb.TranscribeRequest(audio_content=long_wav), timeout=3600)
+
+            per_n[n] = best_of(args.runs, one_long_file)
             if n == cores:
                 rows["files_nw"] = best_of(args.runs, lambda: parallel(address, files, clients))
 

@@ -5,6 +5,7 @@ that `make run` may have up in the checkout."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     finally:
         channel.close()
         f.scribe("stop", check=False)
+    crashes = _crashes(f.run_dir)
+    assert not crashes, "\n".join(crashes) + "\n" + _logs(f.run_dir)
 
 
 def _logs(run_dir: Path) -> str:
@@ -116,11 +119,27 @@ def _logs(run_dir: Path) -> str:
     return "\n".join(out)
 
 
+CRASH = re.compile(r"exited: (\S+) \(terminated by (SIGSEGV|SIGABRT|SIGBUS|SIGFPE|SIGILL)")
+
+
+def _crashes(run_dir: Path) -> list[str]:
+    """Processes supervisord saw die of a native crash; tests kill workers only with SIGKILL or SIGTERM."""
+    log = run_dir / "logs" / "supervisord.log"
+    return [m.group(0) for m in CRASH.finditer(log.read_text())] if log.exists() else []
+
+
 @pytest.fixture
-def serving_fleet(fleet: Fleet) -> Fleet:
-    """The fleet with both workers serving again (a previous test may have stopped one)."""
+def serving_fleet(fleet: Fleet) -> Iterator[Fleet]:
+    """The fleet with both workers serving again (a previous test may have stopped one).
+
+    supervisord restarts a crashed process at once, so a crash would go unseen by the test that caused
+    it: each test also fails if a process died of a signal while it ran.
+    """
     fleet.wait_all_serving()
-    return fleet
+    before = len(_crashes(fleet.run_dir))
+    yield fleet
+    crashes = _crashes(fleet.run_dir)[before:]
+    assert not crashes, "\n".join(crashes) + "\n" + _logs(fleet.run_dir)
 
 
 # --- Extra gateways and a TCP worker, for security and limits tests -------------------------------------

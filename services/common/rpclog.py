@@ -54,6 +54,9 @@ def request_line(
     """Bind the request id for the block; at its end log the canonical line and call `observe`."""
     line = RequestLine(method, request_id_from(context))
     tokens = structlog.contextvars.bind_contextvars(request_id=line.request_id, method=method)
+    # Read now: once a client has cancelled, grpc may have freed the call, and peer() then crashes the
+    # process with SIGSEGV (seen with grpcio 1.85 when a TranscribeWithProgress client went away).
+    peer = context.peer()
     started = time.perf_counter()
     try:
         yield line
@@ -74,7 +77,7 @@ def request_line(
             code=line.code.name,
             reason=line.reason,
             duration_ms=round(elapsed * 1000, 1),
-            peer=context.peer(),
+            peer=peer,
             **line.fields,
         )
         structlog.contextvars.reset_contextvars(**tokens)

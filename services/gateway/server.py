@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -92,6 +93,8 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
 
 
 def main() -> None:
+    # A crash in native code (grpc core) leaves the Python stacks of every thread in the log.
+    faulthandler.enable(all_threads=True)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

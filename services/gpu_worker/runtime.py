@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+import structlog
 
 from services.common.errors import RequestError
 from services.gen import worker_pb2
@@ -19,6 +20,8 @@ from services.gpu_worker.engine import Engine
 from services.gpu_worker.guard import DeviceGuard, is_device_error
 
 T = TypeVar("T")
+
+log = structlog.get_logger()
 
 
 class WorkerRuntime:
@@ -106,11 +109,21 @@ class WorkerRuntime:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[T] = asyncio.Queue()
         abandoned = threading.Event()
+        emitted = 0
+        # The request's log context, so the line logged when an abandoned thread stops names its request.
+        bound = structlog.contextvars.get_contextvars()
 
         def emit(item: T) -> None:
+            nonlocal emitted
             if abandoned.is_set():
                 raise Abandoned
+            emitted += 1
             loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def stopped(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled():
+                future.exception()  # retrieved, so asyncio does not log an unobserved Abandoned
+            log.info("inference_abandoned", items_emitted=emitted, **bound)
 
         done = asyncio.ensure_future(self.run(fn, emit, *args))
         waiting: asyncio.Future[T] | None = None
@@ -131,7 +144,7 @@ class WorkerRuntime:
             if waiting is not None:
                 waiting.cancel()
             if not done.done():
-                done.add_done_callback(_ignore_abandoned)
+                done.add_done_callback(stopped)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -139,8 +152,3 @@ class WorkerRuntime:
 
 class Abandoned(Exception):
     """Raised on the inference thread when nobody reads what `WorkerRuntime.stream` produces any more."""
-
-
-def _ignore_abandoned(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved, so asyncio does not log an unobserved Abandoned

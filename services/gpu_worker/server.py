@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--process-num", type=int, default=int(os.environ.get("SCRIBE_PROCESS_NUM", "0")))
     parser.add_argument("--listen", help="serve on HOST:PORT instead of the unix socket (remote workers)")
     args = parser.parse_args(argv)
+    # A crash in native code (CTranslate2, CUDA, PyAV) leaves the Python stacks of every thread in the log.
+    faulthandler.enable(all_threads=True)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
