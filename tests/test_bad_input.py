@@ -19,7 +19,7 @@ from tests.bad_audio import (
     zero_channel_wav,
 )
 from tests.conftest import Fleet
-from tests.helpers import clip, read_wav, stream_requests, words_of
+from tests.helpers import DATA, clip, read_wav, stream_requests, words_of
 
 CASES = [
     (
@@ -266,6 +266,23 @@ def test_odd_but_valid_audio_is_transcribed(serving_fleet: Fleet, label: str, au
     response = serving_fleet.transcription.Transcribe(request, timeout=120)
     assert response.audio_duration.ToMilliseconds() > 500
     assert "fox" not in response.transcript.lower()
+
+
+def test_a_sliver_of_audio_with_word_times_is_transcribed(serving_fleet: Fleet) -> None:
+    """10.7 ms of 44.1 kHz stereo that the fuzz test found: Whisper writes a token for it, word alignment
+    comes back empty and faster-whisper raised IndexError (UNKNOWN to the client). Now the segment
+    keeps its times and simply carries no words."""
+    request = pb.TranscribeRequest(
+        audio_content=(DATA / "sliver_44k_stereo.raw").read_bytes(),
+        encoding=pb.AUDIO_ENCODING_LINEAR16,
+        sample_rate_hertz=44100,
+        audio_channel_count=2,
+        options=pb.RecognitionOptions(enable_word_time_offsets=True, initial_prompt="0"),
+    )
+    response = serving_fleet.transcription.Transcribe(request, timeout=60)
+    assert response.audio_duration.ToMilliseconds() == 10
+    for segment in response.segments:
+        assert segment.end_offset.ToMilliseconds() <= 20
 
 
 def test_bad_input_barrage_leaves_a_concurrent_stream_and_the_workers_alone(serving_fleet: Fleet) -> None:

@@ -5,16 +5,36 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ctranslate2
 import faster_whisper
 import numpy as np
+import structlog
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 
 from services.common.config import EMBEDDED_MODEL, Settings
 from services.gpu_worker.engine import DecodeOptions, EngineInfo, EngineResult, Segment, Word
 
 WINDOW_SAMPLES = 30 * 16_000  # one Whisper window
+
+log = structlog.get_logger()
+
+
+class _WhisperModel(WhisperModel):
+    """WhisperModel whose word alignment cannot fail a whole request.
+
+    On a sliver of audio (about 10 ms) Whisper still writes a token, CTranslate2's align() returns an
+    empty alignment for it, and faster-whisper's find_alignment raises IndexError (SYSTRAN/faster-whisper
+    #1342, fix proposed in #1460). The window then keeps its text and segment times, without words.
+    """
+
+    def find_alignment(self, tokenizer: Any, text_tokens: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        try:
+            return super().find_alignment(tokenizer, text_tokens, *args, **kwargs)
+        except IndexError as exc:
+            log.warning("word_alignment_failed", error=str(exc), segments=len(text_tokens))
+            return [[] for _ in text_tokens]
 
 
 def resolve_model(name: str) -> tuple[str, str]:
@@ -54,7 +74,7 @@ class FasterWhisperEngine:
         device = resolve_device(settings.whisper_device)
         compute_type = resolve_compute_type(settings.whisper_compute_type, device)
         # The worker's CUDA_VISIBLE_DEVICES holds only its configured GPU, so inside it is index 0.
-        self._model = WhisperModel(
+        self._model = _WhisperModel(
             model_path,
             device=device,
             device_index=0,

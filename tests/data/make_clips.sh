@@ -38,3 +38,6 @@ sox speech_short.wav -r 44100 -c 2 speech_short_44k_stereo.wav
 sox -n -r 16000 -c 1 -b 16 silence.wav trim 0 2
 sox -n -r 16000 -c 1 -b 16 tone.wav synth 1 sine 440 vol 0.5
 ls -l
+
+# sliver_44k_stereo.raw is not made here: it is the 1880-byte LINEAR16 payload (44.1 kHz, stereo,
+# 10.7 ms) that tests/test_fuzz.py found crashing word alignment; it is kept as found.
