@@ -41,6 +41,8 @@ from services.gpu_worker.audio_buffer import AudioBuffer
 from services.gpu_worker.engine import DecodeOptions, Engine, Word
 from services.gpu_worker.vad import WINDOW, SileroStream, SpeechDetector, VadConfig, VoiceEvent
 
+#: Kinds of decode (`StreamingSession.pending_decode`).
+FINALIZE, PAUSE, INTERIM = "finalize", "pause", "interim"
 _NO_SPEECH = 0.5  # no-speech probability above which a segment in silence is dropped
 _KEEP_COMMITTED = 200  # committed words remembered for alignment and prompts: enough for both, bounded
 
@@ -177,27 +179,42 @@ class StreamingSession:
 
     def decode_due(self) -> bool:
         """Whether `process` has work: an utterance to finalize, or a hypothesis to refresh."""
+        return self.pending_decode() is not None
+
+    def pending_decode(self) -> str | None:
+        """The decode `process` would make now: FINALIZE, PAUSE (may become final), INTERIM, or None.
+
+        Only INTERIM can be skipped without delaying a final, as long as the buffer is short
+        (`needs_commits` is false)."""
         if self._closing is not None:
-            return True
+            return FINALIZE
         detector = self._detector
         if not detector.in_speech:
-            return False
+            return None
         c = self.config
         if self.buffer_seconds > c.max_buffer_s:
-            return True
+            return INTERIM
         pause = detector.silence_start
         if pause is not None:
             # A pause has begun: no interim decode now, it would still be running when the pause
             # decode (the one that may become final) is due.
             due_at = pause + _samples(c.pause_decode_s)
-            return self._vad_pos >= due_at > self._decoded_to
+            return PAUSE if self._vad_pos >= due_at > self._decoded_to else None
         new = self._vad_pos - max(self._decoded_to, detector.speech_start)
         if not c.interims:
-            return self.buffer_seconds >= c.trim_after_s / 2 and new >= _samples(c.interim_interval_s)
-        if self._decoded_to <= detector.speech_start or not self._hypothesis:
+            due = self.needs_commits and new >= _samples(c.interim_interval_s)
+        elif self._decoded_to <= detector.speech_start or not self._hypothesis:
             # Until the utterance shows its first words, look again sooner.
-            return new >= _samples(c.first_interim_s)
-        return new >= _samples(c.interim_interval_s)
+            due = new >= _samples(c.first_interim_s)
+        else:
+            due = new >= _samples(c.interim_interval_s)
+        return INTERIM if due else None
+
+    @property
+    def needs_commits(self) -> bool:
+        """Much of the buffer is uncommitted speech: only agreement between decodes lets it be cut."""
+        committed_to = round(self._committed[-1].end * SAMPLE_RATE) if self._committed else 0
+        return self._total - max(committed_to, self._buffer.start) >= _samples(self.config.trim_after_s / 2)
 
     def process(self) -> StreamUpdate:
         """Finalize an ended utterance, or decode the open one and commit what two hypotheses agree on."""
