@@ -366,33 +366,15 @@ def hour_section(clips: list[Clip], minutes: float, threads: int) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__)
-    parser.add_argument("--audio-dir", type=Path, default=ROOT.parent / "shared" / "audio")
-    parser.add_argument("--quick", action="store_true", help="fewer clips, shorter streams, a 10-minute long stream")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="WHISPER_CPU_THREADS (0: cores / workers)")
-    parser.add_argument("--k", default="1,2,4", help="concurrent stream counts")
-    parser.add_argument("--stream-seconds", type=float, help="length of each load stream (default 60, quick 30)")
-    parser.add_argument("--hour-minutes", type=float, help="length of the long stream (default 60, quick 10)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: load, accuracy, hour")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "streaming.md")
-    args = parser.parse_args(argv)
-    seconds = args.stream_seconds or (30.0 if args.quick else 60.0)
-    minutes = args.hour_minutes or (10.0 if args.quick else 60.0)
-    skip = set(args.skip.split(","))
-    clips = load_clips(args.audio_dir)
-    accuracy_clips = clips[::3] if args.quick else clips
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    load_before = os.getloadavg()
-    sections = [
-        "# Streaming benchmark\n",
-        f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} CPUs, "
-        f"load average {load_before[0]:.2f} at the start; {args.workers} workers x {threads} threads, "
-        "embedded tiny.en (int8), default stream settings (interim decode every 1 s of speech, "
-        f"end of speech after {SPEECH_END_S} s of silence), beam 5 for streaming and Transcribe alike. "
-        f"Streams send 100 ms LINEAR16 chunks in real time.{' Quick run.' if args.quick else ''}\n",
-    ]
+def fleet_sections(
+    args: argparse.Namespace,
+    clips: list[Clip],
+    accuracy_clips: list[Clip],
+    threads: int,
+    seconds: float,
+    skip: set[str],
+) -> list[str]:
+    sections: list[str] = []
     with fleet(args.workers, threads) as bench:
         warm = np.concatenate([clips[0].audio, np.zeros(SAMPLE_RATE, dtype=np.float32)])
         concurrently([(warm, f"bench-warm-{i}") for i in range(args.workers)], bench.stub)
@@ -420,6 +402,38 @@ def main(argv: list[str] | None = None) -> int:
                 "(whisper-normalizer) with jiwer.\n",
                 accuracy_section(bench, accuracy_clips, args.workers) + "\n",
             ]
+    return sections
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__)
+    parser.add_argument("--audio-dir", type=Path, default=ROOT.parent / "shared" / "audio")
+    parser.add_argument("--quick", action="store_true", help="fewer clips, shorter streams, a 10-minute long stream")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="WHISPER_CPU_THREADS (0: cores / workers)")
+    parser.add_argument("--k", default="1,2,4", help="concurrent stream counts")
+    parser.add_argument("--stream-seconds", type=float, help="length of each load stream (default 60, quick 30)")
+    parser.add_argument("--hour-minutes", type=float, help="length of the long stream (default 60, quick 10)")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: load, accuracy, hour")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "streaming.md")
+    args = parser.parse_args(argv)
+    seconds = args.stream_seconds or (30.0 if args.quick else 60.0)
+    minutes = args.hour_minutes or (10.0 if args.quick else 60.0)
+    skip = set(args.skip.split(","))
+    clips = load_clips(args.audio_dir)
+    accuracy_clips = clips[::3] if args.quick else clips
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    load_before = os.getloadavg()
+    sections = [
+        "# Streaming benchmark\n",
+        f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} CPUs, "
+        f"load average {load_before[0]:.2f} at the start; {args.workers} workers x {threads} threads, "
+        "embedded tiny.en (int8), default stream settings (interim decode every 1 s of speech, "
+        f"end of speech after {SPEECH_END_S} s of silence), beam 5 for streaming and Transcribe alike. "
+        f"Streams send 100 ms LINEAR16 chunks in real time.{' Quick run.' if args.quick else ''}\n",
+    ]
+    if {"load", "accuracy"} - skip:
+        sections += fleet_sections(args, clips, accuracy_clips, threads, seconds, skip)
     if "hour" not in skip:
         sections += [
             f"## A {minutes:.0f}-minute stream: cost and memory over time\n",

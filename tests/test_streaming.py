@@ -130,8 +130,12 @@ def test_finals_are_never_repeated_and_keep_stream_time_across_buffer_trims(serv
     _assert_words_run_forward(heard)
     a, b = [normalise(w.word) for w in said], [normalise(w.word) for w in heard]
     matcher = SequenceMatcher(a=a, b=b, autojunk=False)
-    # The same words as Transcribe hears in the whole recording, each once (nothing doubled at a cut).
-    assert matcher.ratio() >= 0.8 and len(b) <= len(a) + 2, (offline.transcript, _text(_finals(responses)))
+    # The same words as Transcribe hears in the whole recording (tiny.en mishears a few either way),
+    # and nothing doubled where the buffer was cut: no three words twice that the speaker said once.
+    context = (offline.transcript, _text(_finals(responses)))
+    assert matcher.ratio() >= 0.8 and len(b) <= 1.1 * len(a), context
+    said_twice = {g for g in zip(a, a[1:], a[2:], strict=False) if _count(a, g) > 1}
+    assert all(_count(b, g) == 1 for g in zip(b, b[1:], b[2:], strict=False) if g not in said_twice), context
     # At the times Transcribe gives them: stream time survives every cut of the buffer.
     pairs = [(said[m.a + i], heard[m.b + i]) for m in matcher.get_matching_blocks() for i in range(m.size)]
     assert len(pairs) >= 0.8 * len(a)
@@ -278,14 +282,22 @@ def test_silence_and_tones_give_no_text_and_cost_no_decode(serving_fleet: Fleet)
 
 
 def test_speech_end_timeout_out_of_range_is_invalid_argument(serving_fleet: Fleet) -> None:
-    _, error = _collect(
-        serving_fleet.transcription.StreamingTranscribe(
-            stream_requests(b"\0\0" * 1600, 16000, pace=0, speech_end_timeout=duration_pb2.Duration(seconds=60)),
-            timeout=30,
-        )
+    # Only the config: audio still being written when the worker refuses the stream can reach the
+    # client through the gateway as INTERNAL (grpcio aio client bug grpc/grpc#36066).
+    config = pb.StreamingConfig(
+        encoding=pb.AUDIO_ENCODING_LINEAR16,
+        sample_rate_hertz=16000,
+        speech_end_timeout=duration_pb2.Duration(seconds=60),
     )
-    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_reason(error.trailing_metadata()) == "SPEECH_END_TIMEOUT_OUT_OF_RANGE"
+    err = _stream_error(serving_fleet, [pb.StreamingTranscribeRequest(streaming_config=config)])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(err.trailing_metadata()) == "SPEECH_END_TIMEOUT_OUT_OF_RANGE"
+    assert "60 s" in err.details()
+
+
+def _count(words: list[str], gram: tuple[str, ...]) -> int:
+    n = len(gram)
+    return sum(1 for i in range(len(words) - n + 1) if tuple(words[i : i + n]) == gram)
 
 
 def _stream_error(fleet: Fleet, requests: list[pb.StreamingTranscribeRequest]) -> grpc.RpcError:

@@ -14,6 +14,7 @@ from faster_whisper.vad import get_vad_model
 
 from services.common.audio import SAMPLE_RATE
 from services.gpu_worker.agreement import after_committed, agreed_prefix, drop_repeated_tail, ends_sentence, monotonic
+from services.gpu_worker.audio_buffer import AudioBuffer
 from services.gpu_worker.engine import DecodeOptions, EngineInfo, EngineResult, Segment, Word
 from services.gpu_worker.streaming import SessionConfig, StreamingSession, StreamUpdate
 from services.gpu_worker.vad import WINDOW, SileroStream, SpeechDetector, VadConfig
@@ -236,3 +237,20 @@ def test_agreement_helpers() -> None:
     assert ends_sentence(_w('dog."', 0, 1)) and not ends_sentence(_w("dog,", 0, 1))
     clamped = monotonic([_w("a", 0.5, 0.7), _w("b", 0.6, 0.65)], floor=0.6)
     assert [(w.start, w.end) for w in clamped] == [(0.6, 0.7), (0.7, 0.7)]
+
+
+def test_audio_buffer_keeps_positions_and_reuses_its_array() -> None:
+    buffer = AudioBuffer(capacity=1000)
+    stream = np.arange(100_000, dtype=np.float32)
+    array = buffer._data
+    at = 0
+    for step in range(200):  # append 300, keep at most ~600: a stream that drops as it goes
+        buffer.append(stream[at : at + 300])
+        at += 300
+        buffer.drop_before(at - 600 + (step % 7) * 10)
+        np.testing.assert_array_equal(buffer.view(), stream[buffer.start : at])
+        np.testing.assert_array_equal(buffer.view(at - 50, at - 10), stream[at - 50 : at - 10])
+    assert buffer._data is array  # steady state: no new array
+    buffer.append(stream[at : at + 5000])  # more than the capacity: it grows and keeps the content
+    np.testing.assert_array_equal(buffer.view(), stream[buffer.start : at + 5000])
+    assert buffer.view(0, buffer.start).size == 0 and buffer.drop_before(buffer.start - 5) == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import structlog
+from faster_whisper.vad import get_vad_model
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
@@ -88,6 +89,7 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         await server.stop(0)
         sys.exit(3)  # supervisord retries, then marks the worker FATAL with this log as the reason
     runtime.engine = engine
+    await loop.run_in_executor(None, get_vad_model)  # streams share it; the first should not wait for its load
     if engine.info.device_kind == "cuda":
         # NVML is asked about the GPU the worker was bound to, by the same identifier CUDA got.
         worker_servicer.probe = DeviceProbe(os.environ.get("CUDA_VISIBLE_DEVICES", "0"), enabled=True)

@@ -1,9 +1,10 @@
 """One StreamingTranscribe call on a worker: read audio, drive the session, send results and speech events.
 
 Requests are read by a task of their own, ahead of the decoder, so a decode in progress never
-looks like an idle client and the audio that arrived during a decode is taken in one go. When
-decoding falls behind real time, interim decodes are skipped until the session has caught up with
-the audio: the decode rate adapts to the CPU instead of a backlog growing without bound.
+looks like an idle client and the audio that arrived during a decode is taken in one go. Interim
+decodes are skipped while audio is already queued (the stream is behind) or the worker is busy with
+other decodes: the decode rate adapts to the CPU, and the decodes that make finals never wait
+behind interims nobody would see in time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from services.common.errors import RequestError, config_twice
 from services.gen import transcription_pb2 as pb
 from services.gpu_worker.engine import Word
 from services.gpu_worker.runtime import WorkerRuntime
-from services.gpu_worker.streaming import StreamingSession, StreamUpdate
+from services.gpu_worker.streaming import INTERIM, StreamingSession, StreamUpdate
 from services.gpu_worker.vad import VoiceEvent
 
 #: Largest piece of audio judged before the session may decode: bounds how far a backlog runs ahead.
@@ -251,9 +252,17 @@ class StreamCall:
             if self._config.single_utterance:
                 self.done = True
                 return
-        if session.decode_due() and (not behind or session.buffer_seconds >= session.config.trim_after_s):
-            for response in self._results(await self._rt.run(session.process)):
-                yield response
+        kind = session.pending_decode()
+        if kind is None:
+            return
+        if kind == INTERIM and not session.needs_commits and (behind or self._worker_busy()):
+            # Interims are what an overloaded worker sheds first, so finals keep their latency.
+            return
+        for response in self._results(await self._rt.run(session.process)):
+            yield response
+
+    def _worker_busy(self) -> bool:
+        return self._rt.active >= self._rt.concurrency or self._rt.queued > 0
 
     async def _finish(self) -> AsyncIterator[pb.StreamingTranscribeResponse]:
         session = self._session

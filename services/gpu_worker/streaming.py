@@ -38,9 +38,12 @@ from services.gpu_worker.agreement import (
     ends_sentence,
     monotonic,
 )
+from services.gpu_worker.audio_buffer import AudioBuffer
 from services.gpu_worker.engine import DecodeOptions, Engine, Word
 from services.gpu_worker.vad import WINDOW, SileroStream, SpeechDetector, VadConfig, VoiceEvent
 
+#: Kinds of decode (`StreamingSession.pending_decode`).
+FINALIZE, PAUSE, INTERIM = "finalize", "pause", "interim"
 _NO_SPEECH = 0.5  # no-speech probability above which a segment in silence is dropped
 _KEEP_COMMITTED = 200  # committed words remembered for alignment and prompts: enough for both, bounded
 
@@ -58,7 +61,7 @@ class SessionConfig:
     # Inside an utterance only words this far behind the decoded audio's end may be committed by
     # agreement: Whisper still rewrites recent words once it hears what follows them.
     commit_lag_s: float = 2.0
-    pause_decode_s: float = 0.25  # a pause this long inside speech is decoded at once (maybe final)
+    pause_decode_s: float = 0.2  # a pause this long inside speech is decoded at once (maybe final)
     trim_after_s: float = 12.0  # inside an utterance, cut the buffer after committed words past this
     max_buffer_s: float = 24.0  # never let the buffer outgrow Whisper's 30 s window
     # After an utterance its audio stays in the buffer as context for the next one (Whisper hears a
@@ -101,8 +104,7 @@ class StreamingSession:
         self._closing: tuple[int, int] | None = None  # (speech end, detected at) of an utterance to finalize
         self._floor = 0  # audio before this belongs to finished utterances
         self._context_end: int | None = None  # end of the finished utterance kept as context
-        self._buffer = np.zeros(0, dtype=np.float32)
-        self._buffer_start = 0  # samples from the stream start to buffer[0]
+        self._buffer = AudioBuffer(_samples(self.config.max_buffer_s + 8))
         self._total = 0
         self._decoded_to = 0  # stream sample where the audio of the current hypothesis ended
         self._committed: list[Word] = []
@@ -141,7 +143,7 @@ class StreamingSession:
     def add_audio(self, samples: np.ndarray) -> None:
         """Append 16 kHz mono audio; `detect` judges it."""
         if samples.size:
-            self._buffer = np.concatenate([self._buffer, samples.astype(np.float32, copy=False)])
+            self._buffer.append(samples)
             self._total += samples.size
 
     def detect(self) -> list[VoiceEvent]:
@@ -151,8 +153,7 @@ class StreamingSession:
         # After a restore the replayed audio first refills the buffer up to what Silero already judged.
         whole = max(0, self._total - self._vad_fed) // WINDOW * WINDOW
         if whole:
-            at = self._vad_fed - self._buffer_start
-            scores = self._vad.feed(self._buffer[at : at + whole])
+            scores = self._vad.feed(self._buffer.view(self._vad_fed, self._vad_fed + whole))
             self._probabilities.extend((self._vad_fed + i * WINDOW, float(p)) for i, p in enumerate(scores))
             self._vad_fed += whole
         events = []
@@ -181,24 +182,42 @@ class StreamingSession:
 
     def decode_due(self) -> bool:
         """Whether `process` has work: an utterance to finalize, or a hypothesis to refresh."""
+        return self.pending_decode() is not None
+
+    def pending_decode(self) -> str | None:
+        """The decode `process` would make now: FINALIZE, PAUSE (may become final), INTERIM, or None.
+
+        Only INTERIM can be skipped without delaying a final, as long as the buffer is short
+        (`needs_commits` is false)."""
         if self._closing is not None:
-            return True
+            return FINALIZE
         detector = self._detector
         if not detector.in_speech:
-            return False
+            return None
         c = self.config
         if self.buffer_seconds > c.max_buffer_s:
-            return True
+            return INTERIM
         pause = detector.silence_start
-        if pause is not None and self._vad_pos - pause >= _samples(c.pause_decode_s):
-            return self._decoded_to < pause + _samples(c.pause_decode_s)
+        if pause is not None:
+            # A pause has begun: no interim decode now, it would still be running when the pause
+            # decode (the one that may become final) is due.
+            due_at = pause + _samples(c.pause_decode_s)
+            return PAUSE if self._vad_pos >= due_at > self._decoded_to else None
         new = self._vad_pos - max(self._decoded_to, detector.speech_start)
         if not c.interims:
-            return self.buffer_seconds >= c.trim_after_s / 2 and new >= _samples(c.interim_interval_s)
-        if self._decoded_to <= detector.speech_start or not self._hypothesis:
+            due = self.needs_commits and new >= _samples(c.interim_interval_s)
+        elif self._decoded_to <= detector.speech_start or not self._hypothesis:
             # Until the utterance shows its first words, look again sooner.
-            return new >= _samples(c.first_interim_s)
-        return new >= _samples(c.interim_interval_s)
+            due = new >= _samples(c.first_interim_s)
+        else:
+            due = new >= _samples(c.interim_interval_s)
+        return INTERIM if due else None
+
+    @property
+    def needs_commits(self) -> bool:
+        """Much of the buffer is uncommitted speech: only agreement between decodes lets it be cut."""
+        committed_to = round(self._committed[-1].end * SAMPLE_RATE) if self._committed else 0
+        return self._total - max(committed_to, self._buffer.start) >= _samples(self.config.trim_after_s / 2)
 
     def process(self) -> StreamUpdate:
         """Finalize an ended utterance, or decode the open one and commit what two hypotheses agree on."""
@@ -219,7 +238,7 @@ class StreamingSession:
         self._commit(final)
         self._trim_at_committed(tail)
         if not hypothesis and self.buffer_seconds > self.config.trim_after_s:
-            self._drop_before(self._buffer_start + self._buffer.size - SAMPLE_RATE)
+            self._drop_before(self._total - SAMPLE_RATE)
         agreeing = agreed_prefix(self._hypothesis, tail) if self._hypothesis else 0
         stability = 0.0 if not tail else min(0.9, 0.1 + 0.8 * agreeing / len(tail))
         self._hypothesis = tail
@@ -262,7 +281,7 @@ class StreamingSession:
         that offset, `restore` rebuilds this session exactly, on another worker (failover)."""
         state = {
             "v": 2,
-            "buffer_start": self._buffer_start,
+            "buffer_start": self._buffer.start,
             "vad": self._vad.state(),
             "detector": [self._detector.in_speech, self._detector.speech_start, self._detector.silence_start],
             "probabilities": list(self._probabilities),
@@ -281,14 +300,16 @@ class StreamingSession:
             "utterances": self.utterances,
             "language": self.language,
         }
-        return self._buffer_start / SAMPLE_RATE, json.dumps(state).encode()
+        return self._buffer.start / SAMPLE_RATE, json.dumps(state).encode()
 
     def restore(self, blob: bytes) -> None:
         """Continue from `snapshot`; the audio added next must start at the snapshot's offset."""
         state = json.loads(blob)
         if state.get("v") != 2:
             raise ValueError("unknown session state version")
-        self._buffer_start = self._total = int(state["buffer_start"])
+        self._total = int(state["buffer_start"])
+        self._buffer.drop_before(self._buffer.start + self._buffer.size)
+        self._buffer.start = self._total
         self._vad.load_state(state["vad"])
         self._detector.in_speech, self._detector.speech_start, self._detector.silence_start = state["detector"]
         self._probabilities = deque((int(a), float(p)) for a, p in state["probabilities"])
@@ -299,7 +320,7 @@ class StreamingSession:
         self._decoded_to = int(state["decoded_to"])
         self._base_prompt = state["prompt"]
         self._committed = [Word(**w) for w in state["committed"]]
-        self._in_prompt = sum(1 for w in self._committed if w.end <= self._buffer_start / SAMPLE_RATE)
+        self._in_prompt = sum(1 for w in self._committed if w.end <= self._buffer.start / SAMPLE_RATE)
         self._hypothesis = [Word(**w) for w in state["hypothesis"]]
         self.committed_count, self.utterances = int(state["committed_count"]), int(state["utterances"])
         self.language = state["language"]
@@ -307,14 +328,14 @@ class StreamingSession:
     def _prompt(self) -> str | None:
         # Only text whose audio has left the buffer: prompted with words it can still hear, Whisper
         # takes them as already said and skips that speech.
-        start = self._buffer_start / SAMPLE_RATE
+        start = self._buffer.start / SAMPLE_RATE
         gone = " ".join(w.word for w in self._committed[self._in_prompt :] if w.end <= start)
         prompt = (self._base_prompt + " " + gone).strip()[-self.config.prompt_chars :]
         return prompt or None
 
     def _decode(self, until: int) -> list[Word] | None:
         """Decode the buffer up to stream sample `until`; the words after those already committed."""
-        audio = self._buffer[: max(0, until - self._buffer_start)]
+        audio = self._buffer.view(end=until)
         if audio.size < _samples(self.config.min_decode_s):
             return None
         self._decoded_to = until
@@ -325,7 +346,7 @@ class StreamingSession:
         self.decodes += 1
         self.longest_decode_s = max(self.longest_decode_s, audio.size / SAMPLE_RATE)
         self.language = result.language
-        offset = self._buffer_start / SAMPLE_RATE
+        offset = self._buffer.start / SAMPLE_RATE
         committed_end = self._committed[-1].end if self._committed else 0.0
         words = [
             Word(w.start + offset, w.end + offset, w.word, w.probability)
@@ -358,7 +379,7 @@ class StreamingSession:
         """Cut a long buffer after committed words, at a sentence end when one is in the buffer."""
         if self.buffer_seconds < self.config.trim_after_s:
             return
-        offset = self._buffer_start / SAMPLE_RATE
+        offset = self._buffer.start / SAMPLE_RATE
         in_buffer = [w for w in self._committed if w.end > offset]
         if not in_buffer:
             return
@@ -375,11 +396,8 @@ class StreamingSession:
 
     def _drop_before(self, sample: int) -> None:
         """Forget the buffered audio before stream position `sample` (never audio not yet judged)."""
-        cut = max(0, min(sample - self._buffer_start, self._buffer.size, self._vad_fed - self._buffer_start))
-        if cut:
-            self._buffer = self._buffer[cut:].copy()
-            self._buffer_start += cut
-            while self._judged and self._judged[0][0] + WINDOW <= self._buffer_start:
+        if self._buffer.drop_before(min(sample, self._vad_fed)):
+            while self._judged and self._judged[0][0] + WINDOW <= self._buffer.start:
                 self._judged.popleft()
 
     def _silent(self, start: float, end: float) -> bool:
