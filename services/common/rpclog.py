@@ -60,7 +60,8 @@ def request_line(
     started = time.perf_counter()
     try:
         yield line
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):
+        # A streaming handler whose client went away is cancelled, or closed at its `yield`.
         line.code = grpc.StatusCode.CANCELLED
         raise
     except Exception as exc:

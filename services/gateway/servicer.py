@@ -218,12 +218,17 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                         call = handle.transcription.TranscribeWithProgress(
                             request, timeout=context.time_remaining(), metadata=_metadata(line)
                         )
-                        async for response in call:
-                            if response.HasField("result"):
-                                response.result.request_id = line.request_id
-                                line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
-                            sent += 1
-                            yield response
+                        try:
+                            async for response in call:
+                                if response.HasField("result"):
+                                    response.result.request_id = line.request_id
+                                    line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
+                                sent += 1
+                                yield response
+                        finally:
+                            # A client that went away closes this generator (GeneratorExit, no task
+                            # cancellation): without this the worker would transcribe to the end for nobody.
+                            call.cancel()
                     return
                 except RequestError as err:
                     line.fail(err)
