@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -11,7 +10,7 @@ import grpc
 
 from services.client.messages import Audio, StreamConfig, TranscribeOptions, transcribe_request
 from services.client.replay import AsyncReplay
-from services.client.retry import call_metadata, channel_options, next_delay
+from services.client.retry import Deadline, call_metadata, channel_options, next_delay
 from services.client.sync import DEFAULT_ADDRESS
 from services.common.call_status import StatusKeeper
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
@@ -82,13 +81,6 @@ class AsyncScribeClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        return None if timeout is None else time.monotonic() + timeout
-
-    @staticmethod
-    def _left(deadline: float | None) -> float | None:
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
-
     async def transcribe(
         self,
         audio: Audio,
@@ -101,16 +93,16 @@ class AsyncScribeClient:
     ) -> pb.TranscribeResponse:
         request = transcribe_request(audio, options, sample_rate_hertz, channels)
         metadata = call_metadata(self._token, request_id)
-        deadline = self._deadline(self._timeout if timeout is None else timeout)
+        deadline = Deadline(self._timeout if timeout is None else timeout)
         attempt = 0
         while True:
             try:
                 response: pb.TranscribeResponse = await self._stub.Transcribe(
-                    request, timeout=self._left(deadline), metadata=metadata
+                    request, timeout=deadline.left(), metadata=metadata
                 )
                 return response
             except grpc.aio.AioRpcError as err:
-                delay = next_delay(err, attempt, self._busy_retries, self._left(deadline))
+                delay = next_delay(err, attempt, self._busy_retries, deadline.left())
                 if delay is None:
                     raise
             await asyncio.sleep(delay)
@@ -130,10 +122,10 @@ class AsyncScribeClient:
             request=transcribe_request(audio, options, sample_rate_hertz, channels)
         )
         metadata = call_metadata(self._token, request_id)
-        deadline = self._deadline(self._timeout if timeout is None else timeout)
+        deadline = Deadline(self._timeout if timeout is None else timeout)
         attempt = 0
         while True:
-            call = self._stub.TranscribeWithProgress(request, timeout=self._left(deadline), metadata=metadata)
+            call = self._stub.TranscribeWithProgress(request, timeout=deadline.left(), metadata=metadata)
             received = False
             try:
                 async for response in call:
@@ -141,7 +133,7 @@ class AsyncScribeClient:
                     yield response
                 return
             except grpc.aio.AioRpcError as err:
-                delay = None if received else next_delay(err, attempt, self._busy_retries, self._left(deadline))
+                delay = None if received else next_delay(err, attempt, self._busy_retries, deadline.left())
                 if delay is None:
                     raise
             finally:
@@ -161,7 +153,7 @@ class AsyncScribeClient:
         first = (config or StreamConfig()).to_pb()
         replay = AsyncReplay(_aiter(chunks))
         metadata = call_metadata(self._token, request_id)
-        deadline = self._deadline(timeout)
+        deadline = Deadline(timeout)
 
         async def requests(call: grpc.aio.StreamStreamCall) -> AsyncIterator[pb.StreamingTranscribeRequest]:
             yield first
@@ -180,7 +172,7 @@ class AsyncScribeClient:
         attempt = 0
         try:
             while True:
-                call = self._stub.StreamingTranscribe(timeout=self._left(deadline), metadata=metadata)
+                call = self._stub.StreamingTranscribe(timeout=deadline.left(), metadata=metadata)
                 keeper = StatusKeeper(call)
                 writer = asyncio.ensure_future(_write_all(call, requests(call)))
                 try:
@@ -196,9 +188,7 @@ class AsyncScribeClient:
                     # The server's own status, where grpc.aio reports its write race instead (grpc/grpc#36066).
                     code, details, trailing = await keeper.settle(failed)
                     err = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
-                    delay = (
-                        None if replay.committed else next_delay(err, attempt, self._busy_retries, self._left(deadline))
-                    )
+                    delay = None if replay.committed else next_delay(err, attempt, self._busy_retries, deadline.left())
                     if delay is None:
                         raise err from None
                 finally:

@@ -15,6 +15,7 @@ and the clients wait exactly that long before the next attempt, and only then.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 
 import grpc
@@ -29,6 +30,16 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 #: messages pass 256 KiB, so a Transcribe of a real recording would never be retried. This lets a
 #: request up to the server's default message limit (64 MiB) be replayed.
 RETRY_BUFFER_BYTES = 64 * 2**20
+
+
+class Deadline:
+    """A call's deadline, shared by its attempts: each retry gets only the time that is left."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def left(self) -> float | None:
+        return None if self._end is None else max(0.0, self._end - time.monotonic())
 
 
 def service_config(max_attempts: int = 5, initial_backoff_s: float = 0.5, max_backoff_s: float = 5.0) -> str:

@@ -10,20 +10,12 @@ import grpc
 
 from services.client.messages import Audio, StreamConfig, TranscribeOptions, transcribe_request
 from services.client.replay import Replay
-from services.client.retry import call_metadata, channel_options, next_delay
+from services.client.retry import Deadline, call_metadata, channel_options, next_delay
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 
 T = TypeVar("T")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-
-
-class _Deadline:
-    def __init__(self, timeout: float | None) -> None:
-        self._end = None if timeout is None else time.monotonic() + timeout
-
-    def left(self) -> float | None:
-        return None if self._end is None else max(0.0, self._end - time.monotonic())
 
 
 class ScribeClient:
@@ -70,7 +62,7 @@ class ScribeClient:
     def close(self) -> None:
         self.channel.close()
 
-    def _retrying(self, deadline: _Deadline, call: Callable[[float | None], T]) -> T:
+    def _retrying(self, deadline: Deadline, call: Callable[[float | None], T]) -> T:
         attempt = 0
         while True:
             try:
@@ -95,7 +87,7 @@ class ScribeClient:
         """Transcribe a file (path or bytes); raw LINEAR16 bytes need `sample_rate_hertz`."""
         request = transcribe_request(audio, options, sample_rate_hertz, channels)
         metadata = call_metadata(self._token, request_id)
-        deadline = _Deadline(self._timeout if timeout is None else timeout)
+        deadline = Deadline(self._timeout if timeout is None else timeout)
         return self._retrying(deadline, lambda left: self._stub.Transcribe(request, timeout=left, metadata=metadata))
 
     def transcribe_with_progress(
@@ -113,7 +105,7 @@ class ScribeClient:
             request=transcribe_request(audio, options, sample_rate_hertz, channels)
         )
         metadata = call_metadata(self._token, request_id)
-        deadline = _Deadline(self._timeout if timeout is None else timeout)
+        deadline = Deadline(self._timeout if timeout is None else timeout)
         attempt = 0
         while True:
             call = self._stub.TranscribeWithProgress(request, timeout=deadline.left(), metadata=metadata)
@@ -144,7 +136,7 @@ class ScribeClient:
         first = (config or StreamConfig()).to_pb()
         replay = Replay(iter(chunks))
         metadata = call_metadata(self._token, request_id)
-        deadline = _Deadline(timeout)
+        deadline = Deadline(timeout)
 
         def requests() -> Iterator[pb.StreamingTranscribeRequest]:
             yield first

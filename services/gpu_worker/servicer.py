@@ -12,7 +12,7 @@ from services.common import audio
 from services.common.config import Settings
 from services.common.convert import decode_request_audio, duration, limits_pb, transcribe_response
 from services.common.errors import RequestError, abort, config_not_first
-from services.common.rpclog import request_line
+from services.common.rpclog import RequestLine, request_line
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gpu_worker.device import DeviceProbe, process_rss_bytes
@@ -55,6 +55,13 @@ def _invalid_audio(err: audio.AudioError) -> RequestError:
     return RequestError(code, err.reason, err.message)
 
 
+async def _refuse(context: grpc.aio.ServicerContext, line: RequestLine, err: audio.AudioError | RequestError) -> None:
+    """End the call with the error's status, and record it on the request's canonical line."""
+    error = _invalid_audio(err) if isinstance(err, audio.AudioError) else err
+    line.fail(error)
+    await abort(context, error)
+
+
 class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer):
     def __init__(self, runtime: WorkerRuntime, settings: Settings) -> None:
         self._rt = runtime
@@ -71,12 +78,8 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                 check_transcribe_encoding(request.encoding)
                 options = decode_options(request.options, self._limits, engine.info)
                 result, elapsed = await self._rt.run(_transcribe_blocking, engine, request, options, self._limits)
-            except audio.AudioError as err:
-                line.fail(_invalid_audio(err))
-                await abort(context, _invalid_audio(err))
-            except RequestError as err:
-                line.fail(err)
-                await abort(context, err)
+            except (audio.AudioError, RequestError) as err:
+                await _refuse(context, line, err)
             self._rt.completed += 1
             line.fields.update(audio_s=round(result.duration, 3), rtfx=round(result.duration / max(elapsed, 1e-6), 1))
             response = transcribe_response(result, elapsed, self._rt.worker_id)
@@ -105,12 +108,8 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                         self._rt.completed += 1
                         line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
                     yield response
-            except audio.AudioError as err:
-                line.fail(_invalid_audio(err))
-                await abort(context, _invalid_audio(err))
-            except RequestError as err:
-                line.fail(err)
-                await abort(context, err)
+            except (audio.AudioError, RequestError) as err:
+                await _refuse(context, line, err)
 
     async def StreamingTranscribe(
         self,
@@ -122,12 +121,8 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             try:
                 async for response in self._stream(request_iterator, line.fields):
                     yield response
-            except audio.AudioError as err:
-                line.fail(_invalid_audio(err))
-                await abort(context, _invalid_audio(err))
-            except RequestError as err:
-                line.fail(err)
-                await abort(context, err)
+            except (audio.AudioError, RequestError) as err:
+                await _refuse(context, line, err)
             finally:
                 self._rt.streams -= 1
 
