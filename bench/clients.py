@@ -16,61 +16,21 @@ bench/results/clients.md.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.fleet import wav_bytes
+from bench.fleet import BIN, ROOT, fleet, wav_bytes
 from services.client import ScribeClient
 from services.common.audio import SAMPLE_RATE, decode_container
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 DEFAULT_AUDIO = ROOT.parent / "shared" / "audio"
 SCRIBE_TRANSCRIBE = (str(BIN / "scribe"), "transcribe")
-
-
-@contextmanager
-def fleet(workers: int = 2) -> Iterator[str]:
-    """A fleet of its own, like the tests' fixture: `scribe start` in a temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="scribe-bench-") as tmp:
-        home = Path(tmp)
-        conf = home / "supervisord.conf"
-        shutil.copy(ROOT / "supervisord.conf", conf)
-        with socket_port() as port:
-            address = f"127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
-        env.update(
-            SCRIBE_ENV_FILE=str(home / "no.env"),
-            GPU_SCALE_ENABLED="true",
-            GPU_SCALE_WORKERS=str(workers),
-            GATEWAY_ADDRESS=address,
-            RUN_DIR=str(home / "run"),
-            LOG_FORMAT="json",
-        )
-        scribe = [str(BIN / "scribe"), "--config", str(conf)]
-        subprocess.run([*scribe, "start", "--wait", "180"], env=env, check=True)
-        try:
-            yield address
-        finally:
-            subprocess.run([*scribe, "stop"], env=env, check=False)
-
-
-@contextmanager
-def socket_port() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield int(s.getsockname()[1])
 
 
 def manifest(audio: Path) -> dict[str, float]:
@@ -189,7 +149,8 @@ def main() -> None:
         sys.exit(f"{args.audio}/manifest.tsv not found: pass --audio DIR")
     durations = manifest(args.audio)
     data, audio_s = joined_recording(args.audio, durations, args.join)
-    with fleet() as address:
+    with fleet() as started:
+        address = started.address
         batches = [batch(address, args.audio, jobs, durations) for jobs in args.jobs]
         rows = progress(address, data, audio_s)
     text = table(batches, rows)

@@ -12,6 +12,7 @@ import tempfile
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Fleet:
+    address: str  # the gateway
+    run_dir: Path  # sockets and logs (logs/gpu_worker_NN.log)
+
+
 @contextmanager
-def fleet(workers: int, threads: int, **env: str) -> Iterator[str]:
-    """Start `workers` workers with `threads` CPU threads each; yields the gateway address."""
+def fleet(workers: int = 2, threads: int = 0, **env: str) -> Iterator[Fleet]:
+    """Start `workers` workers with `threads` CPU threads each (0: scribe's default share of the cores),
+    like the tests' fixture: `scribe start` in a temporary folder. `env` overrides settings."""
     home = Path(tempfile.mkdtemp(prefix="scribe-bench-"))
     conf = home / "supervisord.conf"
     shutil.copy(ROOT / "supervisord.conf", conf)
@@ -40,20 +48,22 @@ def fleet(workers: int, threads: int, **env: str) -> Iterator[str]:
         SCRIBE_ENV_FILE=str(home / "none.env"),
         GPU_SCALE_ENABLED="true",
         GPU_SCALE_WORKERS=str(workers),
-        WHISPER_CPU_THREADS=str(threads),
         GATEWAY_ADDRESS=address,
         METRICS_ADDRESS="",
         RUN_DIR=str(home / "run"),
         LOG_FORMAT="json",
         GATEWAY_QUEUE_SIZE="10000",
     )
+    if threads:
+        full_env["WHISPER_CPU_THREADS"] = str(threads)
     full_env.update(env)
     scribe = [str(BIN / "scribe"), "--config", str(conf)]
-    subprocess.run([*scribe, "start", "--wait", "180"], env=full_env, check=True, capture_output=True)
+    # scribe's own messages go to stderr, so a benchmark's stdout holds only its table.
+    subprocess.run([*scribe, "start", "--wait", "180"], env=full_env, check=True, cwd=ROOT, stdout=sys.stderr)
     try:
-        yield address
+        yield Fleet(address, home / "run")
     finally:
-        subprocess.run([*scribe, "stop"], env=full_env, capture_output=True)
+        subprocess.run([*scribe, "stop"], env=full_env, check=False, cwd=ROOT, stdout=sys.stderr)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -16,11 +16,7 @@ import csv
 import json
 import os
 import platform
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +28,8 @@ import grpc
 import numpy as np
 
 from bench import stream_hour
+from bench.fleet import ROOT
+from bench.fleet import fleet as started_fleet
 from bench.stream_metrics import (
     Received,
     final_latencies,
@@ -46,7 +44,6 @@ from services.common.audio import SAMPLE_RATE, decode_container
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 
-ROOT = Path(__file__).resolve().parent.parent
 CHUNK_S = 0.1  # what a live client sends: 100 ms of audio, as soon as it has been captured
 SPEECH_END_S = 0.5  # the server default (STREAM_SPEECH_END_TIMEOUT_S), used to find utterance ends
 KEEPS_UP_LAG_S = 2.0
@@ -76,12 +73,6 @@ def load_clips(audio_dir: Path) -> list[Clip]:
             data = (audio_dir / row["file"]).read_bytes()
             clips.append(Clip(row["file"], row["reference_text"], data, decode_container(data, 3600)))
     return clips
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -114,29 +105,12 @@ class BenchFleet:
 
 @contextmanager
 def fleet(workers: int, threads: int) -> Iterator[BenchFleet]:
-    home = Path(tempfile.mkdtemp(prefix="scribe-bench-"))
-    conf = home / "supervisord.conf"
-    shutil.copy(ROOT / "supervisord.conf", conf)
-    address = f"127.0.0.1:{_free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
-    env.update(
-        SCRIBE_ENV_FILE=str(home / "no.env"),
-        GPU_SCALE_ENABLED="true",
-        GPU_SCALE_WORKERS=str(workers),
-        WHISPER_CPU_THREADS=str(threads),
-        GATEWAY_ADDRESS=address,
-        RUN_DIR=str(home / "run"),
-        LOG_FORMAT="json",
-    )
-    scribe = [str(Path(sys.executable).parent / "scribe"), "--config", str(conf)]
-    subprocess.run([*scribe, "start", "--wait", "180"], env=env, check=True, cwd=ROOT)
-    channel = grpc.insecure_channel(address)
-    try:
-        yield BenchFleet(address, home / "run", channel)
-    finally:
-        channel.close()
-        subprocess.run([*scribe, "stop"], env=env, check=False, cwd=ROOT)
-        shutil.rmtree(home, ignore_errors=True)
+    with started_fleet(workers, threads) as started:
+        channel = grpc.insecure_channel(started.address)
+        try:
+            yield BenchFleet(started.address, started.run_dir, channel)
+        finally:
+            channel.close()
 
 
 @dataclass

@@ -97,7 +97,8 @@ def main() -> None:
     t_direct = best_of(args.runs, direct)
 
     rows: dict[str, float] = {}
-    with fleet(1, cores, SHARD_MIN_SECONDS="0") as address:
+    with fleet(1, cores, SHARD_MIN_SECONDS="0") as started:
+        address = started.address
         s = stub(address)
         rows["gateway_1w"] = best_of(
             args.runs, lambda: s.Transcribe(pb.TranscribeRequest(audio_content=long_wav), timeout=3600)
@@ -105,15 +106,15 @@ def main() -> None:
         rows["files_1w"] = best_of(args.runs, lambda: parallel(address, files, clients))
     per_n: dict[int, float] = {}
     for n in range(1, cores + 1):
-        with fleet(n, 1, SHARD_MIN_SECONDS="60") as address:
-            sharded = stub(address)
+        with fleet(n, 1, SHARD_MIN_SECONDS="60") as started:
+            sharded = stub(started.address)
 
             def one_long_file(s: transcription_pb2_grpc.TranscriptionServiceStub = sharded) -> object:
                 return s.Transcribe(pb.TranscribeRequest(audio_content=long_wav), timeout=3600)
 
             per_n[n] = best_of(args.runs, one_long_file)
             if n == cores:
-                rows["files_nw"] = best_of(args.runs, lambda: parallel(address, files, clients))
+                rows["files_nw"] = best_of(args.runs, lambda: parallel(started.address, files, clients))
 
     overhead = (rows["gateway_1w"] - t_direct) / t_direct * 100
     lines = [
