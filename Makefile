@@ -7,12 +7,13 @@ PROTOS := $(wildcard protos/transcription/v1/*.proto)
 GEN    := services/gen/transcription/v1/transcription_pb2.py
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test proto lint bench bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test api proto lint bench bench-stream bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
 	@echo "make test   - install, generate stubs, run the test suite"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
+	@echo "make api    - buf lint and buf breaking on protos/ (against main; make test runs it)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - benchmarks (needs ../shared/audio)"
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
@@ -39,7 +40,16 @@ proto: $(GEN)
 run: $(GEN)
 	$(BIN)/scribe start --foreground
 
-test: $(GEN)
+# The buf CLI comes pinned from npm (package-lock.json).
+BUF := node_modules/.bin/buf
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+api: $(BUF)
+	tools/api_check.sh
+
+test: api $(GEN)
 	$(BIN)/python -m pytest
 
 bench-limits: $(GEN)
@@ -64,4 +74,4 @@ bench-stream: $(GEN)
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) services/gen/transcription run
+	rm -rf $(VENV) services/gen/transcription run node_modules
