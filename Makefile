@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/transcription/v1/*.proto)
-GEN    := services/gen/transcription/v1/transcription_pb2.py
+CLIENT := clients/python
+GEN    := $(CLIENT)/scribe_client/gen/transcription/v1/transcription_pb2.py
+DESCRIPTORS := services/gen/transcription/descriptors.binpb
 FUZZ_EXAMPLES ?= 500
 
 .PHONY: run test api proto lint bench bench-stream bench-limits bench-clients fuzz clean help
@@ -21,19 +23,22 @@ help:
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
 	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
-$(STAMP): pyproject.toml
+# scribe-client (clients/python) first: the server depends on it, and it is not the PyPI project of that name.
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e './$(CLIENT)[cli]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-$(GEN): $(STAMP) $(PROTOS)
+# The stubs live in scribe_client (installed editable, so this is where it imports them from); the build
+# of a scribe-client wheel runs the same generate_stubs.py. Reflection serves the descriptor set, comments and all.
+$(GEN): $(STAMP) $(PROTOS) $(CLIENT)/generate_stubs.py
+	$(BIN)/python $(CLIENT)/generate_stubs.py
 	rm -rf services/gen/transcription
 	mkdir -p services/gen/transcription
-	$(BIN)/python -m grpc_tools.protoc -Iprotos \
-		--python_out=services/gen --pyi_out=services/gen --grpc_python_out=services/gen \
-		--descriptor_set_out=services/gen/transcription/descriptors.binpb --include_source_info --include_imports \
-		$(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --include_source_info --include_imports \
+		--descriptor_set_out=$(DESCRIPTORS) $(PROTOS)
 
 proto: $(GEN)
 
@@ -60,8 +65,8 @@ fuzz: $(GEN)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py -q -s --timeout=0
 
 lint: $(GEN)
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services tests bench $(CLIENT)
+	$(BIN)/ruff format --check services tests bench $(CLIENT)
 	$(BIN)/mypy
 
 bench: $(GEN)
@@ -74,4 +79,4 @@ bench-stream: $(GEN)
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) services/gen/transcription run node_modules
+	rm -rf $(VENV) services/gen/transcription $(CLIENT)/scribe_client/gen/transcription $(CLIENT)/build run node_modules
