@@ -71,3 +71,36 @@ def test_adding_an_rpc_and_a_field_is_not_breaking(buf: Path, tmp_path: Path) ->
         proto.write("\n// The answer.\nmessage HelloResponse {\n  // What.\n  string text = 1;\n}\n")
     result = api_check(copy)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_on_main_a_breaking_commit_is_judged_against_the_protos_before_it(buf: Path, tmp_path: Path) -> None:
+    """CI on main right after a proto change: the last commit that changed the protos is HEAD itself, so the
+    check compares with the change before it instead of passing against itself."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "protos", repo / "protos")
+    (repo / "tools").mkdir()
+    shutil.copy(CHECK, repo / "tools" / CHECK.name)
+    (repo / "node_modules").symlink_to(ROOT / "node_modules")
+    (repo / ".gitignore").write_text("node_modules\n")
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
+
+    git("init", "-q", "-b", "main")
+    git("add", ".")
+    git("commit", "-qm", "the API as served")
+    source = (repo / "protos" / PROTO).read_text()
+    (repo / "protos" / PROTO).write_text(source.replace("string language_code = 1;", "string language_code = 9;", 1))
+    git("commit", "-qam", "renumber a field")
+    result = subprocess.run([str(repo / "tools" / CHECK.name)], capture_output=True, text=True, timeout=120, cwd=repo)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert 'Previously present field "1" with name "language_code"' in result.stdout
+    git("commit", "-q", "--allow-empty", "-m", "a later commit that leaves the protos alone")
+    later = subprocess.run([str(repo / "tools" / CHECK.name)], capture_output=True, text=True, timeout=120, cwd=repo)
+    # The break is main's history now: later commits are held to it, not to what came before it.
+    assert later.returncode == 0 and "renumber a field" in later.stdout, later.stdout + later.stderr
