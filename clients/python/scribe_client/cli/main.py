@@ -157,7 +157,7 @@ def run_transcribe(
             if args.stream:
                 try:
                     audio = read_audio(Path(args.paths[0]))
-                except (AudioFileError, ValueError) as exc:
+                except ValueError as exc:  # AudioFileError, or what the server's decoder raises
                     print(f"scribe: {args.paths[0]}: {exc}", file=sys.stderr)
                     return 2
                 return stream_file(client, args, audio)
