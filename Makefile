@@ -4,15 +4,18 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/transcription/v1/*.proto)
-GEN    := services/gen/transcription/v1/transcription_pb2.py
+CLIENT := clients/python
+GEN    := $(CLIENT)/scribe_client/gen/transcription/v1/transcription_pb2.py
+DESCRIPTORS := services/gen/transcription/descriptors.binpb
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test proto lint bench bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test api proto lint bench bench-stream bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
 	@echo "make test   - install, generate stubs, run the test suite"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
+	@echo "make api    - buf lint and buf breaking on protos/ (against main; make test runs it)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - benchmarks (needs ../shared/audio)"
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
@@ -20,26 +23,38 @@ help:
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
 	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
-$(STAMP): pyproject.toml
+# scribe-client (clients/python) first: the server depends on it, and it is not the PyPI project of that name.
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e './$(CLIENT)[cli]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-$(GEN): $(STAMP) $(PROTOS)
+# The stubs live in scribe_client (installed editable, so this is where it imports them from); the build
+# of a scribe-client wheel runs the same generate_stubs.py. Reflection serves the descriptor set, comments and all.
+$(GEN): $(STAMP) $(PROTOS) $(CLIENT)/generate_stubs.py
+	$(BIN)/python $(CLIENT)/generate_stubs.py
 	rm -rf services/gen/transcription
 	mkdir -p services/gen/transcription
-	$(BIN)/python -m grpc_tools.protoc -Iprotos \
-		--python_out=services/gen --pyi_out=services/gen --grpc_python_out=services/gen \
-		--descriptor_set_out=services/gen/transcription/descriptors.binpb --include_source_info --include_imports \
-		$(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --include_source_info --include_imports \
+		--descriptor_set_out=$(DESCRIPTORS) $(PROTOS)
 
 proto: $(GEN)
 
 run: $(GEN)
 	$(BIN)/scribe start --foreground
 
-test: $(GEN)
+# The buf CLI comes pinned from npm (package-lock.json).
+BUF := node_modules/.bin/buf
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+api: $(BUF)
+	tools/api_check.sh
+
+test: api $(GEN)
 	$(BIN)/python -m pytest
 
 bench-limits: $(GEN)
@@ -50,8 +65,8 @@ fuzz: $(GEN)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py -q -s --timeout=0
 
 lint: $(GEN)
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services tests bench $(CLIENT)
+	$(BIN)/ruff format --check services tests bench $(CLIENT)
 	$(BIN)/mypy
 
 bench: $(GEN)
@@ -64,4 +79,4 @@ bench-stream: $(GEN)
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) services/gen/transcription run
+	rm -rf $(VENV) services/gen/transcription $(CLIENT)/scribe_client/gen/transcription $(CLIENT)/build run node_modules

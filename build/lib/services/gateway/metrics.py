@@ -1,0 +1,133 @@
+"""Prometheus metrics of the gateway, and the same figures for `ListWorkers` / `scribe status`.
+
+Per-request figures are counted when each RPC ends; fleet gauges (queue depth, per-worker load and
+memory) are read from the registry at scrape time, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from services.common.rpclog import RequestLine
+from services.gateway.dispatch import Dispatcher
+from services.gateway.registry import Registry
+from services.gen import fleet_pb2
+
+WINDOW_S = 60.0
+
+
+class FleetCollector(Collector):
+    def __init__(self, registry: Registry, dispatcher: Dispatcher, stats: GatewayStats) -> None:
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "scribe_queue_depth", "Calls waiting for a free worker slot", value=self._dispatcher.waiting
+        )
+        yield GaugeMetricFamily(
+            "scribe_active_streams", "Streams open on the gateway", value=self._stats.active_streams
+        )
+        yield GaugeMetricFamily(
+            "scribe_realtime_factor",
+            "Audio seconds per second over the last minute",
+            value=self._stats.realtime_factor(),
+        )
+        serving = GaugeMetricFamily(
+            "scribe_worker_serving", "1 when the gateway routes to the worker", labels=["worker"]
+        )
+        active = GaugeMetricFamily(
+            "scribe_worker_active_requests", "Requests the worker is transcribing", labels=["worker"]
+        )
+        in_flight = GaugeMetricFamily(
+            "scribe_worker_in_flight", "Calls the gateway has on the worker", labels=["worker"]
+        )
+        streams = GaugeMetricFamily("scribe_worker_streams", "Streams pinned to the worker", labels=["worker"])
+        vram = GaugeMetricFamily(
+            "scribe_worker_vram_used_bytes", "Device memory used by the worker process", labels=["worker"]
+        )
+        vram_total = GaugeMetricFamily(
+            "scribe_worker_vram_total_bytes", "Memory of the worker's device", labels=["worker"]
+        )
+        rss = GaugeMetricFamily("scribe_worker_rss_bytes", "Resident memory of the worker process", labels=["worker"])
+        for w in self._registry.sorted():
+            serving.add_metric([w.name], 1.0 if w.serving else 0.0)
+            in_flight.add_metric([w.name], w.in_flight)
+            streams.add_metric([w.name], w.streams)
+            if w.health is None:
+                continue
+            active.add_metric([w.name], w.health.active_requests)
+            rss.add_metric([w.name], w.health.process_rss_bytes)
+            if w.health.HasField("vram_process_bytes"):
+                vram.add_metric([w.name], w.health.vram_process_bytes)
+            if w.health.HasField("vram_total_bytes"):
+                vram_total.add_metric([w.name], w.health.vram_total_bytes)
+        yield from (serving, active, in_flight, streams, vram, vram_total, rss)
+
+
+class GatewayStats:
+    """Counts every finished RPC into Prometheus and keeps the totals `scribe status` shows."""
+
+    def __init__(self, registry: Registry, dispatcher: Dispatcher) -> None:
+        self.prometheus = CollectorRegistry()
+        self._dispatcher = dispatcher
+        self.requests = Counter(
+            "scribe_requests", "RPCs by method and status code", ["method", "code"], registry=self.prometheus
+        )
+        self.audio = Counter(
+            "scribe_audio_seconds", "Seconds of audio transcribed", ["method"], registry=self.prometheus
+        )
+        self.rtfx = Histogram(
+            "scribe_request_realtime_factor",
+            "Audio seconds per wall-clock second of each Transcribe call",
+            buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=self.prometheus,
+        )
+        self.prometheus.register(FleetCollector(registry, dispatcher, self))
+        self.active_streams = 0
+        self.ok = 0
+        self.failed = 0
+        self.audio_seconds = 0.0
+        self._recent: deque[tuple[float, float]] = deque()
+
+    def observe(self, line: RequestLine, duration_s: float) -> None:
+        self.requests.labels(line.method, line.code.name).inc()
+        if line.code.name == "OK":
+            self.ok += 1
+        else:
+            self.failed += 1
+        audio_s = float(line.fields.get("audio_s") or 0.0)
+        if audio_s > 0:
+            self.audio.labels(line.method).inc(audio_s)
+            self.audio_seconds += audio_s
+            self._recent.append((time.monotonic(), audio_s))
+            if line.method == "Transcribe" and duration_s > 0:
+                self.rtfx.observe(audio_s / duration_s)
+
+    def realtime_factor(self) -> float:
+        cutoff = time.monotonic() - WINDOW_S
+        while self._recent and self._recent[0][0] < cutoff:
+            self._recent.popleft()
+        return sum(a for _, a in self._recent) / WINDOW_S
+
+    def to_pb(self) -> fleet_pb2.FleetStats:
+        return fleet_pb2.FleetStats(
+            queued_requests=self._dispatcher.waiting,
+            queue_size=self._dispatcher.queue_size,
+            active_streams=self.active_streams,
+            requests_ok=self.ok,
+            requests_failed=self.failed,
+            audio_seconds=self.audio_seconds,
+            realtime_factor=self.realtime_factor(),
+        )
+
+    def serve(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        start_http_server(int(port), addr=host, registry=self.prometheus)

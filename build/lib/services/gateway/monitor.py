@@ -1,0 +1,95 @@
+"""Keeps the registry current: supervisord's process table plus static endpoints, and each worker's health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+import structlog
+
+from services.common.config import Settings
+from services.gateway.registry import UNSUPERVISED, Registry, WorkerHandle, now
+from services.gateway.supervisor import SupervisorClient, worker_process_num
+from services.gen import worker_pb2
+
+log = structlog.get_logger()
+
+
+class FleetMonitor:
+    """Polls every `health_interval_s`; `on_change(serving_count)` runs when that count changes."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings,
+        supervisor: SupervisorClient | None,
+        on_change: Callable[[int], Awaitable[None]],
+        after_refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._supervisor = supervisor
+        self._on_change = on_change
+        self._after_refresh = after_refresh
+        self._serving: int | None = None
+        self._routing: dict[str, int] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("fleet_refresh_failed")
+            await asyncio.sleep(self._settings.health_interval_s)
+
+    async def refresh(self) -> None:
+        await self._discover()
+        await asyncio.gather(*(self._check(h) for h in list(self._registry.workers.values())))
+        for handle in self._registry.sorted():
+            state, reason = handle.routing
+            if self._routing.get(handle.name) != state:
+                self._routing[handle.name] = state
+                log.info("worker_routing", worker=handle.name, serving=handle.serving, reason=reason)
+        serving = sum(1 for w in self._registry.workers.values() if w.serving)
+        if serving != self._serving:
+            self._serving = serving
+            await self._on_change(serving)
+        if self._after_refresh is not None:
+            await self._after_refresh()
+
+    async def _discover(self) -> None:
+        for endpoint in self._settings.static_workers:
+            self._registry.ensure(endpoint, endpoint)
+        if self._supervisor is None:
+            return
+        try:
+            processes = await asyncio.to_thread(self._supervisor.workers)
+        except Exception as exc:  # supervisord restarting: keep the last known table
+            log.warning("supervisor_unreachable", url=self._supervisor.server_url, error=str(exc))
+            return
+        seen = set()
+        for proc in processes:
+            num = worker_process_num(proc.name)
+            if num is None:
+                continue
+            handle = self._registry.ensure(proc.name, f"unix://{self._settings.worker_socket(num)}")
+            handle.supervisor_state, handle.supervisor_pid = proc.state, proc.pid
+            seen.add(proc.name)
+        for name, handle in list(self._registry.workers.items()):
+            if handle.supervisor_state != UNSUPERVISED and name not in seen:
+                log.info("worker_removed", worker=name)  # numprocs lowered and `supervisorctl update` run
+                await self._registry.remove(name)
+
+    async def _check(self, handle: WorkerHandle) -> None:
+        if handle.supervisor_state not in ("RUNNING", UNSUPERVISED):
+            handle.health_error = ""
+            return
+        try:
+            response = await handle.worker.GetWorkerHealth(
+                worker_pb2.GetWorkerHealthRequest(), timeout=max(1.0, 2 * self._settings.health_interval_s)
+            )
+        except grpc.aio.AioRpcError as exc:
+            handle.health_error = f"health check failed: {exc.code().name}"
+            return
+        handle.health, handle.health_time, handle.health_error = response.health, now(), ""

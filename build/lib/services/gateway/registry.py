@@ -1,0 +1,196 @@
+"""The workers the gateway knows, their states, and the choice of one for each call."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+from scribe_client.credentials import aio_token_interceptors
+
+from services.gen import fleet_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+SUPERVISOR_STATES = {
+    "STOPPED": fleet_pb2.SUPERVISOR_STATE_STOPPED,
+    "STARTING": fleet_pb2.SUPERVISOR_STATE_STARTING,
+    "RUNNING": fleet_pb2.SUPERVISOR_STATE_RUNNING,
+    "BACKOFF": fleet_pb2.SUPERVISOR_STATE_BACKOFF,
+    "STOPPING": fleet_pb2.SUPERVISOR_STATE_STOPPING,
+    "EXITED": fleet_pb2.SUPERVISOR_STATE_EXITED,
+    "FATAL": fleet_pb2.SUPERVISOR_STATE_FATAL,
+    "UNKNOWN": fleet_pb2.SUPERVISOR_STATE_UNKNOWN,
+}
+UNSUPERVISED = "UNSUPERVISED"
+
+
+@dataclass
+class WorkerHandle:
+    """One worker: where it is, what supervisord and its health RPC last said, what we have in flight."""
+
+    name: str
+    address: str
+    channel_options: list[tuple[str, int]]
+    supervisor_state: str = UNSUPERVISED
+    supervisor_pid: int = 0
+    health: worker_pb2.WorkerHealth | None = None
+    health_time: float = 0.0
+    health_error: str = ""
+    in_flight: int = 0
+    streams: int = 0
+    token: str | None = field(default=None, repr=False)
+    tcp_credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)
+    _channel: grpc.aio.Channel | None = field(default=None, repr=False)
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            # A worker on TCP checks the token like the gateway does; one on a unix socket is guarded by
+            # its folder's mode, so its calls skip the interceptors' per-message cost.
+            tcp = not self.address.startswith("unix:")
+            interceptors = aio_token_interceptors(self.token) if tcp else None
+            if tcp and self.tcp_credentials is not None:
+                self._channel = grpc.aio.secure_channel(
+                    self.address, self.tcp_credentials, options=self.channel_options, interceptors=interceptors
+                )
+            else:
+                self._channel = grpc.aio.insecure_channel(
+                    self.address, options=self.channel_options, interceptors=interceptors
+                )
+        return self._channel
+
+    @property
+    def transcription(self) -> transcription_pb2_grpc.TranscriptionServiceStub:
+        return transcription_pb2_grpc.TranscriptionServiceStub(self.channel)
+
+    @property
+    def worker(self) -> worker_pb2_grpc.WorkerServiceStub:
+        return worker_pb2_grpc.WorkerServiceStub(self.channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    @property
+    def routing(self) -> tuple[fleet_pb2.RoutingState, str]:
+        """(RoutingState, reason) from the supervisor state and the latest health answer."""
+        if self.supervisor_state not in ("RUNNING", UNSUPERVISED):
+            return fleet_pb2.ROUTING_STATE_UNREACHABLE, f"supervisor state {self.supervisor_state}"
+        if self.health_error:
+            return fleet_pb2.ROUTING_STATE_UNREACHABLE, self.health_error
+        if self.health is None:
+            return fleet_pb2.ROUTING_STATE_UNREACHABLE, "no health answer yet"
+        if self.health.status != worker_pb2.WORKER_STATUS_SERVING:
+            status = worker_pb2.WorkerStatus.Name(self.health.status)
+            reason = f"{status}: {self.health.status_reason}" if self.health.status_reason else status
+            return fleet_pb2.ROUTING_STATE_NOT_SERVING, reason
+        return fleet_pb2.ROUTING_STATE_SERVING, ""
+
+    @property
+    def serving(self) -> bool:
+        return self.routing[0] == fleet_pb2.ROUTING_STATE_SERVING
+
+    def mark_unreachable(self, reason: str) -> None:
+        """A call failed with UNAVAILABLE: stop routing here until the next health answer."""
+        self.health_error = reason
+
+    @property
+    def capacity(self) -> int:
+        """Calls the worker runs at once (its WORKER_CONCURRENCY, as its health reports)."""
+        return max(1, self.health.max_concurrent_requests) if self.health else 1
+
+    @contextmanager
+    def track_stream(self) -> Iterator[None]:
+        self.streams += 1
+        try:
+            yield
+        finally:
+            self.streams -= 1
+
+    def load(self) -> tuple[int, int]:
+        """What least-loaded routing compares: our calls and streams on it, then the worker's own count."""
+        reported = self.health.active_requests + self.health.queued_requests if self.health else 0
+        return self.in_flight + self.streams, reported
+
+    def to_pb(self) -> fleet_pb2.Worker:
+        state, reason = self.routing
+        msg = fleet_pb2.Worker(
+            name=self.name,
+            address=self.address,
+            supervisor_state=SUPERVISOR_STATES.get(self.supervisor_state, fleet_pb2.SUPERVISOR_STATE_UNSUPERVISED),
+            routing_state=state,
+            routing_reason=reason,
+            in_flight=self.in_flight,
+            streams=self.streams,
+            supervisor_pid=self.supervisor_pid,
+        )
+        if self.health is not None:
+            msg.health.CopyFrom(self.health)
+            msg.health_updated_time.FromNanoseconds(int(self.health_time * 1e9))
+        return msg
+
+
+def choose_least_loaded(workers: Iterable[WorkerHandle], turn: int) -> WorkerHandle | None:
+    """The serving worker with the least load; ties go round-robin by `turn`."""
+    serving = sorted((w for w in workers if w.serving), key=lambda w: w.name)
+    if not serving:
+        return None
+    best = min(w.load() for w in serving)
+    tied = [w for w in serving if w.load() == best]
+    return tied[turn % len(tied)]
+
+
+class Registry:
+    """All known workers by name."""
+
+    def __init__(
+        self,
+        channel_options: list[tuple[str, int]],
+        worker_token: str | None = None,
+        tcp_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.workers: dict[str, WorkerHandle] = {}
+        self._options = channel_options
+        self._token = worker_token
+        self._tcp_credentials = tcp_credentials
+        self._turns = itertools.count()
+
+    def ensure(self, name: str, address: str) -> WorkerHandle:
+        handle = self.workers.get(name)
+        if handle is None or handle.address != address:
+            handle = WorkerHandle(
+                name=name,
+                address=address,
+                channel_options=self._options,
+                token=self._token,
+                tcp_credentials=self._tcp_credentials,
+            )
+            self.workers[name] = handle
+        return handle
+
+    async def remove(self, name: str) -> None:
+        handle = self.workers.pop(name, None)
+        if handle is not None:
+            await handle.close()
+
+    def pick(self, exclude: Iterable[str] = ()) -> WorkerHandle | None:
+        skip = set(exclude)
+        return choose_least_loaded((w for w in self.workers.values() if w.name not in skip), next(self._turns))
+
+    def summary(self) -> str:
+        """Why nothing is serving, for the UNAVAILABLE message."""
+        if not self.workers:
+            return "no workers are configured or discovered"
+        return "; ".join(
+            f"{w.name}: {w.routing[1] or 'serving'}" for w in sorted(self.workers.values(), key=lambda w: w.name)
+        )
+
+    def sorted(self) -> list[WorkerHandle]:
+        return sorted(self.workers.values(), key=lambda w: w.name)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,113 @@
+"""Gateway process: grpc.aio server on GATEWAY_ADDRESS, routing to the workers the monitor tracks."""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import os
+import signal
+import sys
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from scribe_client.credentials import channel_credentials
+
+from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
+from services.common.config import ConfigError, Settings
+from services.common.logging import configure_logging
+from services.common.reflection import enable_reflection
+from services.common.tls import bind
+from services.gateway.dispatch import Dispatcher
+from services.gateway.metrics import GatewayStats
+from services.gateway.monitor import FleetMonitor
+from services.gateway.registry import Registry
+from services.gateway.servicer import FleetServicer, TranscriptionProxy
+from services.gateway.supervisor import SupervisorClient
+from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2, transcription_pb2_grpc
+
+log = structlog.get_logger()
+SERVICES = (
+    transcription_pb2.DESCRIPTOR.services_by_name["TranscriptionService"].full_name,
+    fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
+)
+
+
+async def serve(settings: Settings, supervisor_url: str | None) -> None:
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+    tokens = configured_tokens(settings)
+    # Remote workers (STATIC_WORKERS on TCP) are given the first token, so they must accept it too.
+    worker_tls = channel_credentials(settings.worker_tls_ca_file) if settings.worker_tls_ca_file else None
+    registry = Registry(channel_options=options, worker_token=tokens[0] if tokens else None, tcp_credentials=worker_tls)
+    interceptors = [TokenAuthInterceptor(TokenSet(tokens))] if tokens else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    dispatcher = Dispatcher(registry, settings.gateway_queue_size)
+    stats = GatewayStats(registry, dispatcher)
+    health_servicer = health.aio.HealthServicer()
+    transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(
+        TranscriptionProxy(registry, dispatcher, stats, settings), server
+    )
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(registry, stats), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    enable_reflection(server, (*SERVICES, health.SERVICE_NAME))
+
+    async def on_change(serving: int) -> None:
+        # Probes see the gateway as SERVING only while at least one worker can take work.
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICES):
+            await health_servicer.set(name, status)
+        log.info("fleet_serving", serving_workers=serving)
+
+    supervisor = SupervisorClient(supervisor_url) if supervisor_url else None
+    monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify)
+    await on_change(0)
+    if settings.metrics_address:
+        stats.serve(settings.metrics_address)
+    transport = bind(server, settings.gateway_address, settings, "GATEWAY_ADDRESS")
+    await server.start()
+    log.info(
+        "gateway_listening",
+        address=settings.gateway_address,
+        transport=transport,
+        tokens=len(tokens),
+        metrics=settings.metrics_address,
+        supervisor=supervisor_url,
+        static=settings.static_workers,
+    )
+    monitor_task = asyncio.create_task(monitor.run())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=20)
+    monitor_task.cancel()
+    for name in list(registry.workers):
+        await registry.remove(name)
+    log.info("gateway_stopped")
+
+
+def main() -> None:
+    # A crash in native code (grpc core) leaves the Python stacks of every thread in the log.
+    faulthandler.enable(all_threads=True)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.log_level, settings.log_format, service="gateway")
+    # supervisord tells its children where its socket is; run by hand, the gateway uses static workers only.
+    try:
+        asyncio.run(serve(settings, os.environ.get("SUPERVISOR_SERVER_URL")))
+    except ConfigError as exc:  # TLS files or tokens that only turn out bad when read
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

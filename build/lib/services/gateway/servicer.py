@@ -1,0 +1,255 @@
+"""The gateway's servicers: TranscriptionService proxied to workers, and FleetService."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+
+from services.common import audio
+from services.common.auth import client_identity
+from services.common.config import Settings
+from services.common.convert import decode_request_audio, limits_pb
+from services.common.errors import RequestError, abort
+from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
+from services.gateway import shard
+from services.gateway.dispatch import Dispatcher
+from services.gateway.limits import StreamLimiter
+from services.gateway.metrics import GatewayStats
+from services.gateway.registry import Registry, WorkerHandle
+from services.gateway.relay import StreamRelay
+from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
+from services.gen import transcription_pb2 as pb
+
+log = structlog.get_logger()
+
+
+def _metadata(line: RequestLine) -> tuple[tuple[str, str], ...]:
+    return ((REQUEST_ID_HEADER, line.request_id),)
+
+
+def _passthrough(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, grpc.aio.Metadata | None]:
+    """A worker's error as the client should see it, rich details (ErrorInfo) included."""
+    trailing = exc.trailing_metadata()
+    return exc.code(), exc.details() or "", trailing
+
+
+class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
+    def __init__(self, registry: Registry, dispatcher: Dispatcher, stats: GatewayStats, settings: Settings) -> None:
+        self._registry = registry
+        self._dispatch = dispatcher
+        self._stats = stats
+        self._settings = settings
+        self.streams = StreamLimiter(settings.max_concurrent_streams, settings.max_streams_per_client)
+
+    def _pick(self, tried: set[str]) -> WorkerHandle:
+        handle = self._registry.pick(exclude=tried)
+        if handle is None:
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                "NO_WORKER_SERVING",
+                f"no transcription worker is serving ({self._registry.summary()}); "
+                "check `scribe status` or `supervisorctl status`",
+            )
+        return handle
+
+    async def _fail(
+        self,
+        context: grpc.aio.ServicerContext,
+        line: RequestLine,
+        exc: grpc.aio.AioRpcError,
+    ) -> None:
+        code, details, trailing = _passthrough(exc)
+        line.fail_code(code, "WORKER_ERROR")
+        await context.abort(code, details, trailing_metadata=tuple(trailing or ()))
+
+    async def Transcribe(
+        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranscribeResponse:
+        with request_line("Transcribe", context, self._stats.observe) as line:
+            line.fields["audio_bytes"] = len(request.audio_content)
+            try:
+                pieces = await self._shard_plan(request)
+                if pieces is None:
+                    response = await self._unary(request, context, line)
+                else:
+                    response = await self._sharded(pieces, context, line)
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
+            except grpc.aio.AioRpcError as exc:
+                await self._fail(context, line, exc)
+            response.request_id = line.request_id
+            line.fields.update(
+                worker=response.worker_id, audio_s=round(response.audio_duration.ToNanoseconds() / 1e9, 3)
+            )
+            return response
+
+    async def _unary(
+        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext, line: RequestLine
+    ) -> pb.TranscribeResponse:
+        """One call on one worker; a worker that goes away mid-call is replaced (the call is idempotent)."""
+        tried: set[str] = set()
+        while True:
+            async with self._dispatch.slot(tried, context.time_remaining()) as handle:
+                tried.add(handle.name)
+                try:
+                    response: pb.TranscribeResponse = await handle.transcription.Transcribe(
+                        request, timeout=context.time_remaining(), metadata=_metadata(line)
+                    )
+                    return response
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    handle.mark_unreachable(f"call failed: {exc.details()}")
+                    log.warning("worker_unavailable_retrying", worker=handle.name, details=exc.details())
+
+    async def _shard_plan(self, request: pb.TranscribeRequest) -> list[tuple[float, pb.TranscribeRequest]] | None:
+        """Pieces of a long recording for parallel transcription, or None to send it whole."""
+        serving = sum(1 for w in self._registry.workers.values() if w.serving)
+        threshold = self._settings.shard_min_seconds
+        if serving < 2 or threshold <= 0:
+            return None
+        try:
+            if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
+                channels = audio.check_pcm_format(request.sample_rate_hertz, request.audio_channel_count)
+                duration = len(request.audio_content) / (2 * channels * request.sample_rate_hertz)
+            else:
+                declared = await asyncio.to_thread(shard.container_duration, request.audio_content)
+                duration = declared or 0.0
+            if duration < threshold or duration > self._settings.max_audio_seconds:
+                return None
+            samples = await asyncio.to_thread(decode_request_audio, request, self._settings.max_audio_seconds)
+        except audio.AudioError:
+            return None  # the worker answers with the precise error
+        seconds = samples.size / audio.SAMPLE_RATE
+        pieces = shard.piece_count(seconds, serving)
+        # Each piece must also fit in one gRPC message.
+        pieces = max(pieces, math.ceil(samples.size * 2 / (0.9 * self._settings.max_message_bytes)))
+        if pieces < 2:
+            return None
+        bounds = [0, *shard.split_points(samples, pieces), samples.size]
+        return [
+            (
+                start / audio.SAMPLE_RATE,
+                pb.TranscribeRequest(
+                    audio_content=shard.pcm16(samples[start:end]),
+                    encoding=pb.AUDIO_ENCODING_LINEAR16,
+                    sample_rate_hertz=audio.SAMPLE_RATE,
+                    audio_channel_count=1,
+                    options=request.options,
+                ),
+            )
+            for start, end in itertools.pairwise(bounds)
+        ]
+
+    async def _sharded(
+        self, pieces: list[tuple[float, pb.TranscribeRequest]], context: grpc.aio.ServicerContext, line: RequestLine
+    ) -> pb.TranscribeResponse:
+        started = time.perf_counter()
+        line.fields["pieces"] = len(pieces)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [(offset, group.create_task(self._unary(piece, context, line))) for offset, piece in pieces]
+        except* (RequestError, grpc.aio.AioRpcError) as failed:
+            raise failed.exceptions[0] from None
+        merged = shard.merge([(offset, task.result()) for offset, task in tasks])
+        merged.processing_time.FromNanoseconds(round((time.perf_counter() - started) * 1e9))
+        return merged
+
+    async def StreamingTranscribe(
+        self, request_iterator: AsyncIterator[pb.StreamingTranscribeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
+        with request_line("StreamingTranscribe", context, self._stats.observe) as line:
+            client = line.fields["client"] = client_identity(context)
+            try:
+                self.streams.acquire(client)
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
+            relay = StreamRelay(self._registry, self._dispatch, line, context, self._settings.stream_failover_wait_s)
+            self._stats.active_streams += 1
+            try:
+                with self.streams.held(client):
+                    async for response in relay.run(request_iterator):
+                        yield response
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
+            except grpc.aio.AioRpcError as exc:
+                await self._fail(context, line, exc)
+            finally:
+                self._stats.active_streams -= 1
+
+    async def GetConfig(self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
+        with request_line("GetConfig", context, self._stats.observe) as line:
+            try:
+                handle = self._pick(set())
+                response: pb.GetConfigResponse = await handle.transcription.GetConfig(
+                    request, timeout=5, metadata=_metadata(line)
+                )
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
+            except grpc.aio.AioRpcError as exc:
+                await self._fail(context, line, exc)
+            response.worker_count = sum(1 for w in self._registry.workers.values() if w.serving)
+            response.limits.CopyFrom(limits_pb(self._settings))
+            return response
+
+    async def TranscribeWithProgress(
+        self, request: pb.TranscribeWithProgressRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
+        with request_line("TranscribeWithProgress", context, self._stats.observe) as line:
+            line.fields["audio_bytes"] = len(request.request.audio_content)
+            tried: set[str] = set()
+            while True:
+                sent = 0
+                try:
+                    # A slot in the fleet queue, like Transcribe: progress calls are unary work too.
+                    async with self._dispatch.slot(tried, context.time_remaining()) as handle:
+                        tried.add(handle.name)
+                        line.fields["worker"] = handle.name
+                        call = handle.transcription.TranscribeWithProgress(
+                            request, timeout=context.time_remaining(), metadata=_metadata(line)
+                        )
+                        try:
+                            async for response in call:
+                                if response.HasField("result"):
+                                    response.result.request_id = line.request_id
+                                    line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
+                                sent += 1
+                                yield response
+                        finally:
+                            # A client that went away closes this generator (GeneratorExit, no task
+                            # cancellation): without this the worker would transcribe to the end for nobody.
+                            call.cancel()
+                    return
+                except RequestError as err:
+                    line.fail(err)
+                    await abort(context, err)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE and not sent:
+                        # Nothing reached the client yet, so another worker can start over.
+                        handle.mark_unreachable(f"call failed: {exc.details()}")
+                        log.warning("worker_unavailable_retrying", worker=handle.name, details=exc.details())
+                        continue
+                    await self._fail(context, line, exc)
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
+    def __init__(self, registry: Registry, stats: GatewayStats) -> None:
+        self._registry = registry
+        self._stats = stats
+
+    async def ListWorkers(
+        self, request: fleet_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.ListWorkersResponse:
+        return fleet_pb2.ListWorkersResponse(
+            workers=[w.to_pb() for w in self._registry.sorted()], stats=self._stats.to_pb()
+        )

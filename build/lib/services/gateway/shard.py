@@ -1,0 +1,95 @@
+"""One long recording on all workers: split at silences, transcribe the pieces in parallel, merge.
+
+Pure functions; the servicer decides when to shard and dispatches the pieces.
+"""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+from google.protobuf import duration_pb2
+
+from services.common.audio import SAMPLE_RATE
+from services.gen import transcription_pb2 as pb
+
+FRAME = SAMPLE_RATE // 50  # 20 ms energy frames
+MIN_PIECE_S = 30.0  # Whisper reads 30 s windows: shorter pieces waste most of a window
+
+
+def container_duration(data: bytes) -> float | None:
+    """Duration the container declares, read from its header without decoding; None if unknown."""
+    try:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except (av.error.FFmpegError, ValueError, IndexError, OSError):
+        return None
+    return None
+
+
+def piece_count(duration_s: float, workers: int) -> int:
+    """One piece per worker, but never pieces shorter than a Whisper window."""
+    return max(1, min(workers, int(duration_s // MIN_PIECE_S)))
+
+
+def split_points(audio: np.ndarray, pieces: int, search_s: float = 8.0) -> list[int]:
+    """Sample offsets that cut `audio` into `pieces` parts of about equal length, each cut placed in
+    the quietest 20 ms frame within `search_s` of the ideal point, so no word is cut in half."""
+    if pieces <= 1:
+        return []
+    frames = audio[: audio.size // FRAME * FRAME].reshape(-1, FRAME)
+    energy = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    reach = int(search_s * SAMPLE_RATE / FRAME)
+    cuts = []
+    for k in range(1, pieces):
+        ideal = int(audio.size * k / pieces) // FRAME
+        lo, hi = max(1, ideal - reach), min(len(energy) - 1, ideal + reach)
+        if hi <= lo:
+            continue
+        quietest = lo + int(np.argmin(energy[lo:hi]))
+        cuts.append(quietest * FRAME + FRAME // 2)
+    return sorted(set(cuts))
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+def _shift(d: duration_pb2.Duration, offset_ns: int) -> None:
+    d.FromNanoseconds(d.ToNanoseconds() + offset_ns)
+
+
+def merge(parts: list[tuple[float, pb.TranscribeResponse]]) -> pb.TranscribeResponse:
+    """Join piece transcripts in order, moving every time by its piece's offset in the recording."""
+    merged = pb.TranscribeResponse()
+    texts = []
+    workers: list[str] = []
+    for offset_s, part in sorted(parts, key=lambda p: p[0]):
+        offset_ns = round(offset_s * 1e9)
+        for segment in part.segments:
+            seg = merged.segments.add()
+            seg.CopyFrom(segment)
+            seg.id = len(merged.segments) - 1
+            _shift(seg.start_offset, offset_ns)
+            _shift(seg.end_offset, offset_ns)
+            for word in seg.words:
+                _shift(word.start_offset, offset_ns)
+                _shift(word.end_offset, offset_ns)
+        if part.transcript:
+            texts.append(part.transcript)
+        if part.worker_id not in workers:
+            workers.append(part.worker_id)
+    first = min(parts, key=lambda p: p[0])[1]
+    merged.transcript = " ".join(texts)
+    merged.language_code = first.language_code
+    merged.language_probability = first.language_probability
+    merged.audio_duration.FromNanoseconds(sum(p.audio_duration.ToNanoseconds() for _, p in parts))
+    merged.worker_id = ",".join(workers)
+    return merged

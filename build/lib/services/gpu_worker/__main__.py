@@ -1,0 +1,3 @@
+from services.gpu_worker.server import main
+
+main()

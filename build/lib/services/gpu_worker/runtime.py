@@ -1,0 +1,154 @@
+"""The worker's mutable state: its engine, its status and the slots that bound concurrent inference."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from services.common.errors import RequestError
+from services.gen import worker_pb2
+from services.gpu_worker.device import DeviceReport
+from services.gpu_worker.engine import Engine
+from services.gpu_worker.guard import DeviceGuard, is_device_error
+
+T = TypeVar("T")
+
+log = structlog.get_logger()
+
+
+class WorkerRuntime:
+    """Owns the engine and runs blocking work on at most `concurrency` threads, off the event loop."""
+
+    def __init__(self, worker_id: str, process_num: int, concurrency: int, guard: DeviceGuard | None = None) -> None:
+        self.worker_id = worker_id
+        self.process_num = process_num
+        self.pid = os.getpid()
+        self.concurrency = concurrency
+        self.guard = guard or DeviceGuard(min_free_bytes=0)
+        self.engine: Engine | None = None
+        self.status: worker_pb2.WorkerStatus = worker_pb2.WORKER_STATUS_STARTING
+        self.status_reason = "loading the model"
+        self.started = time.monotonic()
+        self.active = 0
+        self.queued = 0
+        self.streams = 0
+        self.completed = 0
+        self.draining = asyncio.Event()
+        self.guard_reason = ""  # set while the device guard holds the worker NOT_SERVING
+        self._slots = asyncio.Semaphore(concurrency)
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="inference")
+
+    def set_status(self, status: worker_pb2.WorkerStatus, reason: str = "") -> None:
+        self.status, self.status_reason = status, reason
+
+    def apply_guard(self, reason: str) -> None:
+        """Turn NOT_SERVING for a device problem, and back to SERVING when it is gone."""
+        if reason and self.status == worker_pb2.WORKER_STATUS_SERVING:
+            self.set_status(worker_pb2.WORKER_STATUS_NOT_SERVING, reason)
+        elif not reason and self.guard_reason and self.status == worker_pb2.WORKER_STATUS_NOT_SERVING:
+            self.set_status(worker_pb2.WORKER_STATUS_SERVING)
+        elif reason and self.status == worker_pb2.WORKER_STATUS_NOT_SERVING:
+            self.status_reason = reason
+        self.guard_reason = reason
+
+    def require_engine(self) -> Engine:
+        if self.engine is None or self.status != worker_pb2.WORKER_STATUS_SERVING:
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                "WORKER_NOT_SERVING",
+                f"worker {self.worker_id} is not serving ({self.status_reason}); retry on another worker",
+            )
+        return self.engine
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn` on an inference thread once a slot is free.
+
+        The slot is released when the thread finishes, not when the caller goes away, so a cancelled
+        request never lets more than `concurrency` inferences run at once.
+        """
+        self.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued -= 1
+        self.active += 1
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+        def release(_: object) -> None:
+            self.active -= 1
+            self._slots.release()
+
+        future.add_done_callback(release)
+        try:
+            return await asyncio.shield(future)
+        except RuntimeError as exc:
+            if not is_device_error(exc):
+                raise
+            # The device faulted (out of memory, a CUDA error): stop taking work and let the gateway
+            # retry this call on another worker.
+            self.guard.record_error(exc)
+            self.apply_guard(self.guard.verdict(DeviceReport()))
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, "WORKER_DEVICE_ERROR", f"worker {self.worker_id}: {self.guard.last_error}"
+            ) from None
+
+    async def stream(self, fn: Callable[..., None], *args: object) -> AsyncIterator[T]:
+        """Run `fn(emit, *args)` like `run`, yielding every item it passes to `emit` as soon as it does.
+
+        When the consumer stops early (the client went away), the next `emit` raises `Abandoned` on the
+        inference thread, so a long recording stops being decoded instead of holding the slot to its end.
+        """
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[T] = asyncio.Queue()
+        abandoned = threading.Event()
+        emitted = 0
+        # The request's log context, so the line logged when an abandoned thread stops names its request.
+        bound = structlog.contextvars.get_contextvars()
+
+        def emit(item: T) -> None:
+            nonlocal emitted
+            if abandoned.is_set():
+                raise Abandoned
+            emitted += 1
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def stopped(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled():
+                future.exception()  # retrieved, so asyncio does not log an unobserved Abandoned
+            log.info("inference_abandoned", items_emitted=emitted, **bound)
+
+        done = asyncio.ensure_future(self.run(fn, emit, *args))
+        waiting: asyncio.Future[T] | None = None
+        try:
+            while True:
+                waiting = asyncio.ensure_future(items.get())
+                await asyncio.wait((waiting, done), return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    yield waiting.result()
+                    continue
+                # Items are queued by call_soon_threadsafe before `done` resolves, so all are here now.
+                while not items.empty():
+                    yield items.get_nowait()
+                done.result()
+                return
+        finally:
+            abandoned.set()
+            if waiting is not None:
+                waiting.cancel()
+            if not done.done():
+                done.add_done_callback(stopped)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Abandoned(Exception):
+    """Raised on the inference thread when nobody reads what `WorkerRuntime.stream` produces any more."""

@@ -1,0 +1,249 @@
+"""gRPC servicers of a worker: TranscriptionService and WorkerService."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.common import audio
+from services.common.config import Settings
+from services.common.convert import decode_request_audio, duration, limits_pb, transcribe_response
+from services.common.errors import RequestError, abort, config_not_first
+from services.common.rpclog import RequestLine, request_line
+from services.gen import transcription_pb2 as pb
+from services.gen import transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.gpu_worker.device import DeviceProbe, process_rss_bytes
+from services.gpu_worker.engine import DecodeOptions, Engine, EngineResult
+from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
+from services.gpu_worker.runtime import WorkerRuntime
+from services.gpu_worker.stream_call import RequestReader, StreamCall, idle_timeout_error
+from services.gpu_worker.streaming import StreamingSession
+from services.gpu_worker.validation import (
+    Limits,
+    check_streaming_encoding,
+    check_transcribe_encoding,
+    decode_options,
+    session_config_from,
+)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_audio_seconds=settings.max_audio_seconds,
+        max_stream_seconds=settings.max_stream_seconds,
+        stream_idle_timeout_s=settings.stream_idle_timeout_s,
+        max_beam_size=settings.max_beam_size,
+        max_initial_prompt_chars=settings.max_initial_prompt_chars,
+        max_decode_ratio=settings.max_decode_ratio,
+    )
+
+
+def _transcribe_blocking(
+    engine: Engine, request: pb.TranscribeRequest, options: DecodeOptions, limits: Limits
+) -> tuple[EngineResult, float]:
+    started = time.perf_counter()
+    samples = decode_request_audio(request, limits.max_audio_seconds, limits.max_decode_ratio)
+    result = engine.transcribe(samples, options)
+    return result, time.perf_counter() - started
+
+
+def _invalid_audio(err: audio.AudioError) -> RequestError:
+    code = grpc.StatusCode.OUT_OF_RANGE if err.reason == "AUDIO_TOO_LONG" else grpc.StatusCode.INVALID_ARGUMENT
+    return RequestError(code, err.reason, err.message)
+
+
+async def _refuse(context: grpc.aio.ServicerContext, line: RequestLine, err: audio.AudioError | RequestError) -> None:
+    """End the call with the error's status, and record it on the request's canonical line."""
+    error = _invalid_audio(err) if isinstance(err, audio.AudioError) else err
+    line.fail(error)
+    await abort(context, error)
+
+
+class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer):
+    def __init__(self, runtime: WorkerRuntime, settings: Settings) -> None:
+        self._rt = runtime
+        self._settings = settings
+        self._limits = limits_from(settings)
+
+    async def Transcribe(
+        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranscribeResponse:
+        with request_line("Transcribe", context) as line:
+            line.fields["audio_bytes"] = len(request.audio_content)
+            try:
+                engine = self._rt.require_engine()
+                check_transcribe_encoding(request.encoding)
+                options = decode_options(request.options, self._limits, engine.info)
+                result, elapsed = await self._rt.run(_transcribe_blocking, engine, request, options, self._limits)
+            except (audio.AudioError, RequestError) as err:
+                await _refuse(context, line, err)
+            self._rt.completed += 1
+            line.fields.update(audio_s=round(result.duration, 3), rtfx=round(result.duration / max(elapsed, 1e-6), 1))
+            response = transcribe_response(result, elapsed, self._rt.worker_id)
+            response.request_id = line.request_id
+            return response
+
+    async def TranscribeWithProgress(
+        self, request: pb.TranscribeWithProgressRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
+        with request_line("TranscribeWithProgress", context) as line:
+            inner = request.request
+            line.fields["audio_bytes"] = len(inner.audio_content)
+            highest = 0.0
+            try:
+                engine = self._rt.require_engine()
+                options = decode_options(inner.options, self._limits, engine.info)
+                max_s = self._limits.max_audio_seconds
+                events: AsyncIterator[ProgressEvent] = self._rt.stream(
+                    transcribe_with_progress, engine, lambda: decode_request_audio(inner, max_s), options
+                )
+                async for event in events:
+                    response = progress_pb(event, self._rt.worker_id)
+                    highest = response.progress_percent = max(highest, response.progress_percent)
+                    if response.HasField("result"):
+                        response.result.request_id = line.request_id
+                        self._rt.completed += 1
+                        line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
+                    yield response
+            except (audio.AudioError, RequestError) as err:
+                await _refuse(context, line, err)
+
+    async def StreamingTranscribe(
+        self,
+        request_iterator: AsyncIterator[pb.StreamingTranscribeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
+        with request_line("StreamingTranscribe", context) as line:
+            self._rt.streams += 1
+            try:
+                async for response in self._stream(request_iterator, line.fields):
+                    yield response
+            except (audio.AudioError, RequestError) as err:
+                await _refuse(context, line, err)
+            finally:
+                self._rt.streams -= 1
+
+    async def _first(self, requests: AsyncIterator[pb.StreamingTranscribeRequest]) -> pb.StreamingConfig | None:
+        timeout = self._limits.stream_idle_timeout_s
+        try:
+            first = await asyncio.wait_for(anext(requests), timeout)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise idle_timeout_error(timeout) from None
+        if first.WhichOneof("streaming_request") != "streaming_config":
+            raise config_not_first()
+        return first.streaming_config
+
+    async def _stream(
+        self, requests: AsyncIterator[pb.StreamingTranscribeRequest], fields: dict[str, object]
+    ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
+        config = await self._first(requests)
+        if config is None:
+            return
+        engine = self._rt.require_engine()
+        check_streaming_encoding(config)
+        options = decode_options(config.options, self._limits, engine.info)
+        session_config = session_config_from(config, self._settings)
+        resampler = audio.PcmResampler(config.sample_rate_hertz, config.audio_channel_count)
+        session = StreamingSession(engine, options, session_config)
+        replay_until = 0.0
+        if config.HasField("resume"):
+            try:
+                session.restore(config.resume.state)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "BAD_RESUME_STATE",
+                    f"streaming_config.resume is not usable: {exc}",
+                ) from None
+            replay_until = config.resume.replay_until.ToNanoseconds() / 1e9
+        call = StreamCall(self._rt, session, config, resampler, self._limits.max_stream_seconds, replay_until)
+        reader = RequestReader(requests, self._limits.stream_idle_timeout_s, self._rt.draining, self._rt.worker_id)
+        try:
+            async for response in call.run(reader):
+                yield response
+        finally:
+            reader.close()
+            fields.update(
+                audio_s=round(session.total_seconds, 3),
+                decodes=session.decodes,
+                utterances=session.utterances,
+                words=session.committed_count,
+                longest_decode_s=round(session.longest_decode_s, 2),
+                decode_s=round(session.decode_seconds, 3),
+            )
+        self._rt.completed += 1
+
+    async def GetConfig(self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
+        with request_line("GetConfig", context) as line:
+            try:
+                engine = self._rt.require_engine()
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
+            info = engine.info
+            return pb.GetConfigResponse(
+                model=info.model,
+                engine=info.name,
+                device=info.device,
+                compute_type=info.compute_type,
+                language_codes=list(info.languages),
+                multilingual=info.multilingual,
+                sample_rates_hertz=list(audio.SUPPORTED_SAMPLE_RATES),
+                encodings=[pb.AUDIO_ENCODING_CONTAINER, pb.AUDIO_ENCODING_LINEAR16],
+                limits=limits_pb(self._settings),
+                worker_count=1,
+            )
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, runtime: WorkerRuntime, probe: DeviceProbe, settings: Settings) -> None:
+        self._rt = runtime
+        self.probe = probe
+        self._settings = settings
+
+    def health(self) -> worker_pb2.WorkerHealth:
+        rt = self._rt
+        engine = rt.engine
+        device = self.probe.read(rt.pid)
+        on_gpu = engine is not None and engine.info.device_kind == "cuda"
+        health = worker_pb2.WorkerHealth(
+            worker_id=rt.worker_id,
+            process_num=rt.process_num,
+            pid=rt.pid,
+            device_kind=worker_pb2.DEVICE_KIND_CUDA if on_gpu else worker_pb2.DEVICE_KIND_CPU,
+            device_index=self._settings.worker_device_id if on_gpu else 0,
+            process_rss_bytes=process_rss_bytes(),
+            model=engine.info.model if engine else "",
+            compute_type=engine.info.compute_type if engine else "",
+            engine=engine.info.name if engine else "",
+            active_requests=rt.active,
+            queued_requests=rt.queued,
+            max_concurrent_requests=rt.concurrency,
+            status=rt.status,
+            status_reason=rt.status_reason,
+            uptime=duration(time.monotonic() - rt.started),
+            requests_completed=rt.completed,
+            active_streams=rt.streams,
+        )
+        if on_gpu:
+            health.gpu_name, health.gpu_uuid = device.gpu_name, device.gpu_uuid
+            for field, value in (
+                ("vram_total_bytes", device.vram_total),
+                ("vram_used_bytes", device.vram_used),
+                ("vram_free_bytes", device.vram_free),
+                ("vram_process_bytes", device.vram_process),
+                ("gpu_utilization_percent", device.utilization_percent),
+            ):
+                if value is not None:
+                    setattr(health, field, value)
+        return health
+
+    async def GetWorkerHealth(
+        self, request: worker_pb2.GetWorkerHealthRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.GetWorkerHealthResponse:
+        return worker_pb2.GetWorkerHealthResponse(health=self.health())
