@@ -1,1 +1,0 @@
-"""scribe: a gRPC gateway that shards speech transcription over supervised faster-whisper workers."""

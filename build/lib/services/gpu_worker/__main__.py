@@ -1,3 +1,0 @@
-from services.gpu_worker.server import main
-
-main()
