@@ -130,4 +130,4 @@ def test_the_cli_shows_status_and_asks_for_the_cli_extra(
         env=_clean_env(),
         cwd=tmp_path,
     )
-    assert bare.returncode == 2 and "pip install 'scribe-client[cli]'" in bare.stderr, bare.stderr
+    assert bare.returncode == 2 and "pip install 'scribe-grpc-client[cli]'" in bare.stderr, bare.stderr

@@ -5,7 +5,7 @@
     scribe-client status                                                     # the workers at a glance
 
 The server's `scribe` command has the same `transcribe` and `status` (built from the functions here) and
-adds start, stop and scale. Progress bars need `pip install 'scribe-client[cli]'` (rich).
+adds start, stop and scale. Progress bars need `pip install 'scribe-grpc-client[cli]'` (rich).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def run_transcribe(
 
         from scribe_client.cli.transcribe import find_audio, output_path, transcribe_batch, transcribe_one
     except ImportError as exc:
-        print(f"scribe: transcribe needs rich: pip install 'scribe-client[cli]' ({exc})", file=sys.stderr)
+        print(f"scribe: transcribe needs rich: pip install 'scribe-grpc-client[cli]' ({exc})", file=sys.stderr)
         return 2
     sources = find_audio(args.paths)
     single = len(args.paths) == 1 and not Path(args.paths[0]).is_dir()
