@@ -240,6 +240,9 @@ def status_rows(workers: list[fleet_pb2.Worker]) -> list[list[str]]:
             "ACTIVE",
             "STREAMS",
             "DONE",
+            "WIN QUEUED",
+            "WIN/S",
+            "BATCHES size x count",
         ]
     ]
     for w in workers:
@@ -266,9 +269,17 @@ def status_rows(workers: list[fleet_pb2.Worker]) -> list[list[str]]:
                 str(h.active_requests) if has else "-",
                 str(h.active_streams) if has else "-",
                 str(h.requests_completed) if has else "-",
+                str(h.batch.windows_queued) if has else "-",
+                f"{h.batch.windows_per_second:.1f}" if has else "-",
+                batch_histogram(list(h.batch.batches_by_size)) if has else "-",
             ]
         )
     return rows
+
+
+def batch_histogram(by_size: list[int]) -> str:
+    """Batches by size, e.g. "1x3 8x12": 3 batches of one window, 12 of eight."""
+    return " ".join(f"{size}x{count}" for size, count in enumerate(by_size, start=1) if count) or "-"
 
 
 def format_table(rows: list[list[str]]) -> str:
