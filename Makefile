@@ -9,7 +9,7 @@ GEN    := $(CLIENT)/scribe_client/gen/transcription/v1/transcription_pb2.py
 DESCRIPTORS := services/gen/transcription/descriptors.binpb
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test api proto lint bench bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test api proto lint bench bench-fleet bench-stream bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -17,7 +17,8 @@ help:
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make api    - buf lint and buf breaking on protos/ (against main; make test runs it)"
 	@echo "make lint   - ruff and mypy"
-	@echo "make bench  - benchmarks (needs ../shared/audio)"
+	@echo "make bench  - batched decoding: long recording, short files, batch settings, live streams (needs ../shared/audio)"
+	@echo "make bench-fleet - gateway overhead, worker scaling, one long file sharded (needs ../shared/audio)"
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
@@ -69,7 +70,13 @@ lint: $(GEN)
 	$(BIN)/ruff format --check services tests bench $(CLIENT)
 	$(BIN)/mypy
 
+# BASELINE=DIR also runs another scribe checkout (with its own .venv) side by side, e.g. a worktree of
+# the commit before a change: git worktree add ../baseline REV && make -C ../baseline proto
 bench: $(GEN)
+	$(BIN)/python -m bench.batching $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
+	$(BIN)/python -m bench.streaming --k 1,2,4,8,12 --skip hour --out bench/results/streaming_batched.md
+
+bench-fleet: $(GEN)
 	$(BIN)/python -m bench.throughput
 
 bench-clients: $(GEN)
