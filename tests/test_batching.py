@@ -109,9 +109,9 @@ def test_concurrent_calls_and_a_stream_share_batches(serving_fleet: Fleet) -> No
 
 def test_a_stream_gets_its_finals_while_long_recordings_are_decoded(serving_fleet: Fleet) -> None:
     audio, _ = recording()
-    bulk = [serving_fleet.transcription.Transcribe.future(linear16(audio), timeout=180) for _ in range(4)]
+    bulk = [serving_fleet.transcription.Transcribe.future(linear16(audio), timeout=180) for _ in range(8)]
     pcm, rate, _ = read_wav("speech_short.wav")
-    call = serving_fleet.transcription.StreamingTranscribe(stream_requests(pcm, rate, pace=1.0), timeout=120)
+    call = serving_fleet.transcription.StreamingTranscribe(stream_requests(pcm, rate, pace=2.0), timeout=120)
     finals, bulk_done_at_final = [], []
     for response in call:
         for result in response.results:
@@ -120,7 +120,8 @@ def test_a_stream_gets_its_finals_while_long_recordings_are_decoded(serving_flee
                 bulk_done_at_final.append(sum(f.done() for f in bulk))
     assert "fox" in words_of(" ".join(finals))
     # Bulk windows wait behind a stream's decodes, never the other way round: the stream's last
-    # final came while the recordings (each several windows on each worker) were still being decoded.
+    # final came while the recordings (13 minutes of audio, several windows on each worker) were
+    # still being decoded.
     assert bulk_done_at_final and bulk_done_at_final[-1] < len(bulk), bulk_done_at_final
     assert all("coat" in words_of(f.result().transcript) for f in bulk)
 

@@ -87,6 +87,19 @@ def test_finals_go_first_then_interims_then_bulk_in_full_batches(engine: Scripte
     scheduler.close()
 
 
+def test_on_a_cpu_a_streams_batch_takes_no_bulk_windows(engine: ScriptedFakeEngine) -> None:
+    scheduler = BatchScheduler(engine, max_batch=4, window_s=0.0, streams_with_bulk=False)
+    hold(engine, scheduler)
+    futures = [scheduler.submit(job(f"bulk{i}"), Priority.BULK) for i in range(3)]
+    futures.append(scheduler.submit(job("final"), Priority.FINAL))
+    futures.append(scheduler.submit(job("interim"), Priority.INTERIM))
+    engine.gate.set()
+    for future in futures:
+        future.result(5)
+    assert engine.batches[1:] == [["final", "interim"], ["bulk0", "bulk1", "bulk2"]]
+    scheduler.close()
+
+
 def test_windows_with_other_options_go_in_other_batches(engine: ScriptedFakeEngine) -> None:
     scheduler = BatchScheduler(engine, max_batch=8, window_s=0.0)
     hold(engine, scheduler)

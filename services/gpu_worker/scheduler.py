@@ -3,7 +3,7 @@ thread decodes them in batches.
 
 Batches are formed by priority (live-stream finals, then live-stream interims, then bulk windows of
 Transcribe and TranscribeWithProgress), oldest first, and filled with windows the engine can decode
-together (equal `Engine.batch_key`), from any call. A batch waits at most `window_s` for more windows
+together (equal `Engine.batch_key`), from any call (on a CPU, a stream's batch takes only stream windows). A batch waits at most `window_s` for more windows
 when it is not full. Because a batch is at most `max_batch` windows, a live stream waits for at most one
 batch of a long file, never for the whole file; because streams go first, bulk work never starves them.
 
@@ -79,10 +79,15 @@ class BatchStats:
 
 
 class BatchScheduler:
-    def __init__(self, engine: Engine, max_batch: int, window_s: float) -> None:
+    """`streams_with_bulk`: whether a batch led by a live stream's window is filled up with bulk windows.
+    On a GPU a batch of eight costs about what one window does, so it is; on a CPU the encoder's cost
+    grows with every window in the batch, and a stream's final would wait for seven bulk windows."""
+
+    def __init__(self, engine: Engine, max_batch: int, window_s: float, streams_with_bulk: bool = True) -> None:
         self.engine = engine
         self.max_batch = max(1, max_batch)
         self.window_s = max(0.0, window_s)
+        self.streams_with_bulk = streams_with_bulk
         self.stats = BatchStats()
         self._queue: list[_Queued] = []
         self._seq = itertools.count()
@@ -143,7 +148,11 @@ class BatchScheduler:
                     self._cond.wait()
                     continue
                 head = min(self._queue, key=lambda q: (q.priority, q.seq))
-                mates = sorted((q for q in self._queue if q.key == head.key), key=lambda q: (q.priority, q.seq))
+                lowest = Priority.BULK if self.streams_with_bulk or head.priority == Priority.BULK else Priority.INTERIM
+                mates = sorted(
+                    (q for q in self._queue if q.key == head.key and q.priority <= lowest),
+                    key=lambda q: (q.priority, q.seq),
+                )
                 waited = time.monotonic() - head.enqueued
                 if len(mates) < self.max_batch and waited < self.window_s:
                     self._cond.wait(self.window_s - waited)

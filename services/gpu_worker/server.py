@@ -90,7 +90,12 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         log.error("model_load_failed", model=settings.whisper_model, error=str(exc))
         await server.stop(0)
         sys.exit(3)  # supervisord retries, then marks the worker FATAL with this log as the reason
-    scheduler = BatchScheduler(engine, settings.batch_size(engine.info.device_kind), settings.batch_window_ms / 1000)
+    scheduler = BatchScheduler(
+        engine,
+        settings.batch_size(engine.info.device_kind),
+        settings.batch_window_ms / 1000,
+        streams_with_bulk=engine.info.device_kind == "cuda",
+    )
     runtime.transcriber = Transcriber(scheduler)
     await loop.run_in_executor(None, get_vad_model)  # streams share it; the first should not wait for its load
     if engine.info.device_kind == "cuda":
