@@ -127,14 +127,16 @@ def test_a_stream_gets_its_finals_while_long_recordings_are_decoded(serving_flee
 
 
 def test_cancelling_one_call_leaves_its_batch_mates_whole(serving_fleet: Fleet) -> None:
-    audio, said = recording()
+    audio, _ = recording()
     request = linear16(audio)
     calls = [serving_fleet.transcription.Transcribe.future(request, timeout=180) for _ in range(3)]
     time.sleep(1.0)  # the three calls' windows are in the workers' queues
     calls[1].cancel()
     for future in (calls[0], calls[2]):
-        response = future.result()
-        assert wer(said, response.transcript) < 15, response.transcript
+        said = words_of(future.result().transcript)
+        # Every sentence of the recording, each as often as it was said: no window lost with the
+        # cancelled call's. (Which words tiny.en gets right on this synthetic voice is not the point.)
+        assert [said.count(w) for w in ("weather", "coat", "hour", "lazy")] == [2, 2, 2, 2], said
     assert calls[1].cancelled() or calls[1].exception().code() == grpc.StatusCode.CANCELLED
 
 
