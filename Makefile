@@ -7,13 +7,14 @@ PROTOS := $(wildcard protos/transcription/v1/*.proto)
 GEN    := services/gen/transcription/v1/transcription_pb2.py
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test proto lint bench bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test proto lint config-table bench bench-stream bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
 	@echo "make test   - install, generate stubs, run the test suite"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make lint   - ruff and mypy"
+	@echo "make config-table - rewrite the README configuration table from the settings model"
 	@echo "make bench  - benchmarks (needs ../shared/audio)"
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
@@ -48,6 +49,10 @@ bench-limits: $(GEN)
 # `make test` runs the same fuzz tests with 20 examples each.
 fuzz: $(GEN)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py -q -s --timeout=0
+
+# The README's configuration table, from the descriptions in services/common/config.py.
+config-table: $(GEN)
+	$(BIN)/python -m services.cli.config_cmd README.md
 
 lint: $(GEN)
 	$(BIN)/ruff check services tests bench

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -21,6 +20,7 @@ from rich.console import Console
 
 import services
 from services.cli import scale
+from services.cli.config_cmd import config_rows
 from services.cli.transcribe import find_audio, output_path, transcribe_batch, transcribe_one
 from services.client import FORMATS, ScribeClient, StreamConfig, TranscribeOptions
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container
@@ -104,7 +104,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     except CapacityError as exc:
         print(f"scribe: {exc}", file=sys.stderr)
         return 2
-    settings = replace(settings, gpu_scale_workers=count)
+    settings = settings.replace(gpu_scale_workers=count)
     # Extra groups from an earlier `scribe scale` are folded into numprocs now.
     for extra in scale.scaled_dir(conf).glob("*.conf"):
         extra.unlink()
@@ -300,6 +300,12 @@ def stats_line(stats: fleet_pb2.FleetStats) -> str:
     )
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """The effective settings, as the gateway and workers would read them here; secrets masked."""
+    print(format_table(config_rows(_settings(), os.environ, env_file())))
+    return 0
+
+
 def _options(args: argparse.Namespace) -> TranscribeOptions:
     return TranscribeOptions(
         language=args.language,
@@ -467,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--address", help="gateway address (default GATEWAY_ADDRESS)")
     status.set_defaults(func=cmd_status)
+
+    cfg = sub.add_parser("config", help="the effective settings (environment over .env), secrets masked")
+    cfg.set_defaults(func=cmd_config)
 
     tr = sub.add_parser(
         "transcribe",
