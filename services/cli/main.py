@@ -91,6 +91,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         # Refused here rather than by a gateway that supervisord would restart until it gives up.
         transport_mode(settings.gateway_address, settings, "GATEWAY_ADDRESS")
+        if settings.http_address:
+            transport_mode(settings.http_address, settings, "HTTP_ADDRESS")
         configured_tokens(settings)
         check_supervisor_conf(conf)
     except ConfigError as exc:
@@ -117,8 +119,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         if settings.gpu_scale_enabled
         else f"1 default worker on device {settings.worker_device_id}"
     )
+    http = f", HTTP on {settings.http_address}" if settings.http_address else ""
     print(
-        f"scribe: gateway on {settings.gateway_address}, {mode}, model {settings.whisper_model}",
+        f"scribe: gateway on {settings.gateway_address}{http}, {mode}, model {settings.whisper_model}",
         file=sys.stderr,
     )
     env = supervisor_env(settings)

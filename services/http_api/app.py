@@ -1,0 +1,209 @@
+"""The FastAPI app: OpenAI's `/v1/audio/transcriptions`, `/v1/audio/translations` and `/v1/models`, and
+the status page at `/` with its data at `/api/status`."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import structlog
+from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+
+from services.client.messages import TranscribeOptions, transcribe_request
+from services.common.auth import bearer_token
+from services.common.config import Settings
+from services.common.credentials import ClientSecurity
+from services.common.rpclog import REQUEST_ID_HEADER
+from services.gen import transcription_pb2 as pb
+from services.http_api.errors import HttpError, from_rpc_error
+from services.http_api.gateway import Gateway
+from services.http_api.openai_format import (
+    GRANULARITIES,
+    MEDIA_TYPES,
+    RESPONSE_FORMATS,
+    TEXT_WRITERS,
+    json_body,
+    verbose_json_body,
+)
+from services.http_api.status import StatusBoard
+
+log = structlog.get_logger()
+STATUS_HTML = Path(__file__).resolve().parent / "static" / "status.html"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: Deadline of one Transcribe through HTTP: as long as the longest audio the gateway accepts may take.
+TRANSCRIBE_TIMEOUT_S = 3600.0
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _SAFE_ID.match(given) else uuid.uuid4().hex[:16]
+
+
+def _token(request: Request) -> str | None:
+    return bearer_token([("authorization", request.headers.get("authorization", ""))])
+
+
+def create_app(settings: Settings, security: ClientSecurity, status_token: str | None) -> FastAPI:
+    """`security`: how to reach the gateway (TLS); `status_token`: the token the status page polls with."""
+    gateway = Gateway(settings.gateway_address, security)
+    board = StatusBoard(gateway, status_token) if settings.status_page else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway.open()
+        task = asyncio.create_task(board.run()) if board is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+        await gateway.close()
+
+    app = FastAPI(title="scribe", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(HttpError)
+    async def http_error(request: Request, exc: HttpError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_form(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        param = str(first["loc"][-1]) if first.get("loc") else None
+        err = HttpError(400, f"{param}: {first['msg']}", "invalid_request", param=param)
+        return JSONResponse(err.body(), status_code=400)
+
+    @app.middleware("http")
+    async def request_line(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request_id = _request_id(request)
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id, path=request.url.path)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+            return response
+        finally:
+            if request.url.path != "/api/status":  # the page polls every second: not worth a line each
+                log.info(
+                    "http_request",
+                    http_method=request.method,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+            structlog.contextvars.reset_contextvars(**tokens)
+
+    async def transcribe(
+        request: Request,
+        task: str,
+        file: UploadFile,
+        language: str | None,
+        prompt: str | None,
+        response_format: str,
+        temperature: float,
+        granularities: list[str],
+    ) -> Response:
+        if response_format not in RESPONSE_FORMATS:
+            raise HttpError(
+                400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", "invalid_value", "response_format"
+            )
+        unknown = [g for g in granularities if g not in GRANULARITIES]
+        if unknown:
+            raise HttpError(
+                400,
+                f"timestamp_granularities[] takes segment and word, got {unknown[0]!r}",
+                "invalid_value",
+                "timestamp_granularities[]",
+            )
+        if granularities and response_format != "verbose_json":
+            raise HttpError(
+                400,
+                "timestamp_granularities[] needs response_format=verbose_json",
+                "invalid_value",
+                "timestamp_granularities[]",
+            )
+        if not 0.0 <= temperature <= 1.0:
+            raise HttpError(400, "temperature must be between 0 and 1", "invalid_value", "temperature")
+        if file.size is not None and file.size > settings.max_message_bytes:
+            raise HttpError(
+                413,
+                f"the file is larger than MAX_MESSAGE_MB ({settings.max_message_mb} MiB)",
+                "file_too_large",
+                "file",
+            )
+        audio = await file.read()
+        options = TranscribeOptions(
+            language=language or None,
+            task=task,
+            word_timestamps="word" in granularities,
+            initial_prompt=prompt or None,
+        )
+        try:
+            response = await gateway.transcribe(
+                transcribe_request(audio, options), _token(request), _request_id(request), TRANSCRIBE_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        headers = {REQUEST_ID_HEADER: response.request_id}
+        if response_format == "json":
+            return JSONResponse(json_body(response), headers=headers)
+        if response_format == "verbose_json":
+            return JSONResponse(verbose_json_body(response, task, granularities), headers=headers)
+        return PlainTextResponse(
+            TEXT_WRITERS[response_format](response), media_type=MEDIA_TYPES[response_format], headers=headers
+        )
+
+    # `model` is accepted (OpenAI's SDKs require it) but the fleet has one model: GET /v1/models names it.
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(
+        request: Request,
+        file: Annotated[UploadFile, File()],
+        model: Annotated[str, Form()] = "whisper-1",
+        language: Annotated[str | None, Form()] = None,
+        prompt: Annotated[str | None, Form()] = None,
+        response_format: Annotated[str, Form()] = "json",
+        temperature: Annotated[float, Form()] = 0.0,
+        timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+    ) -> Response:
+        return await transcribe(
+            request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities or []
+        )
+
+    @app.post("/v1/audio/translations")
+    async def translations(
+        request: Request,
+        file: Annotated[UploadFile, File()],
+        model: Annotated[str, Form()] = "whisper-1",
+        prompt: Annotated[str | None, Form()] = None,
+        response_format: Annotated[str, Form()] = "json",
+        temperature: Annotated[float, Form()] = 0.0,
+    ) -> Response:
+        return await transcribe(request, "translate", file, None, prompt, response_format, temperature, [])
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        try:
+            config: pb.GetConfigResponse = await gateway.get_config(_token(request))
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        model = {"id": config.model, "object": "model", "created": 0, "owned_by": "scribe"}
+        return JSONResponse({"object": "list", "data": [model]})
+
+    if board is not None:
+
+        @app.get("/", include_in_schema=False)
+        async def status_page() -> FileResponse:
+            return FileResponse(STATUS_HTML, media_type="text/html", headers={"Cache-Control": "no-store"})
+
+        @app.get("/api/status")
+        async def status() -> JSONResponse:
+            return JSONResponse(board.snapshot(), headers={"Cache-Control": "no-store"})
+
+    return app

@@ -1,0 +1,236 @@
+"""The HTTP face against the live fleet: OpenAI's own Python SDK for every response format (the same words
+as gRPC), OpenAI-shaped errors from gateway statuses, tokens passed through, and the status page rendered
+by headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import openai
+import pytest
+import srt
+import webvtt
+
+from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
+from services.gen import transcription_pb2 as pb
+from tests.conftest import TOKEN_A, Fleet, Process, spawn, start_gateway
+from tests.helpers import DATA, clip, free_port, wait_for, words_of
+
+CLIP = DATA / "speech_short.wav"
+
+
+def _up(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/api/status", timeout=2) as answer:
+            return bool(json.load(answer)["workers"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _client(address: str, token: str = "unused-by-a-fleet-without-tokens") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://{address}/v1", api_key=token, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(fleet: Fleet) -> str:
+    """The fleet's HTTP server, which supervisord runs beside its gateway."""
+    assert wait_for(lambda: _up(fleet.http), 60, 0.2), (fleet.run_dir / "logs" / "http.log").read_text()[-3000:]
+    return fleet.http
+
+
+@pytest.fixture(scope="module")
+def grpc_words(fleet: Fleet) -> list[str]:
+    response = fleet.transcription.Transcribe(pb.TranscribeRequest(audio_content=CLIP.read_bytes()), timeout=120)
+    return words_of(response.transcript)
+
+
+def _transcribe(client: openai.OpenAI, response_format: str, **extra: object) -> object:
+    with CLIP.open("rb") as f:
+        return client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            response_format=response_format,
+            **extra,  # type: ignore[call-overload]
+        )
+
+
+def test_every_response_format_carries_the_words_of_the_grpc_api(
+    serving_fleet: Fleet, http: str, grpc_words: list[str]
+) -> None:
+    client = _client(http)
+    assert {"quick", "fox"} <= set(grpc_words)
+
+    plain = _transcribe(client, "json")
+    assert words_of(plain.text) == grpc_words  # type: ignore[attr-defined]
+    assert words_of(str(_transcribe(client, "text"))) == grpc_words
+
+    cues = list(srt.parse(str(_transcribe(client, "srt"))))
+    assert cues and words_of(" ".join(c.content for c in cues)) == grpc_words
+    vtt = webvtt.from_buffer(io.StringIO(str(_transcribe(client, "vtt"))))
+    assert words_of(" ".join(c.text for c in vtt.captions)) == grpc_words
+
+    verbose = _transcribe(client, "verbose_json", timestamp_granularities=["word", "segment"], language="en")
+    assert verbose.task == "transcribe" and verbose.language == "en"  # type: ignore[attr-defined]
+    assert 3.0 < verbose.duration < 4.0  # type: ignore[attr-defined]
+    assert words_of(" ".join(w.word for w in verbose.words)) == grpc_words  # type: ignore[attr-defined]
+    assert all(w.start <= w.end for w in verbose.words)  # type: ignore[attr-defined]
+    segments = verbose.segments  # type: ignore[attr-defined]
+    assert words_of(" ".join(s.text for s in segments)) == grpc_words
+    assert segments[0].start < segments[-1].end <= verbose.duration + 0.01  # type: ignore[attr-defined]
+
+    words_only = _transcribe(client, "verbose_json", timestamp_granularities=["word"])
+    assert words_only.words and not words_only.segments  # type: ignore[attr-defined]
+
+
+def test_models_lists_the_fleet_model(serving_fleet: Fleet, http: str) -> None:
+    config = serving_fleet.transcription.GetConfig(pb.GetConfigRequest(), timeout=10)
+    assert [m.id for m in _client(http).models.list()] == [config.model]
+
+
+def test_gateway_refusals_come_back_as_openai_errors(serving_fleet: Fleet, http: str) -> None:
+    client = _client(http)
+    with pytest.raises(openai.BadRequestError) as bad_audio:
+        client.audio.transcriptions.create(model="whisper-1", file=("noise.wav", b"not audio at all" * 64))
+    assert bad_audio.value.code == "undecodable_audio"
+    # tiny.en is English-only: the gateway's own reason, not a translation of English into English.
+    with pytest.raises(openai.BadRequestError) as translate, CLIP.open("rb") as f:
+        client.audio.translations.create(model="whisper-1", file=f)
+    assert translate.value.code == "translate_unsupported"
+    assert "English-only" in translate.value.message
+    with pytest.raises(openai.BadRequestError) as fmt, CLIP.open("rb") as f:
+        client.audio.transcriptions.create(model="whisper-1", file=f, response_format="docx")  # type: ignore[call-overload]
+    assert fmt.value.param == "response_format"
+
+
+@pytest.fixture(scope="module")
+def token_http(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, str]]:
+    """A gateway with AUTH_TOKENS and no queue (GATEWAY_QUEUE_SIZE=0), and an HTTP server in front of it."""
+    folder = tmp_path_factory.mktemp("token-http")
+    gateway = start_gateway(fleet, folder / "gateway", {"AUTH_TOKENS": TOKEN_A, "GATEWAY_QUEUE_SIZE": "0"})
+    address = f"127.0.0.1:{free_port()}"
+    # No AUTH_TOKENS here: the HTTP server needs none of its own, it passes each caller's token on.
+    server = spawn(
+        fleet, folder / "http", "services.http_api", {"GATEWAY_ADDRESS": gateway.address, "HTTP_ADDRESS": address}
+    )
+    try:
+        assert wait_for(lambda: "http_listening" in server.logs(), 30, 0.1), server.logs()
+        yield gateway, address
+    finally:
+        server.stop()
+        gateway.stop()
+
+
+def test_tokens_pass_through_and_a_full_queue_is_429_with_retry_after(
+    serving_fleet: Fleet, token_http: tuple[Process, str]
+) -> None:
+    gateway, address = token_http
+    with pytest.raises(openai.AuthenticationError) as missing:
+        _transcribe(_client(address, token="wrong-token-0123456789"), "json")
+    assert missing.value.status_code == 401 and missing.value.code == "invalid_token"
+    assert words_of(_transcribe(_client(address, TOKEN_A), "json").text)[:2] == ["the", "quick"]  # type: ignore[attr-defined]
+
+    # Hold the gateway's only worker slot with a long gRPC call; with no queue, the next call is refused.
+    channel_metadata = (("authorization", f"Bearer {TOKEN_A}"),)
+    with grpc.insecure_channel(gateway.address) as channel:
+        stub = transcription_pb2_grpc.TranscriptionServiceStub(channel)
+        fleet_stub = fleet_pb2_grpc.FleetServiceStub(channel)
+        busy = threading.Thread(
+            target=lambda: stub.Transcribe(
+                pb.TranscribeRequest(audio_content=clip("speech_long.wav")), timeout=120, metadata=channel_metadata
+            )
+        )
+        busy.start()
+        try:
+
+            def holding() -> bool:
+                listed = fleet_stub.ListWorkers(fleet_pb2.ListWorkersRequest(), timeout=5, metadata=channel_metadata)
+                return any(w.in_flight for w in listed.workers)
+
+            assert wait_for(holding, 30, 0.02)
+            request = urllib.request.Request(
+                f"http://{address}/v1/audio/transcriptions",
+                data=_multipart(CLIP.read_bytes()),
+                headers={
+                    "Authorization": f"Bearer {TOKEN_A}",
+                    "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+                },
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=60)
+        finally:
+            busy.join(timeout=120)
+    assert refused.value.code == 429
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    assert json.load(refused.value)["error"]["code"] == "queue_full"
+
+
+BOUNDARY = "scribe-test-boundary"
+
+
+def _multipart(audio: bytes) -> bytes:
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + audio
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+# --- Status page ------------------------------------------------------------------------------------------
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    browser = shutil.which("chromium")
+    assert browser, "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    # --virtual-time-budget lets the page's script fetch /api/status and render before the DOM is read.
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=4000", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=True)
+
+
+def _rendered_rows(address: str) -> dict[str, str]:
+    """worker name -> supervisor state, as the page's rendered table shows them."""
+    from html.parser import HTMLParser
+
+    rows: dict[str, str] = {}
+
+    class Rows(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found = dict(attrs)
+            if tag == "tr" and found.get("data-worker"):
+                rows[str(found["data-worker"])] = str(found.get("data-supervisor"))
+
+    dom = _chromium("--dump-dom", f"http://{address}/").stdout
+    Rows().feed(dom)
+    assert 'id="queue"><b>0 / 6</b>' in dom, dom  # the fleet's GATEWAY_QUEUE_SIZE, rendered by the script
+    return rows
+
+
+def test_status_page_in_headless_chromium_shows_workers_queue_and_a_stopped_worker(
+    serving_fleet: Fleet, http: str, tmp_path: Path
+) -> None:
+    assert _rendered_rows(http) == {"gpu_worker_00": "RUNNING", "gpu_worker_01": "RUNNING"}
+    screenshot = tmp_path / "status.png"  # a test artefact, kept out of the repository
+    _chromium(f"--screenshot={screenshot}", "--window-size=1000,700", f"http://{http}/")
+    assert screenshot.stat().st_size > 10_000
+    page = urllib.request.urlopen(f"http://{http}/api/status", timeout=5).read().decode()
+    assert "token" not in page.lower() and "sock" not in page  # no secrets, no addresses
+
+    serving_fleet.supervisorctl("stop", "gpu_worker:gpu_worker_01")
+    try:
+        assert wait_for(lambda: "gpu_worker_01" not in serving_fleet.serving(), 30, 0.1)
+        assert _rendered_rows(http)["gpu_worker_01"] == "STOPPED"
+    finally:
+        serving_fleet.supervisorctl("start", "gpu_worker:gpu_worker_01")
+    serving_fleet.wait_all_serving()
