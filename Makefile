@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/transcription/v1/*.proto)
 GEN    := services/gen/transcription/v1/transcription_pb2.py
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test proto lint config-table bench bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test deps proto lint config-table bench bench-http bench-stream bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -40,7 +40,11 @@ proto: $(GEN)
 run: $(GEN)
 	$(BIN)/scribe start --foreground
 
-test: $(GEN)
+# System packages the tests drive: Debian's chromium renders the status page (tests/test_http.py).
+deps:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: $(GEN) deps
 	$(BIN)/python -m pytest
 
 bench-limits: $(GEN)
