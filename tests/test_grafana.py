@@ -18,7 +18,7 @@ SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "
 
 def served_names(exposition: str) -> set[str]:
     """Every series name a query can use, from the `# TYPE` lines (series with no sample yet included)."""
-    names = set()
+    names: set[str] = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.MULTILINE):
         names.update(name + suffix for suffix in SUFFIXES.get(kind, ("",)))
     return names
