@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -113,13 +114,17 @@ def test_gateway_refusals_come_back_as_openai_errors(serving_fleet: Fleet, http:
 
 @pytest.fixture(scope="module")
 def token_http(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, str]]:
-    """A gateway with AUTH_TOKENS and no queue (GATEWAY_QUEUE_SIZE=0), and an HTTP server in front of it."""
+    """A gateway with AUTH_TOKENS and no queue (GATEWAY_QUEUE_SIZE=0), and an HTTP server in front of it
+    with the status page off."""
     folder = tmp_path_factory.mktemp("token-http")
     gateway = start_gateway(fleet, folder / "gateway", {"AUTH_TOKENS": TOKEN_A, "GATEWAY_QUEUE_SIZE": "0"})
     address = f"127.0.0.1:{free_port()}"
     # No AUTH_TOKENS here: the HTTP server needs none of its own, it passes each caller's token on.
     server = spawn(
-        fleet, folder / "http", "services.http_api", {"GATEWAY_ADDRESS": gateway.address, "HTTP_ADDRESS": address}
+        fleet,
+        folder / "http",
+        "services.http_api",
+        {"GATEWAY_ADDRESS": gateway.address, "HTTP_ADDRESS": address, "STATUS_PAGE": "false"},
     )
     try:
         assert wait_for(lambda: "http_listening" in server.logs(), 30, 0.1), server.logs()
@@ -171,6 +176,27 @@ def test_tokens_pass_through_and_a_full_queue_is_429_with_retry_after(
     assert refused.value.code == 429
     assert int(refused.value.headers["Retry-After"]) >= 1
     assert json.load(refused.value)["error"]["code"] == "queue_full"
+
+
+def test_status_page_off_is_not_served(token_http: tuple[Process, str]) -> None:
+    _, address = token_http
+    for path in ("/", "/api/status"):
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://{address}{path}", timeout=10)
+        assert missing.value.code == 404
+
+
+def test_empty_http_address_exits_cleanly_and_a_bad_one_names_the_variable(fleet: Fleet) -> None:
+    env = {**fleet.env, "HTTP_ADDRESS": ""}
+    off = subprocess.run(
+        [sys.executable, "-m", "services.http_api"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert off.returncode == 0 and "http_off" in off.stderr
+    env["HTTP_ADDRESS"] = "8000"
+    bad = subprocess.run(
+        [sys.executable, "-m", "services.http_api"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "HTTP_ADDRESS" in bad.stderr
 
 
 BOUNDARY = "scribe-test-boundary"
