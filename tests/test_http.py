@@ -24,7 +24,7 @@ import webvtt
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 from tests.conftest import TOKEN_A, Fleet, Process, spawn, start_gateway
-from tests.helpers import DATA, clip, free_port, wait_for, words_of
+from tests.helpers import DATA, clip, free_port, port_open, wait_for, words_of
 
 CLIP = DATA / "speech_short.wav"
 
@@ -115,7 +115,7 @@ def test_gateway_refusals_come_back_as_openai_errors(serving_fleet: Fleet, http:
 @pytest.fixture(scope="module")
 def token_http(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, str]]:
     """A gateway with AUTH_TOKENS and no queue (GATEWAY_QUEUE_SIZE=0), and an HTTP server in front of it
-    with the status page off."""
+    with the status page off and MAX_MESSAGE_MB=1."""
     folder = tmp_path_factory.mktemp("token-http")
     gateway = start_gateway(fleet, folder / "gateway", {"AUTH_TOKENS": TOKEN_A, "GATEWAY_QUEUE_SIZE": "0"})
     address = f"127.0.0.1:{free_port()}"
@@ -124,10 +124,10 @@ def token_http(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         fleet,
         folder / "http",
         "services.http_api",
-        {"GATEWAY_ADDRESS": gateway.address, "HTTP_ADDRESS": address, "STATUS_PAGE": "false"},
+        {"GATEWAY_ADDRESS": gateway.address, "HTTP_ADDRESS": address, "STATUS_PAGE": "false", "MAX_MESSAGE_MB": "1"},
     )
     try:
-        assert wait_for(lambda: "http_listening" in server.logs(), 30, 0.1), server.logs()
+        assert wait_for(lambda: port_open(address), 30, 0.1), server.logs()
         yield gateway, address
     finally:
         server.stop()
@@ -186,6 +186,13 @@ def test_status_page_off_is_not_served(token_http: tuple[Process, str]) -> None:
         assert missing.value.code == 404
 
 
+def test_an_upload_over_max_message_mb_is_413(token_http: tuple[Process, str]) -> None:
+    _, address = token_http
+    with pytest.raises(openai.APIStatusError) as too_large:
+        _client(address, TOKEN_A).audio.transcriptions.create(model="whisper-1", file=("big.wav", bytes(3 * 2**20)))
+    assert too_large.value.status_code == 413 and too_large.value.code == "file_too_large"
+
+
 def test_empty_http_address_exits_cleanly_and_a_bad_one_names_the_variable(fleet: Fleet) -> None:
     env = {**fleet.env, "HTTP_ADDRESS": ""}
     off = subprocess.run(
@@ -240,13 +247,23 @@ def _rendered_rows(address: str) -> dict[str, str]:
     dom = _chromium("--dump-dom", f"http://{address}/").stdout
     Rows().feed(dom)
     assert 'id="queue"><b>0 / 6</b>' in dom, dom  # the fleet's GATEWAY_QUEUE_SIZE, rendered by the script
+    assert rows, dom
     return rows
+
+
+def _board(address: str) -> dict[str, str]:
+    """worker name -> supervisor state in /api/status, which the page polls every second."""
+    with urllib.request.urlopen(f"http://{address}/api/status", timeout=5) as answer:
+        return {w["name"]: w["supervisor"] for w in json.load(answer)["workers"]}
 
 
 def test_status_page_in_headless_chromium_shows_workers_queue_and_a_stopped_worker(
     serving_fleet: Fleet, http: str, tmp_path: Path
 ) -> None:
-    assert _rendered_rows(http) == {"gpu_worker_00": "RUNNING", "gpu_worker_01": "RUNNING"}
+    running = {"gpu_worker_00": "RUNNING", "gpu_worker_01": "RUNNING"}
+    # The server samples the fleet every 2 s: the page is checked once that sample has the state.
+    assert wait_for(lambda: _board(http) == running, 10, 0.1)
+    assert _rendered_rows(http) == running
     screenshot = tmp_path / "status.png"  # a test artefact, kept out of the repository
     _chromium(f"--screenshot={screenshot}", "--window-size=1000,700", f"http://{http}/")
     assert screenshot.stat().st_size > 10_000
@@ -255,7 +272,7 @@ def test_status_page_in_headless_chromium_shows_workers_queue_and_a_stopped_work
 
     serving_fleet.supervisorctl("stop", "gpu_worker:gpu_worker_01")
     try:
-        assert wait_for(lambda: "gpu_worker_01" not in serving_fleet.serving(), 30, 0.1)
+        assert wait_for(lambda: _board(http).get("gpu_worker_01") == "STOPPED", 30, 0.1), _board(http)
         assert _rendered_rows(http)["gpu_worker_01"] == "STOPPED"
     finally:
         serving_fleet.supervisorctl("start", "gpu_worker:gpu_worker_01")

@@ -52,6 +52,12 @@ def _token(request: Request) -> str | None:
     return bearer_token([("authorization", request.headers.get("authorization", ""))])
 
 
+def _too_large(request: Request, limit: int) -> bool:
+    # The multipart envelope around the audio is small; a MiB of room keeps a file at the limit acceptable.
+    length = request.headers.get("content-length", "")
+    return length.isdigit() and int(length) > limit + 2**20
+
+
 def create_app(settings: Settings, security: ClientSecurity, status_token: str | None) -> FastAPI:
     """`security`: how to reach the gateway (TLS); `status_token`: the token the status page polls with."""
     gateway = Gateway(settings.gateway_address, security)
@@ -85,8 +91,16 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id, path=request.url.path)
         started = time.perf_counter()
         status = 500
+        response: Response
         try:
-            response = await call_next(request)
+            if _too_large(request, settings.max_message_bytes):
+                # Refused before the body is read: Starlette would otherwise spool any size to disk.
+                err = HttpError(
+                    413, f"the upload is larger than MAX_MESSAGE_MB ({settings.max_message_mb} MiB)", "file_too_large"
+                )
+                response = JSONResponse(err.body(), status_code=413)
+            else:
+                response = await call_next(request)
             status = response.status_code
             response.headers.setdefault(REQUEST_ID_HEADER, request_id)
             return response
