@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ import webvtt
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 from tests.conftest import TOKEN_A, Fleet, Process, spawn, start_gateway
-from tests.helpers import DATA, clip, free_port, port_open, wait_for, words_of
+from tests.helpers import DATA, clip, free_port, port_open, repeated_wav, wait_for, words_of
 
 CLIP = DATA / "speech_short.wav"
 
@@ -206,6 +207,25 @@ def test_empty_http_address_exits_cleanly_and_a_bad_one_names_the_variable(fleet
     assert bad.returncode == 2 and "HTTP_ADDRESS" in bad.stderr
 
 
+def test_a_client_that_goes_away_frees_its_workers(serving_fleet: Fleet, http: str) -> None:
+    audio = repeated_wav("speech_long.wav", 10)  # 2 minutes: many seconds of work on both workers
+    body = _multipart(audio)
+    head = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {http}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n"
+    )
+
+    def busy() -> bool:
+        return any(w.in_flight for w in serving_fleet.workers().values())
+
+    host, _, port = http.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head.encode() + body)
+        assert wait_for(busy, 30, 0.02)
+    # The server notices within DISCONNECT_CHECK_S and cancels; the gateway frees the workers at once.
+    assert wait_for(lambda: not busy(), 2, 0.05), serving_fleet.workers()
+
+
 BOUNDARY = "scribe-test-boundary"
 
 
@@ -262,18 +282,20 @@ def test_status_page_in_headless_chromium_shows_workers_queue_and_a_stopped_work
 ) -> None:
     running = {"gpu_worker_00": "RUNNING", "gpu_worker_01": "RUNNING"}
     # The server samples the fleet every 2 s: the page is checked once that sample has the state.
-    assert wait_for(lambda: _board(http) == running, 10, 0.1)
-    assert _rendered_rows(http) == running
+    assert wait_for(lambda: _board(http) == running, 10, 0.1), _board(http)
+    rendered = _rendered_rows(http)
+    assert rendered == running, (rendered, _board(http))
     screenshot = tmp_path / "status.png"  # a test artefact, kept out of the repository
     _chromium(f"--screenshot={screenshot}", "--window-size=1000,700", f"http://{http}/")
     assert screenshot.stat().st_size > 10_000
-    page = urllib.request.urlopen(f"http://{http}/api/status", timeout=5).read().decode()
-    assert "token" not in page.lower() and "sock" not in page  # no secrets, no addresses
+    page = json.loads(urllib.request.urlopen(f"http://{http}/api/status", timeout=5).read())
+    assert "token" not in json.dumps(page).lower() and all("address" not in w for w in page["workers"])
 
     serving_fleet.supervisorctl("stop", "gpu_worker:gpu_worker_01")
     try:
         assert wait_for(lambda: _board(http).get("gpu_worker_01") == "STOPPED", 30, 0.1), _board(http)
-        assert _rendered_rows(http)["gpu_worker_01"] == "STOPPED"
+        rendered = _rendered_rows(http)
+        assert rendered["gpu_worker_01"] == "STOPPED", (rendered, _board(http))
     finally:
         serving_fleet.supervisorctl("start", "gpu_worker:gpu_worker_01")
     serving_fleet.wait_all_serving()

@@ -4,10 +4,7 @@ the status page at `/` with its data at `/api/status`."""
 from __future__ import annotations
 
 import asyncio
-import re
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +23,7 @@ from services.common.rpclog import REQUEST_ID_HEADER
 from services.gen import transcription_pb2 as pb
 from services.http_api.errors import HttpError, from_rpc_error
 from services.http_api.gateway import Gateway
+from services.http_api.middleware import RequestLineMiddleware
 from services.http_api.openai_format import (
     GRANULARITIES,
     MEDIA_TYPES,
@@ -38,24 +36,30 @@ from services.http_api.status import StatusBoard
 
 log = structlog.get_logger()
 STATUS_HTML = Path(__file__).resolve().parent / "static" / "status.html"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 #: Deadline of one Transcribe through HTTP: as long as the longest audio the gateway accepts may take.
 TRANSCRIBE_TIMEOUT_S = 3600.0
+DISCONNECT_CHECK_S = 0.25
 
 
 def _request_id(request: Request) -> str:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if _SAFE_ID.match(given) else uuid.uuid4().hex[:16]
+    return str(request.state.request_id)  # set by RequestLineMiddleware
 
 
 def _token(request: Request) -> str | None:
     return bearer_token([("authorization", request.headers.get("authorization", ""))])
 
 
-def _too_large(request: Request, limit: int) -> bool:
-    # The multipart envelope around the audio is small; a MiB of room keeps a file at the limit acceptable.
-    length = request.headers.get("content-length", "")
-    return length.isdigit() and int(length) > limit + 2**20
+async def _unless_disconnected(request: Request, call: asyncio.Future[pb.TranscribeResponse]) -> pb.TranscribeResponse:
+    """The call's result; if the HTTP client goes away first, the gRPC call is cancelled, which frees
+    its worker within a second as for a gRPC client that cancels."""
+    while True:
+        done, _ = await asyncio.wait({call}, timeout=DISCONNECT_CHECK_S)
+        if done:
+            return call.result()
+        if await request.is_disconnected():
+            call.cancel()
+            log.info("http_client_gone")
+            raise HttpError(499, "the client closed the connection", "client_closed_request")
 
 
 def create_app(settings: Settings, security: ClientSecurity, status_token: str | None) -> FastAPI:
@@ -85,34 +89,7 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         err = HttpError(400, f"{param}: {first['msg']}", "invalid_request", param=param)
         return JSONResponse(err.body(), status_code=400)
 
-    @app.middleware("http")
-    async def request_line(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request_id = _request_id(request)
-        tokens = structlog.contextvars.bind_contextvars(request_id=request_id, path=request.url.path)
-        started = time.perf_counter()
-        status = 500
-        response: Response
-        try:
-            if _too_large(request, settings.max_message_bytes):
-                # Refused before the body is read: Starlette would otherwise spool any size to disk.
-                err = HttpError(
-                    413, f"the upload is larger than MAX_MESSAGE_MB ({settings.max_message_mb} MiB)", "file_too_large"
-                )
-                response = JSONResponse(err.body(), status_code=413)
-            else:
-                response = await call_next(request)
-            status = response.status_code
-            response.headers.setdefault(REQUEST_ID_HEADER, request_id)
-            return response
-        finally:
-            if request.url.path != "/api/status":  # the page polls every second: not worth a line each
-                log.info(
-                    "http_request",
-                    http_method=request.method,
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
-                )
-            structlog.contextvars.reset_contextvars(**tokens)
+    app.add_middleware(RequestLineMiddleware, max_message_mb=settings.max_message_mb)
 
     async def transcribe(
         request: Request,
@@ -159,10 +136,13 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             word_timestamps="word" in granularities,
             initial_prompt=prompt or None,
         )
-        try:
-            response = await gateway.transcribe(
+        call = asyncio.ensure_future(
+            gateway.transcribe(
                 transcribe_request(audio, options), _token(request), _request_id(request), TRANSCRIBE_TIMEOUT_S
             )
+        )
+        try:
+            response = await _unless_disconnected(request, call)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
         headers = {REQUEST_ID_HEADER: response.request_id}
