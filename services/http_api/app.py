@@ -52,14 +52,16 @@ def _token(request: Request) -> str | None:
 async def _unless_disconnected(request: Request, call: asyncio.Future[pb.TranscribeResponse]) -> pb.TranscribeResponse:
     """The call's result; if the HTTP client goes away first, the gRPC call is cancelled, which frees
     its worker within a second as for a gRPC client that cancels."""
-    while True:
-        done, _ = await asyncio.wait({call}, timeout=DISCONNECT_CHECK_S)
-        if done:
-            return call.result()
-        if await request.is_disconnected():
-            call.cancel()
-            log.info("http_client_gone")
-            raise HttpError(499, "the client closed the connection", "client_closed_request")
+    try:
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=DISCONNECT_CHECK_S)
+            if done:
+                return call.result()
+            if await request.is_disconnected():
+                log.info("http_client_gone")
+                raise HttpError(499, "the client closed the connection", "client_closed_request")
+    finally:
+        call.cancel()  # a no-op once it finished; also when this handler itself is cancelled (shutdown)
 
 
 def create_app(settings: Settings, security: ClientSecurity, status_token: str | None) -> FastAPI:

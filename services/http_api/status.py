@@ -1,7 +1,7 @@
 """The status page's data: the fleet from ListWorkers, and a few minutes of throughput history.
 
-Only states, counts, device names and memory figures: no audio, no text, no addresses, no secrets, which
-is why the page needs no token (like the gateway's /metrics).
+Only states, counts, device names and memory figures: no audio, no text, no worker addresses, no secrets,
+which is why the page needs no token (like the gateway's /metrics).
 """
 
 from __future__ import annotations
