@@ -270,11 +270,12 @@ def test_http_api_serves_https_and_reaches_a_tls_gateway_with_the_callers_token(
             trust = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(certs.ca)))
             return openai.OpenAI(base_url=f"https://{address}/v1", api_key=token, max_retries=0, http_client=trust)
 
-        with (DATA / "speech_short.flac").open("rb") as f:
-            text = client(TOKEN_B).audio.transcriptions.create(model="whisper-1", file=f).text
+        # Clients are closed before the server stops: uvicorn's graceful shutdown waits for open TLS connections.
+        with client(TOKEN_B) as good, (DATA / "speech_short.flac").open("rb") as f:
+            text = good.audio.transcriptions.create(model="whisper-1", file=f).text
         assert {"quick", "fox"} <= set(words_of(text))
-        with pytest.raises(openai.AuthenticationError) as refused:
-            client("not-a-valid-token-0123456789").models.list()
+        with client("not-a-valid-token-0123456789") as bad, pytest.raises(openai.AuthenticationError) as refused:
+            bad.models.list()
         assert refused.value.code == "invalid_token"
     finally:
         server.stop()
