@@ -235,15 +235,18 @@ def test_plaintext_on_a_network_address_needs_allow_insecure(serving_fleet: Flee
         allowed.stop()
 
 
-def test_scribe_start_refuses_plaintext_on_a_network_address(serving_fleet: Fleet, tmp_path: Path) -> None:
-    env = {**serving_fleet.env, "GATEWAY_ADDRESS": f"0.0.0.0:{free_port()}", "RUN_DIR": str(tmp_path / "run")}
+@pytest.mark.parametrize("variable", ["GATEWAY_ADDRESS", "HTTP_ADDRESS"])
+def test_scribe_start_refuses_plaintext_on_a_network_address(
+    serving_fleet: Fleet, tmp_path: Path, variable: str
+) -> None:
+    env = {**serving_fleet.env, variable: f"0.0.0.0:{free_port()}", "RUN_DIR": str(tmp_path / "run")}
     conf = tmp_path / "supervisord.conf"
     conf.write_text((ROOT / "supervisord.conf").read_text())
     result = subprocess.run(
         [str(BIN / "scribe"), "--config", str(conf), "start"], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "ALLOW_INSECURE" in result.stderr
+    assert "ALLOW_INSECURE" in result.stderr and variable in result.stderr
     assert not (tmp_path / "run" / "supervisor.sock").exists()
 
 
