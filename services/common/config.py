@@ -63,7 +63,8 @@ _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("scribe_environ", de
 
 
 class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source, reading a given mapping instead of os.environ."""
+    """pydantic-settings' environment source, reading a given mapping instead of os.environ (tests and the
+    CLI pass their own). `_load_env_vars` is the hook pydantic-settings' own dotenv source overrides too."""
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         environ = _ENVIRON.get()
