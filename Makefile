@@ -4,48 +4,64 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/transcription/v1/*.proto)
-GEN    := services/gen/transcription/v1/transcription_pb2.py
+CLIENT := clients/python
+GEN    := $(CLIENT)/scribe_client/gen/transcription/v1/transcription_pb2.py
+DESCRIPTORS := services/gen/transcription/descriptors.binpb
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test deps proto lint config-table bench bench-http bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test api deps proto lint config-table bench bench-fleet bench-http bench-stream bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
 	@echo "make test   - install, generate stubs, run the test suite"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
+	@echo "make api    - buf lint and buf breaking on protos/ (against main; make test runs it)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make config-table - rewrite the README configuration table from the settings model"
-	@echo "make bench  - benchmarks (needs ../shared/audio)"
+	@echo "make bench  - batched decoding: long recording, short files, batch settings, live streams (needs ../shared/audio)"
+	@echo "make bench-fleet - gateway overhead, worker scaling, one long file sharded (needs ../shared/audio)"
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
 	@echo "make bench-http - time the HTTP (OpenAI-compatible) layer adds to a Transcribe of a 10 s clip, vs gRPC"
 	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
-$(STAMP): pyproject.toml
+# scribe-grpc-client (clients/python) first: the server depends on it.
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e './$(CLIENT)[cli]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-$(GEN): $(STAMP) $(PROTOS)
+# The stubs live in scribe_client (installed editable, so this is where it imports them from); the build
+# of a scribe-client wheel runs the same generate_stubs.py. Reflection serves the descriptor set, comments and all.
+$(GEN): $(STAMP) $(PROTOS) $(CLIENT)/generate_stubs.py
+	$(BIN)/python $(CLIENT)/generate_stubs.py
 	rm -rf services/gen/transcription
 	mkdir -p services/gen/transcription
-	$(BIN)/python -m grpc_tools.protoc -Iprotos \
-		--python_out=services/gen --pyi_out=services/gen --grpc_python_out=services/gen \
-		--descriptor_set_out=services/gen/transcription/descriptors.binpb --include_source_info --include_imports \
-		$(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --include_source_info --include_imports \
+		--descriptor_set_out=$(DESCRIPTORS) $(PROTOS)
 
 proto: $(GEN)
 
 run: $(GEN)
 	$(BIN)/scribe start --foreground
 
+# The buf CLI comes pinned from npm (package-lock.json).
+BUF := node_modules/.bin/buf
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+api: $(BUF)
+	tools/api_check.sh
+
 # System packages the tests drive: Debian's chromium renders the status page (tests/test_http.py).
 deps:
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-test: $(GEN) deps
+test: api $(GEN) deps
 	$(BIN)/python -m pytest
 
 bench-limits: $(GEN)
@@ -60,11 +76,17 @@ config-table: $(GEN)
 	$(BIN)/python -m services.cli.config_cmd README.md
 
 lint: $(GEN)
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services tests bench $(CLIENT)
+	$(BIN)/ruff format --check services tests bench $(CLIENT)
 	$(BIN)/mypy
 
+# BASELINE=DIR also runs another scribe checkout (with its own .venv) side by side, e.g. a worktree of
+# the commit before a change: git worktree add ../baseline REV && make -C ../baseline proto
 bench: $(GEN)
+	$(BIN)/python -m bench.batching $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
+	$(BIN)/python -m bench.streaming --k 1,2,4,8,12 --skip hour --out bench/results/streaming_batched.md
+
+bench-fleet: $(GEN)
 	$(BIN)/python -m bench.throughput
 
 bench-clients: $(GEN)
@@ -77,4 +99,4 @@ bench-stream: $(GEN)
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) services/gen/transcription run
+	rm -rf $(VENV) services/gen/transcription $(CLIENT)/scribe_client/gen/transcription $(CLIENT)/build run node_modules

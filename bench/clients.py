@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scribe_client import ScribeClient
 
 from bench.fleet import BIN, ROOT, fleet, wav_bytes
-from services.client import ScribeClient
 from services.common.audio import SAMPLE_RATE, decode_container
 
 DEFAULT_AUDIO = ROOT.parent / "shared" / "audio"

@@ -36,12 +36,15 @@ class Fleet:
 
 
 @contextmanager
-def fleet(workers: int = 2, threads: int = 0, **env: str) -> Iterator[Fleet]:
+def fleet(workers: int = 2, threads: int = 0, checkout: Path = ROOT, **env: str) -> Iterator[Fleet]:
     """Start `workers` workers with `threads` CPU threads each (0: scribe's default share of the cores),
-    like the tests' fixture: `scribe start` in a temporary folder. `env` overrides settings."""
+    like the tests' fixture: `scribe start` in a temporary folder. `env` overrides settings.
+
+    `checkout` runs another scribe checkout (with its own .venv), to compare a change against the code
+    before it in one run."""
     home = Path(tempfile.mkdtemp(prefix="scribe-bench-"))
     conf = home / "supervisord.conf"
-    shutil.copy(ROOT / "supervisord.conf", conf)
+    shutil.copy(checkout / "supervisord.conf", conf)
     address = f"127.0.0.1:{free_port()}"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
     full_env.update(
@@ -58,13 +61,14 @@ def fleet(workers: int = 2, threads: int = 0, **env: str) -> Iterator[Fleet]:
     if threads:
         full_env["WHISPER_CPU_THREADS"] = str(threads)
     full_env.update(env)
-    scribe = [str(BIN / "scribe"), "--config", str(conf)]
+    binaries = BIN if checkout == ROOT else checkout / ".venv" / "bin"
+    scribe = [str(binaries / "scribe"), "--config", str(conf)]
     # scribe's own messages go to stderr, so a benchmark's stdout holds only its table.
-    subprocess.run([*scribe, "start", "--wait", "180"], env=full_env, check=True, cwd=ROOT, stdout=sys.stderr)
+    subprocess.run([*scribe, "start", "--wait", "180"], env=full_env, check=True, cwd=checkout, stdout=sys.stderr)
     try:
         yield Fleet(address, home / "run")
     finally:
-        subprocess.run([*scribe, "stop"], env=full_env, check=False, cwd=ROOT, stdout=sys.stderr)
+        subprocess.run([*scribe, "stop"], env=full_env, check=False, cwd=checkout, stdout=sys.stderr)
         shutil.rmtree(home, ignore_errors=True)
 
 

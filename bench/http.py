@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import openai
+from scribe_client import ScribeClient
 
 from bench.fleet import ROOT, fleet, free_port, wav_bytes
-from services.client import ScribeClient
 from services.common.audio import SAMPLE_RATE, decode_container
 
 DEFAULT_AUDIO = ROOT.parent / "shared" / "audio"

@@ -17,7 +17,9 @@ from services.common.audio import SAMPLE_RATE
 from services.common.config import Settings
 from services.gpu_worker.engine import DecodeOptions
 from services.gpu_worker.faster_whisper_engine import FasterWhisperEngine
+from services.gpu_worker.scheduler import BatchScheduler
 from services.gpu_worker.streaming import SessionConfig, StreamingSession
+from services.gpu_worker.transcriber import Transcriber
 
 CHUNK_S = 0.1
 
@@ -47,7 +49,8 @@ class Stretch:
 def run(minutes: float, speech: np.ndarray, silence_s: float, stretch_min: float, threads: int) -> list[Stretch]:
     settings = Settings.from_env({"SCRIBE_ENV_FILE": "/nonexistent", "WHISPER_CPU_THREADS": str(threads)})
     engine = FasterWhisperEngine(settings)
-    session = StreamingSession(engine, DecodeOptions(), SessionConfig())
+    scheduler = BatchScheduler(engine, settings.batch_size(engine.info.device_kind), settings.batch_window_ms / 1000)
+    session = StreamingSession(Transcriber(scheduler), DecodeOptions(), SessionConfig())
     cycle = np.concatenate([speech, np.zeros(round(silence_s * SAMPLE_RATE), dtype=np.float32)])
     step = round(CHUNK_S * SAMPLE_RATE)
     total = round(minutes * 60 * SAMPLE_RATE)

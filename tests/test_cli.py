@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from services.cli.main import print_stream
+from scribe_client.cli.main import print_stream
+
 from services.gen import transcription_pb2 as pb
 from tests.conftest import Fleet
 from tests.helpers import DATA

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from scribe_client import AsyncScribeClient, ScribeClient, StreamConfig, TranscribeOptions, service_config
+from scribe_client.retry import retry_delay
 
-from services.client import AsyncScribeClient, ScribeClient, StreamConfig, TranscribeOptions, service_config
-from services.client.retry import retry_delay
 from services.common.errors import RequestError, to_status
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc

@@ -16,9 +16,12 @@ from tests.helpers import clip, read_wav, stream_requests, wait_for, words_of
 
 
 def test_full_queue_is_refused_with_retry_info(serving_fleet: Fleet) -> None:
-    # 2 workers x 1 slot + GATEWAY_QUEUE_SIZE=6 queued: of 14 calls at once, at least 6 are refused.
+    # Every worker slot (WORKER_CONCURRENCY per worker) + GATEWAY_QUEUE_SIZE=6 queued: of 6 calls more
+    # than that at once, at least 6 are refused.
+    slots = sum(w.health.max_concurrent_requests for w in serving_fleet.workers().values())
+    room = slots + 6
     request = pb.TranscribeRequest(audio_content=clip("speech_long.wav"))
-    futures = [serving_fleet.transcription.Transcribe.future(request, timeout=120) for _ in range(14)]
+    futures = [serving_fleet.transcription.Transcribe.future(request, timeout=120) for _ in range(room + 6)]
     done, refused = [], []
     for future in futures:
         try:
@@ -31,7 +34,7 @@ def test_full_queue_is_refused_with_retry_info(serving_fleet: Fleet) -> None:
         assert error_reason(rejected.trailing_metadata()) == "QUEUE_FULL"
         delay = retry_delay(rejected.trailing_metadata())
         assert delay is not None and 0.5 <= delay <= 30
-    assert len(done) >= 8  # every slot and every queue place was used
+    assert len(done) >= room  # every slot and every queue place was used
     assert all("coat" in r.transcript.lower() for r in done)
 
 
@@ -53,7 +56,9 @@ def test_long_recording_is_sharded_over_both_workers_with_exact_offsets(serving_
     response = serving_fleet.transcription.Transcribe(request, timeout=120)
     assert set(response.worker_id.split(",")) == {"gpu_worker_00", "gpu_worker_01"}
     said = words_of(response.transcript)
-    assert said.count("coat") == 2 and said.count("fox") == 1, response.transcript
+    # Each sentence once per time it was said: no piece lost or decoded twice. ("fox" itself is a coin
+    # toss for tiny.en on this synthetic voice once its window starts with it; "quick" and "lazy" are not.)
+    assert said.count("coat") == 2 and said.count("quick") == 1 and said.count("lazy") == 1, response.transcript
     assert abs(response.audio_duration.ToNanoseconds() / 1e9 - len(audio) / 2 / rate) < 0.05
     words = [w for s in response.segments for w in s.words]
     starts = [w.start_offset.ToNanoseconds() / 1e9 for w in words]

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -144,25 +143,22 @@ def test_tokens_pass_through_and_a_full_queue_is_429_with_retry_after(
     assert missing.value.status_code == 401 and missing.value.code == "invalid_token"
     assert words_of(_transcribe(_client(address, TOKEN_A), "json").text)[:2] == ["the", "quick"]  # type: ignore[attr-defined]
 
-    # Hold the gateway's only worker slot with a long gRPC call; with no queue, the next call is refused.
-    channel_metadata = (("authorization", f"Bearer {TOKEN_A}"),)
+    # Hold every slot of the gateway's one worker (WORKER_CONCURRENCY) with gRPC calls; with no queue
+    # (GATEWAY_QUEUE_SIZE=0), the next call is refused.
+    metadata = (("authorization", f"Bearer {TOKEN_A}"),)
+    request = pb.TranscribeRequest(audio_content=clip("speech_long.wav"))
     with grpc.insecure_channel(gateway.address) as channel:
         stub = transcription_pb2_grpc.TranscriptionServiceStub(channel)
         fleet_stub = fleet_pb2_grpc.FleetServiceStub(channel)
-        busy = threading.Thread(
-            target=lambda: stub.Transcribe(
-                pb.TranscribeRequest(audio_content=clip("speech_long.wav")), timeout=120, metadata=channel_metadata
-            )
-        )
-        busy.start()
+
+        def workers() -> list[fleet_pb2.Worker]:
+            return list(fleet_stub.ListWorkers(fleet_pb2.ListWorkersRequest(), timeout=5, metadata=metadata).workers)
+
+        slots = workers()[0].health.max_concurrent_requests
+        holding = [stub.Transcribe.future(request, timeout=120, metadata=metadata) for _ in range(slots)]
         try:
-
-            def holding() -> bool:
-                listed = fleet_stub.ListWorkers(fleet_pb2.ListWorkersRequest(), timeout=5, metadata=channel_metadata)
-                return any(w.in_flight for w in listed.workers)
-
-            assert wait_for(holding, 30, 0.02)
-            request = urllib.request.Request(
+            assert wait_for(lambda: workers()[0].in_flight == slots, 30, 0.02), workers()
+            upload = urllib.request.Request(
                 f"http://{address}/v1/audio/transcriptions",
                 data=_multipart(CLIP.read_bytes()),
                 headers={
@@ -171,9 +167,10 @@ def test_tokens_pass_through_and_a_full_queue_is_429_with_retry_after(
                 },
             )
             with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(request, timeout=60)
+                urllib.request.urlopen(upload, timeout=60)
         finally:
-            busy.join(timeout=120)
+            for call in holding:
+                call.cancel()  # the point was only to fill the slots
     assert refused.value.code == 429
     assert int(refused.value.headers["Retry-After"]) >= 1
     assert json.load(refused.value)["error"]["code"] == "queue_full"

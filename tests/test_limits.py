@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from scribe_client.credentials import ClientSecurity, open_channel, token_metadata
 
-from services.common.credentials import ClientSecurity, open_channel, token_metadata
 from services.common.errors import error_reason, retry_delay
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gen import transcription_pb2 as pb

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import srt
 import webvtt
+from scribe_client import ScribeClient, TranscribeOptions, render
+from scribe_client.formats import timestamp, to_srt, to_vtt
 
-from services.client import ScribeClient, TranscribeOptions, render
-from services.client.formats import timestamp, to_srt, to_vtt
 from services.gen import transcription_pb2 as pb
 from tests.conftest import Fleet
 from tests.helpers import DATA, words_of

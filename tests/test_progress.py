@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from scribe_client import ScribeClient
 
-from services.client import ScribeClient
 from services.common.errors import error_reason
 from services.gen import transcription_pb2 as pb
 from tests.conftest import BIN, Fleet

@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from scribe_client.credentials import ClientSecurity, open_channel
 
 from services.common.auth import TokenSet, bearer_token, client_identity, configured_tokens, read_tokens_file
 from services.common.config import ConfigError, Settings
-from services.common.credentials import ClientSecurity, open_channel
 from services.common.errors import error_reason
 from services.common.tls import is_loopback, transport_mode
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc

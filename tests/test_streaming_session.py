@@ -16,6 +16,7 @@ from services.common.audio import SAMPLE_RATE
 from services.gpu_worker.agreement import after_committed, agreed_prefix, drop_repeated_tail, ends_sentence, monotonic
 from services.gpu_worker.audio_buffer import AudioBuffer
 from services.gpu_worker.engine import DecodeOptions, EngineInfo, EngineResult, Segment, Word
+from services.gpu_worker.scheduler import Priority
 from services.gpu_worker.streaming import SessionConfig, StreamingSession, StreamUpdate
 from services.gpu_worker.vad import WINDOW, SileroStream, SpeechDetector, VadConfig
 from tests.helpers import read_wav
@@ -53,7 +54,9 @@ class ScriptedFakeEngine:
                 return int(start)
         raise AssertionError("the buffer is not a slice of the stream")
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions, on_segment: object = None) -> EngineResult:
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions, on_segment: object = None, priority: Priority = Priority.BULK
+    ) -> EngineResult:
         self.calls += 1
         self.longest_s = max(self.longest_s, audio.size / SAMPLE_RATE)
         start = self._locate(audio) / SAMPLE_RATE

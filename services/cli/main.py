@@ -9,29 +9,33 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
 
 import grpc
 import numpy as np
 from dotenv import set_key
-from rich.console import Console
+from scribe_client.cli.main import (
+    Pcm,
+    add_security_arguments,
+    add_transcribe_parser,
+    client_for,
+    format_table,
+    print_status,
+    run_transcribe,
+    security_from_args,
+)
+from scribe_client.credentials import ClientSecurity, CredentialsError
 
 import services
 from services.cli import scale
 from services.cli.config_cmd import config_rows
-from services.cli.transcribe import find_audio, output_path, transcribe_batch, transcribe_one
-from services.client import FORMATS, ScribeClient, StreamConfig, TranscribeOptions
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container
 from services.common.auth import configured_tokens
 from services.common.capacity import CapacityError
 from services.common.config import ConfigError, Settings
-from services.common.credentials import ClientSecurity, CredentialsError
 from services.common.tls import transport_mode
 from services.gateway.supervisor import SupervisorClient, check_supervisor_conf
-from services.gen import fleet_pb2, worker_pb2
-from services.gen import transcription_pb2 as pb
+from services.gen import fleet_pb2
 
 HOME = Path(services.__file__).resolve().parent.parent
 DEFAULT_CONF = HOME / "supervisord.conf"
@@ -134,13 +138,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 def _security(args: argparse.Namespace, settings: Settings | None = None) -> ClientSecurity:
     """--tls-* and --token, else SCRIBE_TLS_* and SCRIBE_TOKEN, else, for this host's own gateway only, its
     first AUTH_TOKENS entry (a server's token is never sent to another address)."""
-    security = ClientSecurity.from_env(
-        ca_file=args.tls_ca,
-        cert_file=args.tls_cert,
-        key_file=args.tls_key,
-        server_name=args.tls_server_name,
-        token=args.token,
-    )
+    security = security_from_args(args)
     settings = settings or _settings()
     if security.token is None and getattr(args, "address", None) in (None, settings.gateway_address):
         try:
@@ -150,14 +148,6 @@ def _security(args: argparse.Namespace, settings: Settings | None = None) -> Cli
         if local:
             security = dataclasses.replace(security, token=local[0])
     return security
-
-
-def client_for(address: str, security: ClientSecurity | None = None) -> ScribeClient:
-    """The one place the CLI makes its gateway client, with TLS and the token from `security`."""
-    security = security or ClientSecurity()
-    return ScribeClient(
-        address, credentials=security.credentials(), token=security.token, extra_options=security.channel_options()
-    )
 
 
 def wait_ready(address: str, workers: int, timeout: float, security: ClientSecurity | None = None) -> int:
@@ -224,57 +214,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mib(value: int) -> str:
-    return f"{value / 2**20:.0f}"
-
-
-def status_rows(workers: list[fleet_pb2.Worker]) -> list[list[str]]:
-    """One row per worker for `scribe status`."""
-    rows = [
-        [
-            "WORKER",
-            "SUPERVISOR",
-            "ROUTING",
-            "DEVICE",
-            "VRAM MiB used/total",
-            "RSS MiB",
-            "ACTIVE",
-            "STREAMS",
-            "DONE",
-        ]
-    ]
-    for w in workers:
-        h = w.health
-        has = w.HasField("health")
-        if has and h.device_kind == worker_pb2.DEVICE_KIND_CUDA:
-            device = f"cuda:{h.device_index} {h.gpu_name}".strip()
-        else:
-            device = "cpu" if has else "-"
-        vram = (
-            f"{_mib(h.vram_process_bytes if h.HasField('vram_process_bytes') else h.vram_used_bytes)}/{_mib(h.vram_total_bytes)}"
-            if has and h.HasField("vram_total_bytes")
-            else "-"
-        )
-        routing = fleet_pb2.RoutingState.Name(w.routing_state).removeprefix("ROUTING_STATE_")
-        rows.append(
-            [
-                w.name,
-                fleet_pb2.SupervisorState.Name(w.supervisor_state).removeprefix("SUPERVISOR_STATE_"),
-                routing,
-                device,
-                vram,
-                _mib(h.process_rss_bytes) if has else "-",
-                str(h.active_requests) if has else "-",
-                str(h.active_streams) if has else "-",
-                str(h.requests_completed) if has else "-",
-            ]
-        )
-    return rows
-
-
-def format_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows)
+def cmd_config(args: argparse.Namespace) -> int:
+    """The effective settings, as the gateway and workers would read them here; secrets masked."""
+    print(format_table(config_rows(_settings(), os.environ, env_file())))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -290,168 +233,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         except OSError as err:
             print(f"supervisord is not running either ({err})", file=sys.stderr)
         return 1
-    print(format_table(status_rows(list(listed.workers))))
-    print(stats_line(listed.stats))
+    print_status(listed)
     return 0
 
 
-def stats_line(stats: fleet_pb2.FleetStats) -> str:
-    return (
-        f"queue {stats.queued_requests}/{stats.queue_size}  streams {stats.active_streams}  "
-        f"requests {stats.requests_ok} ok, {stats.requests_failed} failed  "
-        f"audio {stats.audio_seconds:.1f} s  realtime factor (last minute) {stats.realtime_factor:.2f}"
-    )
-
-
-def cmd_config(args: argparse.Namespace) -> int:
-    """The effective settings, as the gateway and workers would read them here; secrets masked."""
-    print(format_table(config_rows(_settings(), os.environ, env_file())))
-    return 0
-
-
-def _options(args: argparse.Namespace) -> TranscribeOptions:
-    return TranscribeOptions(
-        language=args.language,
-        beam_size=args.beam_size,
-        # JSON is the format with words; the others have no place for them.
-        word_timestamps=args.words or args.format == "json",
-        vad_filter=args.vad,
-        initial_prompt=args.prompt,
-    )
-
-
-def pcm_chunks(samples: np.ndarray, chunk_s: float) -> Iterator[bytes]:
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    step = max(2, int(chunk_s * SAMPLE_RATE) * 2)
-    for i in range(0, len(pcm), step):
-        yield pcm[i : i + step]
-
-
-def paced(chunks: Iterator[bytes], speed: float) -> Iterator[bytes]:
-    """LINEAR16 chunks at `speed` times real time (0: as fast as possible), like a live source."""
-    started = time.monotonic()
-    sent = 0.0
-    for chunk in chunks:
-        if speed > 0:
-            delay = started + sent / speed - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        yield chunk
-        sent += len(chunk) / 2 / SAMPLE_RATE
-
-
-def _stream_file(client: ScribeClient, args: argparse.Namespace) -> int:
+def decoded_pcm(path: Path) -> Pcm:
+    """Any file FFmpeg decodes, as 16 kHz mono LINEAR16 (scribe-client alone streams WAV files only)."""
     try:
-        samples = decode_container(Path(args.paths[0]).read_bytes(), max_seconds=24 * 3600)
+        samples = decode_container(path.read_bytes(), max_seconds=24 * 3600)
     except AudioError as exc:
-        print(f"scribe: {args.paths[0]}: {exc}", file=sys.stderr)
-        return 2
-    config = StreamConfig(
-        sample_rate_hertz=SAMPLE_RATE, options=_options(args), interim_results=True, voice_activity_events=True
-    )
-    return print_stream(client.stream(paced(pcm_chunks(samples, 0.1), args.speed), config))
+        raise ValueError(str(exc)) from None
+    return Pcm((np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes(), SAMPLE_RATE)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     address = args.address or _settings().gateway_address
-    sources = find_audio(args.paths)
-    single = len(args.paths) == 1 and not Path(args.paths[0]).is_dir()
-    err = Console(stderr=True)
-    if not sources:
-        print(f"scribe: no audio files in {' '.join(args.paths)}", file=sys.stderr)
-        return 2
-    if args.jobs < 1:
-        print("scribe: --jobs must be 1 or more", file=sys.stderr)
-        return 2
-    if args.stream and not single:
-        print("scribe: --stream takes one file", file=sys.stderr)
-        return 2
-    if not single and args.output == "-":
-        print(
-            "scribe: with several files, --output names a folder (each transcript goes beside its file by default)",
-            file=sys.stderr,
-        )
-        return 2
-    fmt = args.format or "txt"
-    with client_for(address, _security(args)) as client:
-        try:
-            if args.stream:
-                return _stream_file(client, args)
-            if single:
-                # Plain `scribe transcribe FILE` prints the text; asking for a format writes a file.
-                output = args.output or ("-" if args.format is None else None)
-                destination = None if output == "-" else Path(output) if output else output_path(sources[0], fmt, None)
-                return transcribe_one(
-                    client, sources[0], _options(args), fmt, destination, args.segments, args.timeout, err
-                )
-            return transcribe_batch(client, sources, _options(args), fmt, args.output, args.jobs, args.timeout, err)
-        except grpc.RpcError as exc:
-            print(f"scribe: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-        except OSError as exc:
-            print(f"scribe: {exc}", file=sys.stderr)
-            return 2
-
-
-_UTTERANCE_ENDS = (pb.SPEECH_EVENT_TYPE_SPEECH_ACTIVITY_END, pb.SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE)
-
-
-def _wrap(line: str, width: int) -> tuple[list[str], str]:
-    """Whole terminal lines that `line` fills, and the rest, split at spaces."""
-    done = []
-    while len(line) >= width:
-        cut = line.rfind(" ", 0, width)
-        cut = cut if cut > 0 else width - 1
-        done.append(line[:cut])
-        line = line[cut:].lstrip()
-    return done, line
-
-
-def print_stream(responses: Iterator[pb.StreamingTranscribeResponse], out: TextIO = sys.stdout) -> int:
-    """Live captions. On a terminal the interim tail is redrawn in place (dim) after the committed text,
-    which stays; each utterance ends its line. Elsewhere each final result is printed as it comes."""
-    tty = out.isatty()
-    width = max(20, shutil.get_terminal_size().columns) if tty else 0
-    line = ""
-    for response in responses:
-        if response.speech_event_type in _UTTERANCE_ENDS:
-            if tty and line:
-                out.write(f"\r\033[K{line}\n")
-                out.flush()
-            line = ""
-            continue
-        for result in response.results:
-            text = result.alternatives[0].transcript if result.alternatives else ""
-            if not tty:
-                if result.is_final:
-                    print(text, file=out, flush=True)
-                continue
-            if result.is_final:
-                done, line = _wrap(f"{line} {text}".strip(), width)
-                for full in done:
-                    out.write(f"\r\033[K{full}\n")
-                out.write(f"\r\033[K{line}")
-            else:
-                room = width - len(line) - 2
-                tail = text if len(text) <= room else "…" + text[len(text) - room + 1 :]
-                out.write(f"\r\033[K{line} \033[2m{tail}\033[0m" if room > 1 else f"\r\033[K{line}")
-            out.flush()
-    if tty and line:
-        out.write(f"\r\033[K{line}\n")
-    return 0
+    return run_transcribe(args, address, _security(args), read_audio=decoded_pcm)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scribe", description="gRPC speech transcription on many workers")
     parser.add_argument("--config", default=str(DEFAULT_CONF), help="supervisord.conf (default: the repository's)")
     sub = parser.add_subparsers(dest="command", required=True)
-    # How to reach a gateway with TLS or tokens on (flags win over SCRIBE_TLS_* and SCRIBE_TOKEN).
     security = argparse.ArgumentParser(add_help=False)
-    security.add_argument("--tls-ca", help="CA file that signed the gateway's certificate (turns on TLS)")
-    security.add_argument("--tls-cert", help="client certificate for mutual TLS (with --tls-key)")
-    security.add_argument("--tls-key", help="key of --tls-cert")
-    security.add_argument("--tls-server-name", help="name to expect in the gateway's certificate")
-    security.add_argument("--token", help="bearer token (default SCRIBE_TOKEN, else this host's AUTH_TOKENS)")
+    add_security_arguments(security, "bearer token (default SCRIBE_TOKEN, else this host's AUTH_TOKENS)")
 
     start = sub.add_parser("start", parents=[security], help="start supervisord with the gateway and the workers")
     start.add_argument(
@@ -480,30 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="the effective settings (environment over .env), secrets masked")
     cfg.set_defaults(func=cmd_config)
 
-    tr = sub.add_parser(
-        "transcribe",
-        parents=[security],
-        help="transcribe audio files or folders through the gateway",
-        description="One FILE: prints the transcript, or with --format writes FILE.<format> beside it. "
-        "Several files or folders: transcribes them --jobs at a time, each transcript beside its file.",
-    )
-    tr.add_argument("paths", nargs="+", metavar="PATH", help="audio files, or folders to search for audio files")
-    tr.add_argument("--format", choices=FORMATS, help="txt, srt, vtt, json (with words) or tsv (default txt)")
-    tr.add_argument(
-        "--output",
-        help="one file: where to write (- for stdout); several: the folder to write into (default: beside each file)",
-    )
-    tr.add_argument("--jobs", type=int, default=2, help="with several files: calls at once (default 2)")
-    tr.add_argument("--address", help="gateway address (default GATEWAY_ADDRESS)")
-    tr.add_argument("--stream", action="store_true", help="stream the file as live audio and print live captions")
-    tr.add_argument("--speed", type=float, default=1.0, help="with --stream: times real time (0 = no pacing)")
-    tr.add_argument("--language", help="language code (default: detect)")
-    tr.add_argument("--beam-size", type=int, default=0)
-    tr.add_argument("--words", action="store_true", help="ask for word time offsets")
-    tr.add_argument("--vad", action="store_true", help="skip non-speech with the VAD filter")
-    tr.add_argument("--prompt", help="initial prompt")
-    tr.add_argument("--segments", action="store_true", help="print segments with times")
-    tr.add_argument("--timeout", type=float, default=3600)
+    tr = add_transcribe_parser(sub, security, "stream the file as live audio and print live captions")
     tr.set_defaults(func=cmd_transcribe)
     return parser
 

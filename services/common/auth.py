@@ -16,11 +16,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health
+from scribe_client.credentials import AUTHORIZATION
 
 from services.common.config import ConfigError, Settings, check_token
 from services.common.errors import RequestError, to_status
 
-AUTHORIZATION = "authorization"
 BEARER = "bearer "
 #: Methods anyone may call: health probes must work without a secret.
 OPEN_PREFIXES: tuple[str, ...] = (f"/{health.SERVICE_NAME}/",)

@@ -108,7 +108,17 @@ class Settings(BaseSettings):
         0, ge=0, le=256, description="Threads per worker on CPU. `0` splits the cores evenly over the workers."
     )
     worker_concurrency: int = Field(
-        1, ge=1, le=64, description="Requests one worker transcribes at once. More wait in its queue."
+        8,
+        ge=1,
+        le=64,
+        description="Calls one worker admits at once; their windows share its batches. More wait in the gateway's "
+        "queue.",
+    )
+    worker_batch_size: int = Field(
+        0, ge=0, le=256, description="Most windows one batch decodes. `0` is 8 on CPU and 16 on CUDA."
+    )
+    batch_window_ms: int = Field(
+        10, ge=0, le=10_000, description="How long a batch that is not full waits for more windows."
     )
     gateway_address: Address = Field("127.0.0.1:50051", description="Where the gateway listens.")
     run_dir: Folder = Field(
@@ -285,6 +295,12 @@ class Settings(BaseSettings):
     def worker_socket(self, process_num: int) -> Path:
         """Unix socket of the worker with supervisord process number `process_num`."""
         return self.run_dir / f"worker-{process_num:02d}.sock"
+
+    def batch_size(self, device_kind: str) -> int:
+        """WORKER_BATCH_SIZE, or the default for the device the model landed on."""
+        if self.worker_batch_size:
+            return self.worker_batch_size
+        return 16 if device_kind == "cuda" else 8
 
     def cpu_threads_per_worker(self) -> int:
         if self.whisper_cpu_threads:

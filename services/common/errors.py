@@ -9,7 +9,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-DOMAIN = "scribe.transcription.v1"
+# What clients read from an error lives in scribe_client; the server's code and tests import it from here too.
+from scribe_client.errors import DOMAIN, error_reason, retry_delay
 
 
 class RequestError(Exception):
@@ -47,31 +48,6 @@ def to_status(err: RequestError) -> grpc.Status:
 async def abort(context: grpc.aio.ServicerContext, err: RequestError) -> NoReturn:
     await context.abort_with_status(to_status(err))
     raise AssertionError("unreachable: abort_with_status raises")
-
-
-def error_reason(trailing_metadata: object) -> str | None:
-    """The ErrorInfo reason in an error's trailing metadata, if the server sent one."""
-    for key, value in trailing_metadata or ():  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    return info.reason
-    return None
-
-
-def retry_delay(trailing_metadata: object) -> float | None:
-    """Seconds of the google.rpc.RetryInfo in an error's trailing metadata, if the server sent one."""
-    for key, value in trailing_metadata or ():  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return info.retry_delay.ToNanoseconds() / 1e9
-    return None
 
 
 def config_not_first() -> RequestError:

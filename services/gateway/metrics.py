@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from services.common.rpclog import RequestLine
@@ -28,7 +28,7 @@ class FleetCollector(Collector):
         self._dispatcher = dispatcher
         self._stats = stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         yield GaugeMetricFamily(
             "scribe_queue_depth", "Calls waiting for a free worker slot", value=self._dispatcher.waiting
         )
@@ -70,6 +70,48 @@ class FleetCollector(Collector):
             if w.health.HasField("vram_total_bytes"):
                 vram_total.add_metric([w.name], w.health.vram_total_bytes)
         yield from (serving, active, in_flight, streams, vram, vram_total, rss)
+        yield from self._batches()
+
+    def _batches(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        """The workers' batch schedulers, as their last health report gave them."""
+        sizes = HistogramMetricFamily(
+            "scribe_worker_batch_size", "Windows per batch the worker decoded", labels=["worker"]
+        )
+        queued = GaugeMetricFamily(
+            "scribe_worker_windows_queued", "Windows waiting for a batch in the worker", labels=["worker"]
+        )
+        rate = GaugeMetricFamily(
+            "scribe_worker_windows_per_second", "Windows the worker decoded per second (last 30 s)", labels=["worker"]
+        )
+        decoded = CounterMetricFamily("scribe_worker_windows", "Windows the worker decoded", labels=["worker"])
+        wait = CounterMetricFamily(
+            "scribe_worker_batch_queue_wait_seconds",
+            "Seconds decoded windows waited for their batch, summed",
+            labels=["worker"],
+        )
+        mixed = CounterMetricFamily(
+            "scribe_worker_mixed_batches", "Batches holding windows of more than one call", labels=["worker"]
+        )
+        for w in self._registry.sorted():
+            if w.health is None or not w.health.HasField("batch"):
+                continue
+            batch = w.health.batch
+            sizes.add_metric([w.name], size_buckets(list(batch.batches_by_size)), float(batch.windows_decoded))
+            queued.add_metric([w.name], batch.windows_queued)
+            rate.add_metric([w.name], batch.windows_per_second)
+            decoded.add_metric([w.name], batch.windows_decoded)
+            wait.add_metric([w.name], batch.queue_wait_seconds_total)
+            mixed.add_metric([w.name], batch.mixed_batches)
+        yield from (sizes, queued, rate, decoded, wait, mixed)
+
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def size_buckets(by_size: list[int]) -> list[tuple[str, float]]:
+    """Cumulative Prometheus buckets from counts of batches of 1, 2, 3, ... windows."""
+    buckets = [(str(le), float(sum(by_size[:le]))) for le in BATCH_BUCKETS]
+    return [*buckets, ("+Inf", float(sum(by_size)))]
 
 
 class GatewayStats:

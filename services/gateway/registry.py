@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
+from scribe_client.credentials import aio_token_interceptors
 
-from services.common.credentials import aio_token_interceptors
 from services.gen import fleet_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 SUPERVISOR_STATES = {

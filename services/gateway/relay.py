@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import structlog
+from scribe_client.call_status import StatusKeeper
 
 from services.common import audio
-from services.common.call_status import StatusKeeper
 from services.common.errors import RequestError, config_not_first, config_twice
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine
 from services.gateway.dispatch import Dispatcher

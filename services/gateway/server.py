@@ -11,10 +11,10 @@ import sys
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from scribe_client.credentials import channel_credentials
 
 from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
 from services.common.config import ConfigError, Settings
-from services.common.credentials import channel_credentials
 from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
 from services.common.tls import bind

@@ -1,16 +1,22 @@
-"""The engine interface the worker's servicer talks to, and the results it returns.
+"""The engine interface, and the results every layer above it shares.
 
-A second engine (another Whisper runtime, another model family) implements `Engine`; the servicer,
-the streaming session and the gateway do not change.
+An engine decodes *windows*: pieces of at most 30 s of 16 kHz audio that Whisper reads in one pass.
+`decode_batch` takes several compatible windows and decodes them together (one encoder pass, one
+generate call), which is where a GPU's throughput comes from. Cutting a recording into windows, queueing
+them and putting segments back in order is the engine-independent work of `chunking`, `scheduler` and
+`transcriber`; a second engine (another Whisper runtime, another model family) implements `Engine` only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+#: Whisper hears at most this much audio in one window.
+WINDOW_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -23,12 +29,12 @@ class DecodeOptions:
     word_timestamps: bool = False
     vad_filter: bool = False
     initial_prompt: str | None = None
-    # Temperatures tried in turn when a decode looks wrong (faster-whisper's fallback); above 0 it samples.
+    # Temperatures tried in turn when a window's decode looks wrong (faster-whisper's fallback);
+    # above 0 it samples.
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    # Decode the audio (at most 30 s) as one Whisper window and nothing more: no second window
-    # after the last word, no temperature fallback. A streaming session re-decodes its buffer
-    # every second; a second window costs another encoder pass and fills the pause after the
-    # speech with the prompt's words.
+    # Decode the audio (at most 30 s) as one Whisper window and nothing more: no cutting at silences,
+    # no temperature fallback. A streaming session re-decodes its buffer every second; its decodes run
+    # at temperature 0 so a stream moved to another worker decodes exactly what the first one would have.
     single_window: bool = False
 
 
@@ -75,15 +81,45 @@ class EngineInfo:
     languages: tuple[str, ...]
 
 
-class Engine(Protocol):
-    """A loaded speech model. `transcribe` blocks; the worker calls it off the event loop.
+@dataclass(frozen=True)
+class WindowJob:
+    """One window to decode: at most `WINDOW_SECONDS` of audio, with the options of its call.
 
-    `on_segment`, when given, is called with each segment as soon as it is decoded (on the inference
-    thread), which is how TranscribeWithProgress reports progress; an exception it raises ends the call.
+    `flexible_prompt` lets the engine shorten the prompt to a fixed bucket of tokens so that windows of
+    different live streams batch together (CTranslate2 wants <|startoftranscript|> at the same position
+    in every prompt of a batch); bulk windows keep the caller's prompt whole.
+    """
+
+    audio: np.ndarray
+    options: DecodeOptions
+    temperature: float = 0.0
+    flexible_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """A decoded window: segments with times relative to the window's start."""
+
+    segments: tuple[Segment, ...]
+    language: str
+    language_probability: float
+    # The decode looks wrong (repetitive, or improbable while not silent): try the next temperature.
+    needs_fallback: bool = False
+    avg_logprob: float = 0.0
+    # Where the decode stopped, in seconds from the window's start: Whisper sometimes ends a window
+    # early (at a change of speaker, after a long pause), and the audio after this is decoded again.
+    covered_s: float = float("inf")
+
+
+class Engine(Protocol):
+    """A loaded speech model. `decode_batch` blocks; the worker calls it from its batch scheduler's thread.
+
+    `batch_key` says which windows may share a batch: windows with equal keys are decoded together by
+    one `decode_batch`, in order, and their results come back in the same order.
     """
 
     info: EngineInfo
 
-    def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions, on_segment: Callable[[Segment], None] | None = None
-    ) -> EngineResult: ...
+    def batch_key(self, job: WindowJob) -> Hashable: ...
+
+    def decode_batch(self, jobs: Sequence[WindowJob]) -> list[WindowResult]: ...

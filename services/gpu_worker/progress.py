@@ -1,7 +1,8 @@
 """TranscribeWithProgress: the events of one transcription, from the inference thread to protobuf.
 
-The inference thread decodes the audio, then lets faster-whisper's lazy segment generator run and
-emits an event per step; the servicer turns each event into one TranscribeWithProgressResponse.
+The inference thread decodes the audio and hands its windows to the batch scheduler; each segment is
+emitted as soon as every window before it is decoded, so reports come in audio order and the percent
+never goes back. The servicer turns each event into one TranscribeWithProgressResponse.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.audio import SAMPLE_RATE
-from services.common.convert import duration, segment_pb, transcribe_response
+from services.common.convert import duration
 from services.gen import transcription_pb2 as pb
-from services.gpu_worker.engine import DecodeOptions, Engine, EngineResult, Segment
+from services.gpu_worker.engine import DecodeOptions, EngineResult, Segment
+from services.gpu_worker.results import segment_pb, transcribe_response
+from services.gpu_worker.transcriber import Transcriber
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ ProgressEvent = Started | SegmentDone | Finished
 
 def transcribe_with_progress(
     emit: Callable[[ProgressEvent], None],
-    engine: Engine,
+    engine: Transcriber,
     decode: Callable[[], np.ndarray],
     options: DecodeOptions,
 ) -> None:

@@ -1,8 +1,13 @@
-"""The worker's mutable state: its engine, its status and the slots that bound concurrent inference."""
+"""The worker's mutable state: its transcriber, its status and the slots that bound concurrent calls.
+
+A call's blocking work (decoding its audio, waiting for its windows) runs on an inference thread; the
+decoding itself happens on the batch scheduler's thread, where the windows of every call meet.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 import time
@@ -16,16 +21,21 @@ import structlog
 from services.common.errors import RequestError
 from services.gen import worker_pb2
 from services.gpu_worker.device import DeviceReport
-from services.gpu_worker.engine import Engine
 from services.gpu_worker.guard import DeviceGuard, is_device_error
+from services.gpu_worker.scheduler import CallToken, Priority
+from services.gpu_worker.transcriber import Transcriber, current_call
 
 T = TypeVar("T")
 
 log = structlog.get_logger()
 
 
+#: Threads for live streams' decodes: they wait on the scheduler like calls do, but never for a call's slot.
+_STREAM_THREADS = 64
+
+
 class WorkerRuntime:
-    """Owns the engine and runs blocking work on at most `concurrency` threads, off the event loop."""
+    """Owns the transcriber and runs calls' blocking work on at most `concurrency` threads, off the event loop."""
 
     def __init__(self, worker_id: str, process_num: int, concurrency: int, guard: DeviceGuard | None = None) -> None:
         self.worker_id = worker_id
@@ -33,7 +43,7 @@ class WorkerRuntime:
         self.pid = os.getpid()
         self.concurrency = concurrency
         self.guard = guard or DeviceGuard(min_free_bytes=0)
-        self.engine: Engine | None = None
+        self.transcriber: Transcriber | None = None
         self.status: worker_pb2.WorkerStatus = worker_pb2.WORKER_STATUS_STARTING
         self.status_reason = "loading the model"
         self.started = time.monotonic()
@@ -45,6 +55,7 @@ class WorkerRuntime:
         self.guard_reason = ""  # set while the device guard holds the worker NOT_SERVING
         self._slots = asyncio.Semaphore(concurrency)
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="inference")
+        self._stream_executor = ThreadPoolExecutor(max_workers=_STREAM_THREADS, thread_name_prefix="stream")
 
     def set_status(self, status: worker_pb2.WorkerStatus, reason: str = "") -> None:
         self.status, self.status_reason = status, reason
@@ -59,20 +70,28 @@ class WorkerRuntime:
             self.status_reason = reason
         self.guard_reason = reason
 
-    def require_engine(self) -> Engine:
-        if self.engine is None or self.status != worker_pb2.WORKER_STATUS_SERVING:
+    def require_transcriber(self) -> Transcriber:
+        if self.transcriber is None or self.status != worker_pb2.WORKER_STATUS_SERVING:
             raise RequestError(
                 grpc.StatusCode.UNAVAILABLE,
                 "WORKER_NOT_SERVING",
                 f"worker {self.worker_id} is not serving ({self.status_reason}); retry on another worker",
             )
-        return self.engine
+        return self.transcriber
+
+    def streams_backlogged(self) -> bool:
+        """Live-stream windows already fill a batch: an interim decode now would only wait."""
+        if self.transcriber is None:
+            return False
+        scheduler = self.transcriber.scheduler
+        return scheduler.queued(Priority.INTERIM) >= scheduler.max_batch
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn` on an inference thread once a slot is free.
 
         The slot is released when the thread finishes, not when the caller goes away, so a cancelled
-        request never lets more than `concurrency` inferences run at once.
+        request never lets more than `concurrency` calls run at once; its windows still queued leave
+        the scheduler's queue at once.
         """
         self.queued += 1
         try:
@@ -80,15 +99,33 @@ class WorkerRuntime:
         finally:
             self.queued -= 1
         self.active += 1
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-        def release(_: object) -> None:
+        def release() -> None:
             self.active -= 1
             self._slots.release()
 
-        future.add_done_callback(release)
+        return await self._call(self._executor, release, fn, *args)
+
+    async def run_for_stream(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a live stream's decode: it takes no call slot (streams are admitted by the gateway's
+        stream limits), and its windows go ahead of bulk windows in the scheduler."""
+        return await self._call(self._stream_executor, None, fn, *args)
+
+    async def _call(
+        self, executor: ThreadPoolExecutor, release: Callable[[], None] | None, fn: Callable[..., T], *args: object
+    ) -> T:
+        call = CallToken()
+        context = contextvars.copy_context()  # the request's log context, and the call's token
+        context.run(current_call.set, call)
+        future = asyncio.get_running_loop().run_in_executor(executor, context.run, fn, *args)
+        if release is not None:
+            future.add_done_callback(lambda _: release())
         try:
             return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if self.transcriber is not None:
+                self.transcriber.scheduler.cancel(call)
+            raise
         except RuntimeError as exc:
             if not is_device_error(exc):
                 raise
@@ -145,9 +182,13 @@ class WorkerRuntime:
                 waiting.cancel()
             if not done.done():
                 done.add_done_callback(stopped)
+                done.cancel()  # the call's windows still queued leave the scheduler
 
     def shutdown(self) -> None:
+        if self.transcriber is not None:
+            self.transcriber.scheduler.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stream_executor.shutdown(wait=False, cancel_futures=True)
 
 
 class Abandoned(Exception):

@@ -25,7 +25,9 @@ from services.gpu_worker.device import DeviceProbe
 from services.gpu_worker.faster_whisper_engine import FasterWhisperEngine
 from services.gpu_worker.guard import DeviceGuard
 from services.gpu_worker.runtime import WorkerRuntime
+from services.gpu_worker.scheduler import BatchScheduler
 from services.gpu_worker.servicer import TranscriptionServicer, WorkerServicer
+from services.gpu_worker.transcriber import Transcriber
 
 log = structlog.get_logger()
 SERVICES = (
@@ -88,7 +90,13 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         log.error("model_load_failed", model=settings.whisper_model, error=str(exc))
         await server.stop(0)
         sys.exit(3)  # supervisord retries, then marks the worker FATAL with this log as the reason
-    runtime.engine = engine
+    scheduler = BatchScheduler(
+        engine,
+        settings.batch_size(engine.info.device_kind),
+        settings.batch_window_ms / 1000,
+        streams_with_bulk=engine.info.device_kind == "cuda",
+    )
+    runtime.transcriber = Transcriber(scheduler)
     await loop.run_in_executor(None, get_vad_model)  # streams share it; the first should not wait for its load
     if engine.info.device_kind == "cuda":
         # NVML is asked about the GPU the worker was bound to, by the same identifier CUDA got.
@@ -100,6 +108,8 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         model=engine.info.model,
         device=engine.info.device,
         compute_type=engine.info.compute_type,
+        batch_size=scheduler.max_batch,
+        concurrency=settings.worker_concurrency,
     )
 
     guard_task = asyncio.create_task(watch_device(runtime, worker_servicer, guard))

@@ -10,17 +10,19 @@ import grpc
 
 from services.common import audio
 from services.common.config import Settings
-from services.common.convert import decode_request_audio, duration, limits_pb, transcribe_response
+from services.common.convert import decode_request_audio, duration, limits_pb
 from services.common.errors import RequestError, abort, config_not_first
 from services.common.rpclog import RequestLine, request_line
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gpu_worker.device import DeviceProbe, process_rss_bytes
-from services.gpu_worker.engine import DecodeOptions, Engine, EngineResult
+from services.gpu_worker.engine import DecodeOptions, EngineResult
 from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
+from services.gpu_worker.results import batch_pb, transcribe_response
 from services.gpu_worker.runtime import WorkerRuntime
 from services.gpu_worker.stream_call import RequestReader, StreamCall, idle_timeout_error
 from services.gpu_worker.streaming import StreamingSession
+from services.gpu_worker.transcriber import Transcriber
 from services.gpu_worker.validation import (
     Limits,
     check_streaming_encoding,
@@ -42,7 +44,7 @@ def limits_from(settings: Settings) -> Limits:
 
 
 def _transcribe_blocking(
-    engine: Engine, request: pb.TranscribeRequest, options: DecodeOptions, limits: Limits
+    engine: Transcriber, request: pb.TranscribeRequest, options: DecodeOptions, limits: Limits
 ) -> tuple[EngineResult, float]:
     started = time.perf_counter()
     samples = decode_request_audio(request, limits.max_audio_seconds, limits.max_decode_ratio)
@@ -74,7 +76,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         with request_line("Transcribe", context) as line:
             line.fields["audio_bytes"] = len(request.audio_content)
             try:
-                engine = self._rt.require_engine()
+                engine = self._rt.require_transcriber()
                 check_transcribe_encoding(request.encoding)
                 options = decode_options(request.options, self._limits, engine.info)
                 result, elapsed = await self._rt.run(_transcribe_blocking, engine, request, options, self._limits)
@@ -94,7 +96,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             line.fields["audio_bytes"] = len(inner.audio_content)
             highest = 0.0
             try:
-                engine = self._rt.require_engine()
+                engine = self._rt.require_transcriber()
                 options = decode_options(inner.options, self._limits, engine.info)
                 max_s = self._limits.max_audio_seconds
                 events: AsyncIterator[ProgressEvent] = self._rt.stream(
@@ -144,7 +146,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         config = await self._first(requests)
         if config is None:
             return
-        engine = self._rt.require_engine()
+        engine = self._rt.require_transcriber()
         check_streaming_encoding(config)
         options = decode_options(config.options, self._limits, engine.info)
         session_config = session_config_from(config, self._settings)
@@ -181,7 +183,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
     async def GetConfig(self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
         with request_line("GetConfig", context) as line:
             try:
-                engine = self._rt.require_engine()
+                engine = self._rt.require_transcriber()
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
@@ -208,7 +210,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     def health(self) -> worker_pb2.WorkerHealth:
         rt = self._rt
-        engine = rt.engine
+        engine = rt.transcriber
         device = self.probe.read(rt.pid)
         on_gpu = engine is not None and engine.info.device_kind == "cuda"
         health = worker_pb2.WorkerHealth(
@@ -230,6 +232,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             requests_completed=rt.completed,
             active_streams=rt.streams,
         )
+        if engine is not None:
+            health.batch.CopyFrom(batch_pb(engine.scheduler))
         if on_gpu:
             health.gpu_name, health.gpu_uuid = device.gpu_name, device.gpu_uuid
             for field, value in (

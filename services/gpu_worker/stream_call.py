@@ -18,10 +18,11 @@ import numpy as np
 
 from services.common import audio
 from services.common.audio import SAMPLE_RATE
-from services.common.convert import alternative, duration
+from services.common.convert import duration
 from services.common.errors import RequestError, config_twice
 from services.gen import transcription_pb2 as pb
 from services.gpu_worker.engine import Word
+from services.gpu_worker.results import alternative
 from services.gpu_worker.runtime import WorkerRuntime
 from services.gpu_worker.streaming import INTERIM, StreamingSession, StreamUpdate
 from services.gpu_worker.vad import VoiceEvent
@@ -247,7 +248,7 @@ class StreamCall:
                     yield response
             if not session.closing:
                 break
-            for response in self._results(await self._rt.run(session.process)):
+            for response in self._results(await self._rt.run_for_stream(session.process)):
                 yield response
             if self._config.single_utterance:
                 self.done = True
@@ -258,11 +259,11 @@ class StreamCall:
         if kind == INTERIM and not session.needs_commits and (behind or self._worker_busy()):
             # Interims are what an overloaded worker sheds first, so finals keep their latency.
             return
-        for response in self._results(await self._rt.run(session.process)):
+        for response in self._results(await self._rt.run_for_stream(session.process)):
             yield response
 
     def _worker_busy(self) -> bool:
-        return self._rt.active >= self._rt.concurrency or self._rt.queued > 0
+        return self._rt.streams_backlogged()
 
     async def _finish(self) -> AsyncIterator[pb.StreamingTranscribeResponse]:
         session = self._session
@@ -273,7 +274,7 @@ class StreamCall:
         if session.in_speech:
             for response in self._events(VoiceEvent("end", round(session.total_seconds * SAMPLE_RATE))):
                 yield response
-        for response in self._results(await self._rt.run(session.finish)):
+        for response in self._results(await self._rt.run_for_stream(session.finish)):
             yield response
 
     def _events(self, event: VoiceEvent) -> list[pb.StreamingTranscribeResponse]:

@@ -39,7 +39,9 @@ from services.gpu_worker.agreement import (
     monotonic,
 )
 from services.gpu_worker.audio_buffer import AudioBuffer
-from services.gpu_worker.engine import DecodeOptions, Engine, Word
+from services.gpu_worker.engine import DecodeOptions, Word
+from services.gpu_worker.scheduler import Priority
+from services.gpu_worker.transcriber import Decoder
 from services.gpu_worker.vad import WINDOW, SileroStream, SpeechDetector, VadConfig, VoiceEvent
 
 #: Kinds of decode (`StreamingSession.pending_decode`).
@@ -89,7 +91,7 @@ class StreamUpdate:
 class StreamingSession:
     """Buffer, voice activity, decode and commit for one stream."""
 
-    def __init__(self, engine: Engine, options: DecodeOptions, config: SessionConfig | None = None) -> None:
+    def __init__(self, engine: Decoder, options: DecodeOptions, config: SessionConfig | None = None) -> None:
         self._engine = engine
         # The session gates speech itself; the engine's VAD would remove the pauses word times rely on.
         self._options = replace(options, word_timestamps=True, vad_filter=False, single_window=True)
@@ -223,7 +225,9 @@ class StreamingSession:
         """Finalize an ended utterance, or decode the open one and commit what two hypotheses agree on."""
         if self._closing is not None:
             return self._finalize(*self._closing)
-        hypothesis = self._decode(self._vad_pos)
+        # A pause decode may become final: it goes ahead of interims in the worker's batches.
+        priority = Priority.INTERIM if self.pending_decode() == INTERIM else Priority.FINAL
+        hypothesis = self._decode(self._vad_pos, priority)
         if hypothesis is None:
             return StreamUpdate((), tuple(self._hypothesis), 0.0)
         n = agreed_prefix(self._hypothesis, hypothesis)
@@ -264,7 +268,7 @@ class StreamingSession:
         if self._decoded_to >= covered and self._decoded_to <= detected_at:
             final = self._hypothesis  # decoded during the pause: the same audio, minus some silence
         else:
-            final = self._decode(detected_at) or []
+            final = self._decode(detected_at, Priority.FINAL) or []
         self._commit(final)
         self._hypothesis = []
         self._closing = None
@@ -333,7 +337,7 @@ class StreamingSession:
         prompt = (self._base_prompt + " " + gone).strip()[-self.config.prompt_chars :]
         return prompt or None
 
-    def _decode(self, until: int) -> list[Word] | None:
+    def _decode(self, until: int, priority: Priority) -> list[Word] | None:
         """Decode the buffer up to stream sample `until`; the words after those already committed."""
         audio = self._buffer.view(end=until)
         if audio.size < _samples(self.config.min_decode_s):
@@ -341,7 +345,7 @@ class StreamingSession:
         self._decoded_to = until
         options = replace(self._options, initial_prompt=self._prompt())
         started = time.perf_counter()
-        result = self._engine.transcribe(audio, options)
+        result = self._engine.transcribe(audio, options, priority=priority)
         self.decode_seconds += time.perf_counter() - started
         self.decodes += 1
         self.longest_decode_s = max(self.longest_decode_s, audio.size / SAMPLE_RATE)

@@ -14,11 +14,11 @@ import structlog
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from scribe_client.credentials import ClientSecurity
+from scribe_client.messages import TranscribeOptions, transcribe_request
 
-from services.client.messages import TranscribeOptions, transcribe_request
 from services.common.auth import bearer_token
 from services.common.config import Settings
-from services.common.credentials import ClientSecurity
 from services.common.rpclog import REQUEST_ID_HEADER
 from services.gen import transcription_pb2 as pb
 from services.http_api.errors import HttpError, from_rpc_error

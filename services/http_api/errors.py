@@ -6,8 +6,7 @@ import math
 from dataclasses import dataclass
 
 import grpc
-
-from services.common.errors import error_reason, retry_delay
+from scribe_client.errors import error_reason, retry_delay
 
 #: HTTP status for each gRPC code; RESOURCE_EXHAUSTED depends on whether the server asked for a retry.
 HTTP_STATUS: dict[grpc.StatusCode, int] = {

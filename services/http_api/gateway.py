@@ -4,9 +4,9 @@ caller's), so the gateway, not this process, decides who may call."""
 from __future__ import annotations
 
 import grpc
+from scribe_client.credentials import ClientSecurity
+from scribe_client.retry import call_metadata, channel_options
 
-from services.client.retry import call_metadata, channel_options
-from services.common.credentials import ClientSecurity
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 

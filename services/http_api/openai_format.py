@@ -1,6 +1,6 @@
 """A TranscribeResponse in the shapes of OpenAI's audio API (pure functions).
 
-text, srt and vtt are the CLI's writers (services.client.formats); json is {"text", "usage"}; verbose_json
+text, srt and vtt are the CLI's writers (scribe_client.formats); json is {"text", "usage"}; verbose_json
 is OpenAI's {"task", "language", "duration", "text", "segments", "words", "usage"}. Segments carry id,
 start, end, text, avg_logprob and no_speech_prob; OpenAI's seek, tokens, temperature and
 compression_ratio are left out because the gateway does not report them.
@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from services.client.formats import milliseconds, to_srt, to_txt, to_vtt
+from scribe_client.formats import milliseconds, to_srt, to_txt, to_vtt
+
 from services.gen import transcription_pb2 as pb
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")

@@ -9,10 +9,10 @@ import sys
 
 import structlog
 import uvicorn
+from scribe_client.credentials import ClientSecurity
 
 from services.common.auth import configured_tokens
 from services.common.config import ConfigError, Settings
-from services.common.credentials import ClientSecurity
 from services.common.logging import configure_logging
 from services.common.tls import transport_mode
 from services.http_api.app import create_app

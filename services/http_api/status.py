@@ -54,6 +54,13 @@ def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
             done=h.requests_completed,
             uptime_s=round(h.uptime.ToNanoseconds() / 1e9),
         )
+        if h.HasField("batch"):
+            batches = sum(h.batch.batches_by_size)
+            row.update(
+                batch_max=h.batch.max_batch_size,
+                batch_mean=round(h.batch.windows_decoded / batches, 2) if batches else None,
+                windows_queued=h.batch.windows_queued,
+            )
     return row
 
 

@@ -31,9 +31,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from services.client import ScribeClient, TranscribeOptions, render
-from services.common.errors import error_reason
-from services.gen import transcription_pb2 as pb
+from scribe_client import ScribeClient, TranscribeOptions, render
+from scribe_client.errors import error_reason
+from scribe_client.gen import transcription_pb2 as pb
 
 #: Extensions a folder is searched for (what FFmpeg decodes and people record in).
 AUDIO_SUFFIXES = frozenset(

@@ -8,13 +8,13 @@ from typing import Any
 
 import grpc
 
-from services.client.messages import Audio, StreamConfig, TranscribeOptions, transcribe_request
-from services.client.replay import AsyncReplay
-from services.client.retry import Deadline, call_metadata, channel_options, next_delay
-from services.client.sync import DEFAULT_ADDRESS
-from services.common.call_status import StatusKeeper
-from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
-from services.gen import transcription_pb2 as pb
+from scribe_client.call_status import StatusKeeper
+from scribe_client.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
+from scribe_client.gen import transcription_pb2 as pb
+from scribe_client.messages import Audio, StreamConfig, TranscribeOptions, transcribe_request
+from scribe_client.replay import AsyncReplay
+from scribe_client.retry import Deadline, call_metadata, channel_options, next_delay
+from scribe_client.sync import DEFAULT_ADDRESS
 
 #: Longest wait, at the start of each stream attempt, for the server to accept or refuse it before audio goes out.
 #: scribe's gateway answers with its headers as soon as it admits a stream, so this is one round trip there;

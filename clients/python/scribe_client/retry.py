@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import grpc
 
-from services.common.errors import retry_delay as server_retry_delay
+from scribe_client.errors import retry_delay as server_retry_delay
 
 #: Services the retry policy covers (all of scribe's, on the gateway).
 SERVICES = ("transcription.v1.TranscriptionService", "transcription.v1.FleetService")

@@ -15,8 +15,8 @@ from typing import Any
 
 import grpc
 
-from services.common.auth import AUTHORIZATION
-
+#: The metadata key of the bearer token (the server reads the same key).
+AUTHORIZATION = "authorization"
 #: Client-side variables (the server's are TLS_* and AUTH_TOKENS in Settings).
 ENV_CA = "SCRIBE_TLS_CA_FILE"
 ENV_CERT = "SCRIBE_TLS_CERT_FILE"

@@ -8,11 +8,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from services.client.messages import Audio, StreamConfig, TranscribeOptions, transcribe_request
-from services.client.replay import Replay
-from services.client.retry import Deadline, call_metadata, channel_options, next_delay
-from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
-from services.gen import transcription_pb2 as pb
+from scribe_client.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
+from scribe_client.gen import transcription_pb2 as pb
+from scribe_client.messages import Audio, StreamConfig, TranscribeOptions, transcribe_request
+from scribe_client.replay import Replay
+from scribe_client.retry import Deadline, call_metadata, channel_options, next_delay
 
 T = TypeVar("T")
 DEFAULT_ADDRESS = "127.0.0.1:50051"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from google.protobuf import duration_pb2
 
-from services.gen import transcription_pb2 as pb
+from scribe_client.gen import transcription_pb2 as pb
 
 FORMATS = ("txt", "srt", "vtt", "json", "tsv")
 

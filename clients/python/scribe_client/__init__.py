@@ -1,20 +1,20 @@
 """Python client of the scribe gateway.
 
-    from services.client import ScribeClient, TranscribeOptions
+    from scribe_client import ScribeClient, TranscribeOptions
 
     with ScribeClient("127.0.0.1:50051") as client:
         print(client.transcribe("meeting.mp3").transcript)
 
 `ScribeClient` blocks; `AsyncScribeClient` is the same API for asyncio. Both take TLS
 `credentials`, a bearer `token` and deadlines, and retry through gRPC's service config (see
-`services.client.retry`). `services.client.formats` renders a response as txt, srt, vtt, json or tsv.
+`scribe_client.retry`). `scribe_client.formats` renders a response as txt, srt, vtt, json or tsv.
 """
 
-from services.client.aio import AsyncScribeClient
-from services.client.formats import FORMATS, render
-from services.client.messages import Audio, StreamConfig, TranscribeOptions
-from services.client.retry import retry_delay, service_config
-from services.client.sync import DEFAULT_ADDRESS, ScribeClient
+from scribe_client.aio import AsyncScribeClient
+from scribe_client.formats import FORMATS, render
+from scribe_client.messages import Audio, StreamConfig, TranscribeOptions
+from scribe_client.retry import retry_delay, service_config
+from scribe_client.sync import DEFAULT_ADDRESS, ScribeClient
 
 __all__ = [
     "DEFAULT_ADDRESS",

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.gen import transcription_pb2 as pb
+from scribe_client.gen import transcription_pb2 as pb
 
 #: A recording: a path to an audio file, or its bytes.
 Audio = str | os.PathLike[str] | bytes

@@ -1,0 +1,123 @@
+"""A recording (or a stream's buffer) through the batch scheduler: cut into windows, decoded in
+batches with other calls' windows, and put back together in audio order with exact times."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Protocol
+
+import numpy as np
+
+from services.common.audio import SAMPLE_RATE
+from services.gpu_worker.chunking import Window, cut_recording
+from services.gpu_worker.engine import (
+    WINDOW_SECONDS,
+    DecodeOptions,
+    EngineInfo,
+    EngineResult,
+    Segment,
+    WindowJob,
+    WindowResult,
+    Word,
+)
+from services.gpu_worker.scheduler import BatchScheduler, CallToken, Priority
+
+#: Times one window's leftover speech is decoded again after its decoder stopped early.
+_MAX_RESTS = 3
+
+#: The call the current inference thread works for; the runtime sets it, so a cancelled RPC can drop
+#: its windows from the queue.
+current_call: contextvars.ContextVar[CallToken | None] = contextvars.ContextVar("current_call", default=None)
+
+
+def _shift(segment: Segment, offset: float, limit: float, index: int) -> Segment:
+    """A window's segment in recording time, clipped to the window (Whisper may stamp past its end)."""
+
+    def at(t: float) -> float:
+        return offset + min(max(t, 0.0), limit)
+
+    return Segment(
+        id=index,
+        start=at(segment.start),
+        end=at(segment.end),
+        text=segment.text,
+        words=tuple(Word(at(w.start), at(w.end), w.word, w.probability) for w in segment.words),
+        avg_logprob=segment.avg_logprob,
+        no_speech_prob=segment.no_speech_prob,
+    )
+
+
+class Decoder(Protocol):
+    """What a streaming session needs: `Transcriber`, or a scripted stand-in in unit tests."""
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        on_segment: Callable[[Segment], None] | None = None,
+        priority: Priority = Priority.BULK,
+    ) -> EngineResult: ...
+
+
+class Transcriber:
+    """What the servicer and streaming sessions call: `transcribe` blocks its (inference) thread while the
+    scheduler decodes the windows."""
+
+    def __init__(self, scheduler: BatchScheduler) -> None:
+        self.scheduler = scheduler
+        self.info: EngineInfo = scheduler.engine.info
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        on_segment: Callable[[Segment], None] | None = None,
+        priority: Priority = Priority.BULK,
+    ) -> EngineResult:
+        if options.single_window:
+            windows = [Window(0, min(audio.size, int(WINDOW_SECONDS * SAMPLE_RATE)))] if audio.size else []
+        else:
+            windows = cut_recording(audio)
+        call = current_call.get()
+        first = options.temperatures[0] if options.temperatures and not options.single_window else 0.0
+
+        def submit(window: Window) -> Future[WindowResult]:
+            job = WindowJob(audio[window.start : window.end], options, first, flexible_prompt=options.single_window)
+            return self.scheduler.submit(job, priority, call)
+
+        futures = [submit(w) for w in windows]
+        rests: list[Future[WindowResult]] = []
+        segments: list[Segment] = []
+        language, probability = options.language, 1.0
+        try:
+            for window, future in zip(windows, futures, strict=True):
+                part, result = window, future.result()  # in audio order: all before it are out
+                for attempt in range(_MAX_RESTS + 1):
+                    if language is None or (options.language is None and not segments):
+                        language, probability = result.language, result.language_probability
+                    for segment in result.segments:
+                        shifted = _shift(segment, part.start / SAMPLE_RATE, part.seconds, len(segments))
+                        segments.append(shifted)
+                        if on_segment is not None:
+                            on_segment(shifted)
+                    # The decoder stopped before the window's speech ended: decode the rest, like
+                    # Whisper's own seek, before any later window's segments go out.
+                    rest = None if options.single_window or attempt == _MAX_RESTS else part.rest(result.covered_s)
+                    if rest is None:
+                        break
+                    rests.append(submit(rest))
+                    part, result = rest, rests[-1].result()
+        finally:
+            for pending in (*futures, *rests):
+                pending.cancel()  # when a callback or a window failed: nobody waits for the others
+        return EngineResult(
+            segments=tuple(segments),
+            language=language or self._default_language(),
+            language_probability=probability,
+            duration=audio.size / SAMPLE_RATE,
+        )
+
+    def _default_language(self) -> str:
+        return "en" if not self.info.multilingual else self.info.languages[0]
