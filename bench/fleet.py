@@ -53,6 +53,7 @@ def fleet(workers: int = 2, threads: int = 0, checkout: Path = ROOT, **env: str)
         GPU_SCALE_WORKERS=str(workers),
         GATEWAY_ADDRESS=address,
         METRICS_ADDRESS="",
+        HTTP_ADDRESS="",
         RUN_DIR=str(home / "run"),
         LOG_FORMAT="json",
         GATEWAY_QUEUE_SIZE="10000",

@@ -32,6 +32,7 @@ class Fleet:
     env: dict[str, str]
     channel: grpc.Channel
     metrics: str
+    http: str
 
     @property
     def transcription(self) -> transcription_pb2_grpc.TranscriptionServiceStub:
@@ -83,6 +84,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     shutil.copy(ROOT / "supervisord.conf", conf)
     address = f"127.0.0.1:{free_port()}"
     metrics = f"127.0.0.1:{free_port()}"
+    http = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
     env.update(
         SCRIBE_ENV_FILE=str(home / "no.env"),
@@ -95,12 +97,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         HEALTH_INTERVAL_S="0.25",
         GATEWAY_QUEUE_SIZE="6",
         METRICS_ADDRESS=metrics,
+        HTTP_ADDRESS=http,
         SHARD_MIN_SECONDS="20",
         STREAM_IDLE_TIMEOUT_S="5",
         LOG_FORMAT="json",
     )
     channel = grpc.insecure_channel(address)
-    f = Fleet(address=address, conf=conf, run_dir=home / "run", env=env, channel=channel, metrics=metrics)
+    f = Fleet(address=address, conf=conf, run_dir=home / "run", env=env, channel=channel, metrics=metrics, http=http)
     started = f.scribe("start", "--wait", "120", check=False)
     try:
         assert started.returncode == 0, started.stderr + _logs(home / "run")
@@ -176,7 +179,9 @@ def spawn(fleet: Fleet, folder: Path, module: str, env: dict[str, str], *args: s
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     full = {k: v for k, v in fleet.env.items() if not k.startswith("SUPERVISOR_")}
-    full.update(RUN_DIR=str(folder / "run"), LOG_FORMAT="json", HEALTH_INTERVAL_S="0.25", METRICS_ADDRESS="")
+    full.update(
+        RUN_DIR=str(folder / "run"), LOG_FORMAT="json", HEALTH_INTERVAL_S="0.25", METRICS_ADDRESS="", HTTP_ADDRESS=""
+    )
     full.update(env)
     log = folder / f"{module.rsplit('.', 1)[-1]}.log"
     with log.open("wb") as out:

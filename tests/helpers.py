@@ -22,6 +22,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_open(address: str) -> bool:
+    """True once something accepts TCP connections on HOST:PORT."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

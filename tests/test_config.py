@@ -40,13 +40,16 @@ def test_env_example_is_a_valid_configuration() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "fragment"),
     [
-        ("GPU_SCALE_WORKERS", "zero", "must be an integer"),
+        ("GPU_SCALE_WORKERS", "zero", "between 1 and 64, or auto"),
         ("GPU_SCALE_WORKERS", "0", "between 1 and 64"),
         ("GPU_SCALE_WORKERS", "65", "between 1 and 64"),
-        ("GPU_SCALE_ENABLED", "maybe", "true or false"),
+        ("GPU_SCALE_ENABLED", "maybe", "valid boolean"),
         ("GATEWAY_ADDRESS", "localhost", "HOST:PORT"),
-        ("WHISPER_DEVICE", "tpu", "one of auto, cpu, cuda"),
-        ("HEALTH_INTERVAL_S", "nan", ">= 0.05"),
+        ("WHISPER_DEVICE", "tpu", "'auto', 'cpu' or 'cuda'"),
+        ("HEALTH_INTERVAL_S", "nan", "finite number"),
+        ("HEALTH_INTERVAL_S", "0.01", "greater than or equal to 0.05"),
+        ("WORKER_CONCURRENCY", "two", "valid integer"),
+        ("HTTP_ADDRESS", "8000", "HOST:PORT"),
         ("STATIC_WORKERS", "host-without-port", "HOST:PORT"),
         ("WHISPER_MODEL", "  ", "must not be empty"),
     ],
@@ -71,3 +74,35 @@ def test_bad_env_stops_the_gateway_with_a_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "GPU_SCALE_WORKERS" in result.stderr
+
+
+def test_every_setting_has_a_description_and_the_readme_table_is_generated_from_them() -> None:
+    from services.cli.config_cmd import markdown_table, readme_with_table
+
+    assert all(field.description for field in Settings.model_fields.values())
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert readme_with_table(readme) == readme, "README configuration table is stale: run `make config-table`"
+    assert "| `HTTP_ADDRESS` | `127.0.0.1:8000` |" in markdown_table()
+
+
+def test_scribe_config_prints_effective_settings_with_sources_and_masked_tokens(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    token = "config-test-token-0123456789"
+    env_file = tmp_path / "my.env"
+    env_file.write_text("LOG_LEVEL=debug\nGATEWAY_QUEUE_SIZE=7\n")
+    env = {k: v for k, v in os.environ.items() if k.upper() not in {n.upper() for n in Settings.model_fields}}
+    env.update(SCRIBE_ENV_FILE=str(env_file), GATEWAY_QUEUE_SIZE="9", AUTH_TOKENS=f"{token},{token[::-1]}")
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "scribe"), "config"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:] if line.split()}
+    assert rows["LOG_LEVEL"] == ["debug", str(env_file)]
+    assert rows["GATEWAY_QUEUE_SIZE"] == ["9", "environment"]
+    assert rows["WHISPER_MODEL"] == ["embedded", "default"]
+    assert rows["AUTH_TOKENS"][0] == "********" and "(2 set)" in out.stdout
+    assert token not in out.stdout and token[::-1] not in out.stdout
+    assert len(rows) == len(Settings.model_fields)

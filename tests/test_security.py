@@ -22,7 +22,7 @@ from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 from tests.certs import Certs
 from tests.conftest import BIN, TOKEN_A, TOKEN_B, Fleet, Process, spawn, start_gateway
-from tests.helpers import DATA, ROOT, clip, free_port, read_wav, stream_requests, wait_for, words_of
+from tests.helpers import DATA, ROOT, clip, free_port, port_open, read_wav, stream_requests, wait_for, words_of
 
 HEALTH = health_pb2.HealthCheckRequest()
 LIST = fleet_pb2.ListWorkersRequest()
@@ -235,16 +235,53 @@ def test_plaintext_on_a_network_address_needs_allow_insecure(serving_fleet: Flee
         allowed.stop()
 
 
-def test_scribe_start_refuses_plaintext_on_a_network_address(serving_fleet: Fleet, tmp_path: Path) -> None:
-    env = {**serving_fleet.env, "GATEWAY_ADDRESS": f"0.0.0.0:{free_port()}", "RUN_DIR": str(tmp_path / "run")}
+@pytest.mark.parametrize("variable", ["GATEWAY_ADDRESS", "HTTP_ADDRESS"])
+def test_scribe_start_refuses_plaintext_on_a_network_address(
+    serving_fleet: Fleet, tmp_path: Path, variable: str
+) -> None:
+    env = {**serving_fleet.env, variable: f"0.0.0.0:{free_port()}", "RUN_DIR": str(tmp_path / "run")}
     conf = tmp_path / "supervisord.conf"
     conf.write_text((ROOT / "supervisord.conf").read_text())
     result = subprocess.run(
         [str(BIN / "scribe"), "--config", str(conf), "start"], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "ALLOW_INSECURE" in result.stderr
+    assert "ALLOW_INSECURE" in result.stderr and variable in result.stderr
     assert not (tmp_path / "run" / "supervisor.sock").exists()
+
+
+def test_http_api_serves_https_and_reaches_a_tls_gateway_with_the_callers_token(
+    fleet: Fleet, tls_gateway: Process, certs: Certs, tmp_path: Path
+) -> None:
+    import ssl
+
+    import openai
+
+    address = f"127.0.0.1:{free_port()}"
+    env = {
+        "GATEWAY_ADDRESS": tls_gateway.address,
+        "HTTP_ADDRESS": address,
+        "SCRIBE_TLS_CA_FILE": str(certs.ca),  # how the HTTP server, a gateway client, trusts the gateway
+        "TLS_CERT_FILE": str(certs.server.cert),  # and its own HTTPS
+        "TLS_KEY_FILE": str(certs.server.key),
+    }
+    server = spawn(fleet, tmp_path, "services.http_api", env)
+    try:
+        assert wait_for(lambda: port_open(address), 30, 0.1), server.logs()
+
+        def client(token: str) -> openai.OpenAI:
+            trust = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(certs.ca)))
+            return openai.OpenAI(base_url=f"https://{address}/v1", api_key=token, max_retries=0, http_client=trust)
+
+        # Clients are closed before the server stops: uvicorn's graceful shutdown waits for open TLS connections.
+        with client(TOKEN_B) as good, (DATA / "speech_short.flac").open("rb") as f:
+            text = good.audio.transcriptions.create(model="whisper-1", file=f).text
+        assert {"quick", "fox"} <= set(words_of(text))
+        with client("not-a-valid-token-0123456789") as bad, pytest.raises(openai.AuthenticationError) as refused:
+            bad.models.list()
+        assert refused.value.code == "invalid_token"
+    finally:
+        server.stop()
 
 
 # --- Pure pieces -----------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -20,6 +19,7 @@ from scribe_client.cli.main import (
     add_security_arguments,
     add_transcribe_parser,
     client_for,
+    format_table,
     print_status,
     run_transcribe,
     security_from_args,
@@ -28,6 +28,7 @@ from scribe_client.credentials import ClientSecurity, CredentialsError
 
 import services
 from services.cli import scale
+from services.cli.config_cmd import config_rows
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container
 from services.common.auth import configured_tokens
 from services.common.capacity import CapacityError
@@ -94,6 +95,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         # Refused here rather than by a gateway that supervisord would restart until it gives up.
         transport_mode(settings.gateway_address, settings, "GATEWAY_ADDRESS")
+        if settings.http_address:
+            transport_mode(settings.http_address, settings, "HTTP_ADDRESS")
         configured_tokens(settings)
         check_supervisor_conf(conf)
     except ConfigError as exc:
@@ -107,7 +110,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     except CapacityError as exc:
         print(f"scribe: {exc}", file=sys.stderr)
         return 2
-    settings = replace(settings, gpu_scale_workers=count)
+    settings = settings.replace(gpu_scale_workers=count)
     # Extra groups from an earlier `scribe scale` are folded into numprocs now.
     for extra in scale.scaled_dir(conf).glob("*.conf"):
         extra.unlink()
@@ -120,8 +123,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         if settings.gpu_scale_enabled
         else f"1 default worker on device {settings.worker_device_id}"
     )
+    http = f", HTTP on {settings.http_address}" if settings.http_address else ""
     print(
-        f"scribe: gateway on {settings.gateway_address}, {mode}, model {settings.whisper_model}",
+        f"scribe: gateway on {settings.gateway_address}{http}, {mode}, model {settings.whisper_model}",
         file=sys.stderr,
     )
     env = supervisor_env(settings)
@@ -210,6 +214,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """The effective settings, as the gateway and workers would read them here; secrets masked."""
+    print(format_table(config_rows(_settings(), os.environ, env_file())))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     address = args.address or _settings().gateway_address
     try:
@@ -271,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--address", help="gateway address (default GATEWAY_ADDRESS)")
     status.set_defaults(func=cmd_status)
+
+    cfg = sub.add_parser("config", help="the effective settings (environment over .env), secrets masked")
+    cfg.set_defaults(func=cmd_config)
 
     tr = add_transcribe_parser(sub, security, "stream the file as live audio and print live captions")
     tr.set_defaults(func=cmd_transcribe)

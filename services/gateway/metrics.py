@@ -132,6 +132,13 @@ class GatewayStats:
             buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500),
             registry=self.prometheus,
         )
+        self.duration = Histogram(
+            "scribe_request_duration_seconds",
+            "Wall-clock time of each RPC, queueing included, by method",
+            ["method"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600),
+            registry=self.prometheus,
+        )
         self.prometheus.register(FleetCollector(registry, dispatcher, self))
         self.active_streams = 0
         self.ok = 0
@@ -141,6 +148,8 @@ class GatewayStats:
 
     def observe(self, line: RequestLine, duration_s: float) -> None:
         self.requests.labels(line.method, line.code.name).inc()
+        if line.method != "StreamingTranscribe":  # a stream lasts as long as its audio: not a latency
+            self.duration.labels(line.method).observe(duration_s)
         if line.code.name == "OK":
             self.ok += 1
         else:

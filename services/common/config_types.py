@@ -1,0 +1,121 @@
+"""The value types of `Settings` fields: pydantic types plus the few rules pydantic has no word for.
+
+Each type takes the text of an environment variable; a validator raises ValueError with a message that
+reads after the variable's name ("must be HOST:PORT ..."), and `Settings.from_env` puts the name in front.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_settings import NoDecode
+
+#: Shortest bearer token accepted: a guessable token is no protection.
+MIN_TOKEN_CHARS = 16
+TOKEN_RULE = (
+    f"every token must be at least {MIN_TOKEN_CHARS} printable characters without spaces or commas "
+    "(e.g. the output of `openssl rand -hex 32`)"
+)
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` is not acceptable as a bearer token, or None."""
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or c == "," for c in token) or not token.isprintable():
+        return TOKEN_RULE
+    return None
+
+
+def _text(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _flag(value: Any) -> Any:
+    # An empty variable (`ALLOW_INSECURE=` in .env) means off, as it always has.
+    return False if isinstance(value, str) and not value.strip() else _lower(value)
+
+
+def _workers(value: Any) -> Any:
+    # "auto" is stored as 0; a written 0 is no worker count at all.
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    if text == "auto":
+        return 0
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise ValueError("must be a number between 1 and 64, or auto")
+    return int(text)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT (e.g. 127.0.0.1:50051)")
+    return value
+
+
+def _optional_host_port(value: str) -> str:
+    return _host_port(value) if value else ""
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+def _endpoints(values: tuple[str, ...]) -> tuple[str, ...]:
+    for item in values:
+        if not item.startswith("unix:"):
+            _host_port(item)
+    return values
+
+
+def _tokens(values: tuple[str, ...]) -> tuple[str, ...]:
+    for token in values:
+        problem = token_problem(token)
+        if problem:
+            raise ValueError(problem)
+    return values
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else _text(value)
+
+
+def _resolved(path: Path) -> Path:
+    return path.expanduser().resolve()
+
+
+def _existing_file(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = _resolved(path)
+    if not path.is_file():
+        raise ValueError(f"names {str(path)!r}, which is not a readable file")
+    return path
+
+
+def _nonempty(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty")
+    return _text(value)
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Text = Annotated[str, BeforeValidator(_nonempty)]
+Workers = Annotated[int, BeforeValidator(_workers), Field(ge=0, le=64)]
+Address = Annotated[str, BeforeValidator(_text), AfterValidator(_host_port)]
+OptionalAddress = Annotated[str, BeforeValidator(_text), AfterValidator(_optional_host_port)]
+Endpoints = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_endpoints)]
+Tokens = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_tokens)]
+Folder = Annotated[Path, BeforeValidator(_nonempty), AfterValidator(_resolved)]
+OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none), AfterValidator(_existing_file)]
+Device = Annotated[Literal["auto", "cpu", "cuda"], BeforeValidator(_lower)]
+LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
+LogFormat = Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)]

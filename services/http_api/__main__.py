@@ -1,0 +1,3 @@
+from services.http_api.server import main
+
+main()

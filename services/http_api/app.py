@@ -1,0 +1,205 @@
+"""The FastAPI app: OpenAI's `/v1/audio/transcriptions`, `/v1/audio/translations` and `/v1/models`, and
+the status page at `/` with its data at `/api/status`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import structlog
+from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from scribe_client.credentials import ClientSecurity
+from scribe_client.messages import TranscribeOptions, transcribe_request
+
+from services.common.auth import bearer_token
+from services.common.config import Settings
+from services.common.rpclog import REQUEST_ID_HEADER
+from services.gen import transcription_pb2 as pb
+from services.http_api.errors import HttpError, from_rpc_error
+from services.http_api.gateway import Gateway
+from services.http_api.middleware import RequestLineMiddleware
+from services.http_api.openai_format import (
+    GRANULARITIES,
+    MEDIA_TYPES,
+    RESPONSE_FORMATS,
+    TEXT_WRITERS,
+    json_body,
+    verbose_json_body,
+)
+from services.http_api.status import StatusBoard
+
+log = structlog.get_logger()
+STATUS_HTML = Path(__file__).resolve().parent / "static" / "status.html"
+#: Deadline of one Transcribe through HTTP: as long as the longest audio the gateway accepts may take.
+TRANSCRIBE_TIMEOUT_S = 3600.0
+DISCONNECT_CHECK_S = 0.25
+
+
+def _request_id(request: Request) -> str:
+    return str(request.state.request_id)  # set by RequestLineMiddleware
+
+
+def _token(request: Request) -> str | None:
+    return bearer_token([("authorization", request.headers.get("authorization", ""))])
+
+
+async def _unless_disconnected(request: Request, call: asyncio.Future[pb.TranscribeResponse]) -> pb.TranscribeResponse:
+    """The call's result; if the HTTP client goes away first, the gRPC call is cancelled, which frees
+    its worker within a second as for a gRPC client that cancels."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=DISCONNECT_CHECK_S)
+            if done:
+                return call.result()
+            if await request.is_disconnected():
+                log.info("http_client_gone")
+                raise HttpError(499, "the client closed the connection", "client_closed_request")
+    finally:
+        call.cancel()  # a no-op once it finished; also when this handler itself is cancelled (shutdown)
+
+
+def create_app(settings: Settings, security: ClientSecurity, status_token: str | None) -> FastAPI:
+    """`security`: how to reach the gateway (TLS); `status_token`: the token the status page polls with."""
+    gateway = Gateway(settings.gateway_address, security)
+    board = StatusBoard(gateway, status_token) if settings.status_page else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway.open()
+        task = asyncio.create_task(board.run()) if board is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+        await gateway.close()
+
+    app = FastAPI(title="scribe", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(HttpError)
+    async def http_error(request: Request, exc: HttpError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_form(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        param = str(first["loc"][-1]) if first.get("loc") else None
+        err = HttpError(400, f"{param}: {first['msg']}", "invalid_request", param=param)
+        return JSONResponse(err.body(), status_code=400)
+
+    app.add_middleware(RequestLineMiddleware, max_message_mb=settings.max_message_mb)
+
+    async def transcribe(
+        request: Request,
+        task: str,
+        file: UploadFile,
+        language: str | None,
+        prompt: str | None,
+        response_format: str,
+        temperature: float,
+        granularities: list[str],
+    ) -> Response:
+        if response_format not in RESPONSE_FORMATS:
+            raise HttpError(
+                400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", "invalid_value", "response_format"
+            )
+        unknown = [g for g in granularities if g not in GRANULARITIES]
+        if unknown:
+            raise HttpError(
+                400,
+                f"timestamp_granularities[] takes segment and word, got {unknown[0]!r}",
+                "invalid_value",
+                "timestamp_granularities[]",
+            )
+        if granularities and response_format != "verbose_json":
+            raise HttpError(
+                400,
+                "timestamp_granularities[] needs response_format=verbose_json",
+                "invalid_value",
+                "timestamp_granularities[]",
+            )
+        if not 0.0 <= temperature <= 1.0:
+            raise HttpError(400, "temperature must be between 0 and 1", "invalid_value", "temperature")
+        if file.size is not None and file.size > settings.max_message_bytes:
+            raise HttpError(
+                413,
+                f"the file is larger than MAX_MESSAGE_MB ({settings.max_message_mb} MiB)",
+                "file_too_large",
+                "file",
+            )
+        audio = await file.read()
+        options = TranscribeOptions(
+            language=language or None,
+            task=task,
+            word_timestamps="word" in granularities,
+            initial_prompt=prompt or None,
+        )
+        call = asyncio.ensure_future(
+            gateway.transcribe(
+                transcribe_request(audio, options), _token(request), _request_id(request), TRANSCRIBE_TIMEOUT_S
+            )
+        )
+        try:
+            response = await _unless_disconnected(request, call)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        headers = {REQUEST_ID_HEADER: response.request_id}
+        if response_format == "json":
+            return JSONResponse(json_body(response), headers=headers)
+        if response_format == "verbose_json":
+            return JSONResponse(verbose_json_body(response, task, granularities), headers=headers)
+        return PlainTextResponse(
+            TEXT_WRITERS[response_format](response), media_type=MEDIA_TYPES[response_format], headers=headers
+        )
+
+    # `model` is accepted (OpenAI's SDKs require it) but the fleet has one model: GET /v1/models names it.
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(
+        request: Request,
+        file: Annotated[UploadFile, File()],
+        model: Annotated[str, Form()] = "whisper-1",
+        language: Annotated[str | None, Form()] = None,
+        prompt: Annotated[str | None, Form()] = None,
+        response_format: Annotated[str, Form()] = "json",
+        temperature: Annotated[float, Form()] = 0.0,
+        timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+    ) -> Response:
+        return await transcribe(
+            request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities or []
+        )
+
+    @app.post("/v1/audio/translations")
+    async def translations(
+        request: Request,
+        file: Annotated[UploadFile, File()],
+        model: Annotated[str, Form()] = "whisper-1",
+        prompt: Annotated[str | None, Form()] = None,
+        response_format: Annotated[str, Form()] = "json",
+        temperature: Annotated[float, Form()] = 0.0,
+    ) -> Response:
+        return await transcribe(request, "translate", file, None, prompt, response_format, temperature, [])
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        try:
+            config: pb.GetConfigResponse = await gateway.get_config(_token(request))
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        model = {"id": config.model, "object": "model", "created": 0, "owned_by": "scribe"}
+        return JSONResponse({"object": "list", "data": [model]})
+
+    if board is not None:
+
+        @app.get("/", include_in_schema=False)
+        async def status_page() -> FileResponse:
+            return FileResponse(STATUS_HTML, media_type="text/html", headers={"Cache-Control": "no-store"})
+
+        @app.get("/api/status")
+        async def status() -> JSONResponse:
+            return JSONResponse(board.snapshot(), headers={"Cache-Control": "no-store"})
+
+    return app
