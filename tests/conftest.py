@@ -187,14 +187,14 @@ def spawn(fleet: Fleet, folder: Path, module: str, env: dict[str, str], *args: s
 
 
 def start_gateway(fleet: Fleet, folder: Path, env: dict[str, str], workers: str | None = None) -> Process:
-    """A gateway in front of the fleet's worker 00 (or `workers`), waited for until it routes to it."""
+    """A gateway in front of the fleet's worker 00 (or `workers`, comma-separated), waited for until it routes to them."""
     address = f"127.0.0.1:{free_port()}"
     static = workers or f"unix://{fleet.run_dir / 'worker-00.sock'}"
     gateway = spawn(fleet, folder, "services.gateway", {"GATEWAY_ADDRESS": address, "STATIC_WORKERS": static, **env})
 
     def routing() -> bool:
         assert gateway.popen.poll() is None, gateway.logs()
-        return '"serving_workers": 1' in gateway.logs()
+        return f'"serving_workers": {len(static.split(","))}' in gateway.logs()
 
     try:
         assert wait_for(routing, 60, 0.1), gateway.logs()

@@ -18,6 +18,7 @@ from services.common.credentials import channel_credentials
 from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
+from services.gateway import upload
 from services.gateway.dispatch import Dispatcher
 from services.gateway.metrics import GatewayStats
 from services.gateway.monitor import FleetMonitor
@@ -61,6 +62,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
             await health_servicer.set(name, status)
         log.info("fleet_serving", serving_workers=serving)
 
+    upload.remove_leftovers(settings.run_dir)
     supervisor = SupervisorClient(supervisor_url) if supervisor_url else None
     monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify)
     await on_change(0)
