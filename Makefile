@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/transcription/v1/*.proto)
 GEN    := services/gen/transcription/v1/transcription_pb2.py
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test proto lint bench bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test proto lint bench bench-stream bench-limits bench-clients bench-long fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
+	@echo "make bench-long - one 60-minute recording on 1 and N workers, four at once (needs ../shared/audio; BENCH_ARGS=--minutes 2 for a smoke run)"
 	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
 $(STAMP): pyproject.toml
@@ -62,6 +63,9 @@ bench-clients: $(GEN)
 
 bench-stream: $(GEN)
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
+
+bench-long: $(GEN)
+	$(BIN)/python -m bench.long $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) services/gen/transcription run

@@ -21,7 +21,7 @@ from services.client import AsyncScribeClient, ScribeClient, TranscribeOptions
 from services.common.errors import error_reason
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc
-from tests.conftest import Fleet, Process, start_gateway
+from tests.conftest import Fleet, Process
 from tests.helpers import speech_recording, wait_for, words_of
 
 WORKERS = {"gpu_worker_00", "gpu_worker_01"}
@@ -31,26 +31,9 @@ def seconds(d) -> float:
     return d.ToNanoseconds() / 1e9
 
 
-@pytest.fixture(scope="module")
-def small_gateway(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    """A gateway whose messages stop at 1 MiB and uploads at 8 MiB, with 30 s pieces, over both workers."""
-    folder = tmp_path_factory.mktemp("upload-gateway")
-    stale = folder / "run" / "uploads" / "upload-stale.upload"  # as a killed gateway would leave it
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"x" * 1000)
-    workers = ",".join(f"unix://{fleet.run_dir / f'worker-0{n}.sock'}" for n in (0, 1))
-    env = {"MAX_MESSAGE_MB": "1", "MAX_UPLOAD_MB": "8", "PIECE_SECONDS": "30", "SHARD_MIN_SECONDS": "20"}
-    gateway = start_gateway(fleet, folder, env, workers=workers)
-    gateway.run_dir = folder / "run"  # type: ignore[attr-defined]
-    assert wait_for(lambda: not stale.exists(), 10), "a leftover spool file survived the gateway's start"
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
-
-
 def spooled(gateway: Process) -> list[Path]:
-    return list((gateway.run_dir / "uploads").glob("*"))  # type: ignore[attr-defined]
+    assert gateway.run_dir is not None
+    return list((gateway.run_dir / "uploads").glob("*"))
 
 
 def busy_workers(fleet: Fleet) -> dict[str, int]:
@@ -198,8 +181,9 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-#: How far the gateway's RSS may rise while it takes an hour-long upload (115 MB of WAV).
-RSS_RISE_LIMIT_MIB = 80
+#: How far the gateway's RSS may rise while it takes an hour-long upload of 110 MiB (measured: +50 MiB steady,
+#: +70 at the peak; decoding the whole hour at once would take 230 MB of float32 alone).
+RSS_RISE_LIMIT_MIB = 96
 
 
 def test_an_hour_long_recording_on_both_workers_with_bounded_gateway_memory(

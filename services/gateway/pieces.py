@@ -89,7 +89,8 @@ class Cutter:
             yield self._piece(rest)
 
     def _piece(self, samples: np.ndarray) -> AudioPiece:
-        piece = AudioPiece(self._index, self._offset / SAMPLE_RATE, samples.astype("<i2").tobytes())
+        # Decoders give native int16, little-endian on every platform scribe runs on: no copy but tobytes().
+        piece = AudioPiece(self._index, self._offset / SAMPLE_RATE, np.ascontiguousarray(samples, "<i2").tobytes())
         self._index += 1
         self._offset += samples.size
         return piece

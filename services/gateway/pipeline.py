@@ -54,8 +54,12 @@ def piece_seconds(declared_s: float, serving: int, settings: Settings) -> float:
 
 @dataclass
 class _Piece:
-    audio: AudioPiece
-    pcm: bytes
+    index: int
+    offset_s: float  # where the piece starts in the recording
+    seconds: float
+    # The piece's audio, kept in the request sent to its worker (one copy, not two) until the piece is
+    # complete: only pieces in progress hold audio.
+    request: pb.TranscribeWithProgressRequest | None
     attempt: int = 0
     start_s: float = 0.0  # piece time where the current attempt's audio begins
     done_s: float = 0.0  # piece time transcribed so far
@@ -234,22 +238,22 @@ class Pipeline:
     def _take(self, event: _Report) -> None:
         piece, response = event.piece, event.response
         piece.worker = event.worker
-        offset_ns = round((piece.audio.offset_s + piece.start_s) * 1e9)
+        offset_ns = round((piece.offset_s + piece.start_s) * 1e9)
         for segment in response.segments:
             seg = pb.Segment()
             seg.CopyFrom(segment)
             shard.shift_segment(seg, offset_ns)
             piece.pending.append(seg)
         local = piece.start_s + response.processed_audio.ToNanoseconds() / 1e9
-        piece.done_s = max(piece.done_s, min(local, piece.audio.seconds))
+        piece.done_s = max(piece.done_s, min(local, piece.seconds))
         if response.HasField("result"):
             piece.result = response.result
             self._finish(piece)
 
     def _finish(self, piece: _Piece) -> None:
         piece.finished = True
-        piece.done_s = piece.audio.seconds
-        piece.pcm = b""
+        piece.done_s = piece.seconds
+        piece.request = None
         self._room.release()
 
     def _release(self) -> list[tuple[str, list[pb.Segment]]]:
@@ -264,7 +268,7 @@ class Pipeline:
                 self._segments.extend(piece.pending)
                 out.append((piece.worker, piece.pending))
                 end_ns = piece.pending[-1].end_offset.ToNanoseconds()
-                piece.released_end_s = end_ns / 1e9 - piece.audio.offset_s
+                piece.released_end_s = end_ns / 1e9 - piece.offset_s
                 piece.pending = []
             if not piece.finished:
                 break
@@ -281,8 +285,8 @@ class Pipeline:
         piece.attempt += 1
         piece.start_s = piece.released_end_s
         piece.done_s = piece.start_s
-        log.warning("piece_retrying", piece=piece.audio.index, worker=piece.worker, from_s=round(piece.start_s, 2))
-        if piece.audio.seconds - piece.start_s < RETRY_MIN_S:
+        log.warning("piece_retrying", piece=piece.index, worker=piece.worker, from_s=round(piece.start_s, 2))
+        if piece.seconds - piece.start_s < RETRY_MIN_S:
             self._finish(piece)
         else:
             self._launch(piece)
@@ -303,7 +307,9 @@ class Pipeline:
                     self._room.release()
                     break
                 self._decoded_s += audio.seconds
-                self._events.put_nowait(_Decoded(_Piece(audio, audio.pcm)))
+                request = self._request(audio.pcm)
+                self._events.put_nowait(_Decoded(_Piece(audio.index, audio.offset_s, audio.seconds, request)))
+                del audio, request
             self._total_s = self._decoded_s
             self._events.put_nowait(_Decoded(None))
         except AudioError as err:
@@ -322,17 +328,24 @@ class Pipeline:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _request(self, piece: _Piece) -> pb.TranscribeWithProgressRequest:
-        start = round(piece.start_s * SAMPLE_RATE) * 2
+    def _request(self, pcm: bytes) -> pb.TranscribeWithProgressRequest:
         return pb.TranscribeWithProgressRequest(
             request=pb.TranscribeRequest(
-                audio_content=piece.pcm[start:],
+                audio_content=pcm,
                 encoding=pb.AUDIO_ENCODING_LINEAR16,
                 sample_rate_hertz=SAMPLE_RATE,
                 audio_channel_count=1,
                 options=self._options,
             )
         )
+
+    def _piece_request(self, piece: _Piece) -> pb.TranscribeWithProgressRequest:
+        """The piece's request, from where its released segments end when it is sent again."""
+        assert piece.request is not None, "a complete piece is never sent"
+        if not piece.start_s:
+            return piece.request
+        start = round(piece.start_s * SAMPLE_RATE) * 2
+        return self._request(piece.request.request.audio_content[start:])
 
     async def _attempt(self, piece: _Piece, attempt: int) -> None:
         """One try of one piece; its reports and its failure go to the event queue."""
@@ -343,7 +356,7 @@ class Pipeline:
                         return await self._on_worker(piece, attempt)
                     except RequestError as err:
                         # The first piece is refused at the door like any call; later ones wait their turn.
-                        if err.reason != "QUEUE_FULL" or piece.audio.index == 0 or err.retry_after_s is None:
+                        if err.reason != "QUEUE_FULL" or piece.index == 0 or err.retry_after_s is None:
                             raise
                         delay = err.retry_after_s
                     await asyncio.sleep(delay)
@@ -355,7 +368,7 @@ class Pipeline:
         async with self._dispatch.slot(piece.tried, self._context.time_remaining()) as handle:
             piece.tried.add(handle.name)
             call = handle.transcription.TranscribeWithProgress(
-                self._request(piece), timeout=self._context.time_remaining(), metadata=metadata
+                self._piece_request(piece), timeout=self._context.time_remaining(), metadata=metadata
             )
             finished = False
             try:
