@@ -191,7 +191,7 @@ class Settings:
     # OUT_OF_RANGE as soon as it passes the limit. The gateway spools uploads to RUN_DIR, so it needs this
     # much free disk per upload in flight.
     max_upload_mb: int
-    # PIECE_SECONDS (180): a recording split over the workers (TranscribeUpload, and a long
+    # PIECE_SECONDS (120): a recording split over the workers (TranscribeUpload, and a long
     # TranscribeWithProgress) is cut at silences into pieces of about this length, decoded as they are
     # needed; shorter pieces spread better over workers, longer ones waste less at the cuts.
     piece_seconds: float
@@ -339,7 +339,7 @@ _SPEC: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
     "metrics_address": ("METRICS_ADDRESS", "127.0.0.1:9464", _optional_address),
     "max_message_mb": ("MAX_MESSAGE_MB", "64", _int(1, 2047)),
     "max_upload_mb": ("MAX_UPLOAD_MB", "2048", _int(1, 1_048_576)),
-    "piece_seconds": ("PIECE_SECONDS", "180", _float(30, 3600)),
+    "piece_seconds": ("PIECE_SECONDS", "120", _float(30, 3600)),
     "max_audio_seconds": ("MAX_AUDIO_SECONDS", "7200", _float(1)),
     "max_stream_seconds": ("MAX_STREAM_SECONDS", "14400", _float(1)),
     "stream_idle_timeout_s": ("STREAM_IDLE_TIMEOUT_S", "30", _float(0.1)),

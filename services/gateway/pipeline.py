@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 
-from services.common.audio import SAMPLE_RATE, AudioError
+from services.common.audio import SAMPLE_RATE
 from services.common.config import Settings
 from services.common.convert import duration
 from services.common.errors import RequestError
@@ -95,7 +95,9 @@ class _Decoded:
 
 @dataclass(frozen=True)
 class _DecodeFailed:
-    error: AudioError
+    """The recording cannot be decoded (AudioError), or decoding broke unexpectedly."""
+
+    error: Exception
 
 
 _Event = _Report | _Failed | _Decoded | _DecodeFailed
@@ -133,6 +135,7 @@ class Pipeline:
         self._head = 0
         self._next_id = 0
         self._segments: list[pb.Segment] = []
+        self._workers: dict[str, None] = {}  # workers whose results count, in order
         self._declared_s = 0.0
         self._decoded_s = 0.0
         self._total_s: float | None = None
@@ -213,7 +216,7 @@ class Pipeline:
     def _final(self, elapsed_s: float) -> pb.TranscribeWithProgressResponse:
         total = self._length()
         first = next((p.result for p in self._pieces if p.result is not None), pb.TranscribeResponse())
-        workers = list(dict.fromkeys(p.worker for p in self._pieces if p.worker))
+        workers = [w for w in self._workers if w]
         result = pb.TranscribeResponse(
             segments=self._segments,
             transcript=" ".join(s.text.strip() for s in self._segments if s.text.strip()),
@@ -251,6 +254,7 @@ class Pipeline:
             self._finish(piece)
 
     def _finish(self, piece: _Piece) -> None:
+        self._workers[piece.worker] = None
         piece.finished = True
         piece.done_s = piece.seconds
         piece.request = None
@@ -266,6 +270,7 @@ class Pipeline:
                     seg.id = self._next_id
                     self._next_id += 1
                 self._segments.extend(piece.pending)
+                self._workers[piece.worker] = None
                 out.append((piece.worker, piece.pending))
                 end_ns = piece.pending[-1].end_offset.ToNanoseconds()
                 piece.released_end_s = end_ns / 1e9 - piece.offset_s
@@ -312,7 +317,7 @@ class Pipeline:
                 del audio, request
             self._total_s = self._decoded_s
             self._events.put_nowait(_Decoded(None))
-        except AudioError as err:
+        except Exception as err:  # AudioError, or a bug that must end the call rather than hang it
             self._events.put_nowait(_DecodeFailed(err))
         finally:
             # Still running in its thread after a cancel (ValueError): it closes when collected.
@@ -360,7 +365,7 @@ class Pipeline:
                             raise
                         delay = err.retry_after_s
                     await asyncio.sleep(delay)
-        except (grpc.aio.AioRpcError, RequestError) as exc:
+        except Exception as exc:  # a worker's status, a refusal, or a bug that must end the call rather than hang it
             self._events.put_nowait(_Failed(piece, attempt, exc))
 
     async def _on_worker(self, piece: _Piece, attempt: int) -> None:
