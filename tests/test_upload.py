@@ -144,7 +144,9 @@ def test_garbage_and_bad_sequences_get_invalid_argument(serving_fleet: Fleet, sm
     assert not spooled(small_gateway)
 
 
-def test_cancelled_uploads_leave_no_spool_file_and_no_busy_worker(serving_fleet: Fleet, small_gateway: Process) -> None:
+def test_cancelled_or_expired_uploads_leave_no_spool_file_and_no_busy_worker(
+    serving_fleet: Fleet, small_gateway: Process
+) -> None:
     data = speech_recording(150)
     half = threading.Event()
     hold = threading.Event()
@@ -159,6 +161,14 @@ def test_cancelled_uploads_leave_no_spool_file_and_no_busy_worker(serving_fleet:
 
     with grpc.insecure_channel(small_gateway.address) as channel:
         stub = transcription_pb2_grpc.TranscriptionServiceStub(channel)
+        # A deadline that passes half-way through the upload ends it, file and all.
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.TranscribeUpload(half_then_wait(), timeout=2))
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        hold.set()
+        assert wait_for(lambda: not spooled(small_gateway), 10), spooled(small_gateway)
+        half.clear()
+        hold.clear()
         # Cancelled half-way through the upload.
         call = stub.TranscribeUpload(half_then_wait(), timeout=60)
         assert half.wait(30)

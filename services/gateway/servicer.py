@@ -254,6 +254,11 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         self, request_iterator: AsyncIterator[pb.TranscribeUploadRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TranscribeUploadResponse]:
         with request_line("TranscribeUpload", context, self._stats.observe) as line:
+            try:
+                self._pick(set())  # with no worker serving, refuse before the client sends the whole file
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
             spool = Spool(self._settings.run_dir, self._settings.max_upload_bytes)
             try:
                 try:
