@@ -173,6 +173,8 @@ def test_cancelled_or_expired_uploads_leave_no_spool_file_and_no_busy_worker(
         call = stub.TranscribeUpload(half_then_wait(), timeout=60)
         assert half.wait(30)
         assert wait_for(lambda: len(spooled(small_gateway)) == 1, 10)
+        (spool,) = spooled(small_gateway)
+        assert spool.stat().st_mode & 0o777 == 0o600 and spool.parent.stat().st_mode & 0o777 == 0o700
         call.cancel()
         hold.set()
         assert wait_for(lambda: not spooled(small_gateway), 10), spooled(small_gateway)

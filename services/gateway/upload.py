@@ -45,6 +45,7 @@ class Spool:
     def __init__(self, run_dir: Path, limit_bytes: int) -> None:
         folder = uploads_dir(run_dir)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)  # also when it was there before, made by someone else's umask
         fd, name = tempfile.mkstemp(prefix="upload-", suffix=SUFFIX, dir=folder)  # mode 0600
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
