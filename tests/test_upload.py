@@ -79,6 +79,7 @@ def test_library_uploads_a_file_too_large_for_one_message_over_both_workers(
         (s.id, round(seconds(s.start_offset), 1), s.text) for s in result.segments
     ]
     assert 149 < seconds(result.audio_duration) < 151 and result.request_id == "upload-sync-1"
+    assert result.language_code == "en" and result.processing_time.ToNanoseconds() > 0
     # Times are the recording's: the last speech starts within the last block of 46 s.
     assert seconds(result.segments[-1].start_offset) > 100
     assert wait_for(lambda: not spooled(small_gateway), 5), spooled(small_gateway)

@@ -67,7 +67,7 @@ class _Piece:
     pending: list[pb.Segment] = field(default_factory=list)  # recording time, not yet sent
     worker: str = ""
     finished: bool = False
-    result: pb.TranscribeResponse | None = None
+    result: pb.TranscribeResponse | None = None  # the worker's language, without the segments we already have
     tried: set[str] = field(default_factory=set)
 
 
@@ -250,7 +250,10 @@ class Pipeline:
         local = piece.start_s + response.processed_audio.ToNanoseconds() / 1e9
         piece.done_s = max(piece.done_s, min(local, piece.seconds))
         if response.HasField("result"):
-            piece.result = response.result
+            piece.result = pb.TranscribeResponse(
+                language_code=response.result.language_code,
+                language_probability=response.result.language_probability,
+            )
             self._finish(piece)
 
     def _finish(self, piece: _Piece) -> None:
