@@ -85,20 +85,20 @@ def test_library_uploads_a_file_too_large_for_one_message_over_both_workers(
     assert wait_for(lambda: not spooled(small_gateway), 5), spooled(small_gateway)
 
 
-def test_async_client_uploads_too_and_small_files_keep_the_unary_path(
+def test_async_client_uploads_linear16_too_and_small_files_keep_the_unary_path(
     serving_fleet: Fleet, small_gateway: Process
 ) -> None:
-    big = speech_recording(70)  # 2.2 MB
+    pcm = speech_recording(70)[44:]  # 2.2 MB of raw LINEAR16: the WAV without its header
 
     async def run() -> tuple[pb.TranscribeResponse, pb.TranscribeResponse]:
         async with AsyncScribeClient(small_gateway.address) as client:
-            uploaded = await client.transcribe(big, TranscribeOptions(language="en"))
+            uploaded = await client.transcribe(pcm, TranscribeOptions(language="en"), sample_rate_hertz=16_000)
             small = await client.transcribe(speech_recording(8))
             return uploaded, small
 
     uploaded, small = asyncio.run(run())
     assert words_of(uploaded.transcript)[:2] == ["good", "morning"] and "captions" in words_of(uploaded.transcript)
-    assert 69 < seconds(uploaded.audio_duration) < 71
+    assert 69 < seconds(uploaded.audio_duration) < 71 and "," in uploaded.worker_id
     assert "," not in small.worker_id and words_of(small.transcript)[:2] == ["good", "morning"]
     logs = small_gateway.logs()
     assert '"method": "TranscribeUpload"' in logs and '"method": "Transcribe"' in logs
