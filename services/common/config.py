@@ -182,8 +182,8 @@ class Settings:
     gateway_queue_size: int
     # METRICS_ADDRESS (127.0.0.1:9464): where the gateway serves Prometheus metrics; empty turns them off.
     metrics_address: str
-    # SHARD_MIN_SECONDS (120): a Transcribe this long or longer is split at silences over all serving
-    # workers; 0 turns sharding off.
+    # SHARD_MIN_SECONDS (120): a Transcribe or TranscribeWithProgress this long or longer is split at silences
+    # over all serving workers; 0 turns sharding off.
     shard_min_seconds: float
     # MAX_MESSAGE_MB (64): largest gRPC message in MiB, both ways.
     max_message_mb: int
