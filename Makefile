@@ -9,7 +9,7 @@ GEN    := $(CLIENT)/scribe_client/gen/transcription/v1/transcription_pb2.py
 DESCRIPTORS := services/gen/transcription/descriptors.binpb
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test api deps proto lint config-table bench bench-fleet bench-http bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -24,6 +24,7 @@ help:
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
 	@echo "make bench-http - time the HTTP (OpenAI-compatible) layer adds to a Transcribe of a 10 s clip, vs gRPC"
+	@echo "make bench-long - one 60-minute recording on 1 and N workers, four at once (needs ../shared/audio; BENCH_ARGS=--minutes 2 for a smoke run)"
 	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
 # scribe-grpc-client (clients/python) first: the server depends on it.
@@ -97,6 +98,9 @@ bench-http: $(GEN)
 
 bench-stream: $(GEN)
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
+
+bench-long: $(GEN)
+	$(BIN)/python -m bench.long $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) services/gen/transcription $(CLIENT)/scribe_client/gen/transcription $(CLIENT)/build run node_modules

@@ -160,6 +160,7 @@ class Process:
     address: str
     popen: subprocess.Popen[bytes]
     log: Path
+    run_dir: Path | None = None
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
@@ -188,18 +189,18 @@ def spawn(fleet: Fleet, folder: Path, module: str, env: dict[str, str], *args: s
         popen = subprocess.Popen(
             [sys.executable, "-m", module, *args], env=full, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
         )
-    return Process(address=full.get("GATEWAY_ADDRESS", ""), popen=popen, log=log)
+    return Process(address=full.get("GATEWAY_ADDRESS", ""), popen=popen, log=log, run_dir=Path(full["RUN_DIR"]))
 
 
 def start_gateway(fleet: Fleet, folder: Path, env: dict[str, str], workers: str | None = None) -> Process:
-    """A gateway in front of the fleet's worker 00 (or `workers`), waited for until it routes to it."""
+    """A gateway in front of the fleet's worker 00 (or `workers`, comma-separated), waited for until it routes to them."""
     address = f"127.0.0.1:{free_port()}"
     static = workers or f"unix://{fleet.run_dir / 'worker-00.sock'}"
     gateway = spawn(fleet, folder, "services.gateway", {"GATEWAY_ADDRESS": address, "STATIC_WORKERS": static, **env})
 
     def routing() -> bool:
         assert gateway.popen.poll() is None, gateway.logs()
-        return '"serving_workers": 1' in gateway.logs()
+        return f'"serving_workers": {len(static.split(","))}' in gateway.logs()
 
     try:
         assert wait_for(routing, 60, 0.1), gateway.logs()
@@ -267,3 +268,24 @@ def short_stream_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
         proc.terminate()
         proc.wait(timeout=40)
         log.close()
+
+
+# --- A gateway with a 1 MiB message limit over both workers, for uploads ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_gateway(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """A gateway whose messages stop at 1 MiB and uploads at 8 MiB, over both of the fleet's workers: a minute of
+    WAV is already too large for one message, and takes the path an hour takes at the default limit."""
+    folder = tmp_path_factory.mktemp("upload-gateway")
+    stale = folder / "run" / "uploads" / "upload-stale.upload"  # as a killed gateway would leave it
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x" * 1000)
+    workers = ",".join(f"unix://{fleet.run_dir / f'worker-0{n}.sock'}" for n in (0, 1))
+    env = {"MAX_MESSAGE_MB": "1", "MAX_UPLOAD_MB": "8", "PIECE_SECONDS": "30", "SHARD_MIN_SECONDS": "20"}
+    gateway = start_gateway(fleet, folder, env, workers=workers)
+    assert wait_for(lambda: not stale.exists(), 10), "a leftover spool file survived the gateway's start"
+    try:
+        yield gateway
+    finally:
+        gateway.stop()

@@ -86,3 +86,28 @@ def repeated_wav(name: str, times: int) -> bytes:
         w.setframerate(rate)
         w.writeframes(pcm * times)
     return out.getvalue()
+
+
+def speech_recording(seconds: float, gap_s: float = 2.0) -> bytes:
+    """A 16 kHz mono WAV of about `seconds`: the committed clips in turn, each followed by `gap_s` of silence.
+
+    Real speech with known words ("good morning", "quick brown fox", "streaming speech recognition"),
+    long enough for any test, built with numpy in well under a second.
+    """
+    import numpy as np
+
+    from services.common.audio import decode_container
+
+    long_pcm, _, _ = read_wav("speech_long.wav")
+    short_pcm, _, _ = read_wav("speech_short.wav")
+    paragraph = (decode_container(clip("speech_paragraph.ogg"), 60) * 32767).astype("<i2")
+    gap = np.zeros(int(gap_s * 16_000), dtype="<i2")
+    block = np.concatenate([np.frombuffer(long_pcm, "<i2"), gap, paragraph, gap, np.frombuffer(short_pcm, "<i2"), gap])
+    samples = np.resize(block, int(seconds * 16_000))  # the block over and over, cut at `seconds`
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(samples.tobytes())
+    return out.getvalue()

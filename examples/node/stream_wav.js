@@ -11,11 +11,9 @@
 'use strict';
 
 const fs = require('node:fs');
-const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const { client, seconds } = require('./scribe_client');
 
-const PROTOS = path.resolve(__dirname, '..', '..', 'protos');
 const CHUNK_SECONDS = 0.1;
 
 function parseArgs(argv) {
@@ -67,34 +65,6 @@ function readWav(file) {
   throw new Error(`${file} has no "data" chunk`);
 }
 
-function client(args) {
-  const definition = protoLoader.loadSync('transcription/v1/transcription.proto', {
-    includeDirs: [PROTOS],
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  const { transcription } = grpc.loadPackageDefinition(definition);
-  const credentials = args.tlsCa
-    ? grpc.credentials.createSsl(fs.readFileSync(args.tlsCa))
-    : grpc.credentials.createInsecure();
-  // The same retry policy as scribe's Python client: gRPC retries UNAVAILABLE with backoff.
-  const serviceConfig = {
-    methodConfig: [{
-      name: [{ service: 'transcription.v1.TranscriptionService' }],
-      retryPolicy: {
-        maxAttempts: 5, initialBackoff: '0.5s', maxBackoff: '5s', backoffMultiplier: 2,
-        retryableStatusCodes: ['UNAVAILABLE'],
-      },
-    }],
-  };
-  return new transcription.v1.TranscriptionService(args.address, credentials, {
-    'grpc.service_config': JSON.stringify(serviceConfig),
-  });
-}
-
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function sendAudio(call, wav, speed) {
@@ -120,10 +90,6 @@ async function sendAudio(call, wav, speed) {
     }
   }
   call.end();
-}
-
-function seconds(duration) {
-  return duration ? Number(duration.seconds) + duration.nanos / 1e9 : 0;
 }
 
 function main() {

@@ -10,6 +10,8 @@ of the file.
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
@@ -98,20 +100,24 @@ def _check_finite(frame: av.AudioFrame) -> None:
         )
 
 
-def decode_container(data: bytes, max_seconds: float, max_ratio: float = 0.0) -> np.ndarray:
-    """Decode any container FFmpeg reads into 16 kHz mono float32.
+def iter_container(
+    source: bytes | str | os.PathLike[str], max_seconds: float, max_ratio: float = 0.0
+) -> Iterator[np.ndarray]:
+    """Decode any container FFmpeg reads, yielding 16 kHz mono int16 chunks as they come.
 
+    `source` is the file's bytes or its path: a spooled upload is read from disk, never whole into memory.
     Refuses audio over `max_seconds` (AUDIO_TOO_LONG) and, when `max_ratio` > 0, a file that decodes to
     more than `max_ratio` times its own size past its first minute (DECODED_SIZE_TOO_LARGE).
     """
-    if not data:
+    size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
+    if not size:
         raise AudioError("EMPTY_AUDIO", "audio_content is empty: send the bytes of an audio file")
-    budget = decode_budget_seconds(len(data), max_seconds, max_ratio)
+    budget = decode_budget_seconds(size, max_seconds, max_ratio)
     limit = int(budget * SAMPLE_RATE)
-    frames: list[np.ndarray] = []
     total = 0
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        opened = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
+        with av.open(opened, mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise AudioError("NO_AUDIO_STREAM", "the file has no audio track: send a file with an audio stream")
             stream = container.streams.audio[0]
@@ -135,14 +141,14 @@ def decode_container(data: bytes, max_seconds: float, max_ratio: float = 0.0) ->
                         if budget < max_seconds:
                             raise AudioError(
                                 "DECODED_SIZE_TOO_LARGE",
-                                f"the {len(data)}-byte file decodes to more than {budget:.0f} s of audio, over "
+                                f"the {size}-byte file decodes to more than {budget:.0f} s of audio, over "
                                 f"{max_ratio:g} times its size (MAX_DECODE_RATIO): send it as FLAC or LINEAR16, "
                                 "or trim the silence",
                             )
                         raise _too_long(max_seconds)
-                    frames.append(chunk)
+                    yield chunk
             for out in resampler.resample(None):
-                frames.append(out.to_ndarray().reshape(-1))
+                yield out.to_ndarray().reshape(-1)
     except AudioError:
         raise
     except Exception as exc:
@@ -155,7 +161,11 @@ def decode_container(data: bytes, max_seconds: float, max_ratio: float = 0.0) ->
             f"could not decode the audio ({exc.__class__.__name__}): send a wav, flac, mp3, ogg or m4a "
             "file, or raw PCM with encoding LINEAR16 and sample_rate_hertz",
         ) from None
-    audio = _to_float(frames)
+
+
+def decode_container(data: bytes, max_seconds: float, max_ratio: float = 0.0) -> np.ndarray:
+    """Decode any container FFmpeg reads into 16 kHz mono float32 (see `iter_container`)."""
+    audio = _to_float(list(iter_container(data, max_seconds, max_ratio)))
     if audio.size == 0:
         raise AudioError("EMPTY_AUDIO", "the file decodes to zero samples of audio")
     return audio
@@ -228,3 +238,28 @@ def decode_linear16(data: bytes, sample_rate_hertz: int, channels: int, max_seco
     if audio.size == 0:
         raise AudioError("EMPTY_AUDIO", "audio_content holds no whole sample")
     return audio
+
+
+def iter_linear16(
+    source: bytes | str | os.PathLike[str],
+    sample_rate_hertz: int,
+    channels: int,
+    max_seconds: float,
+    chunk_bytes: int = 1 << 20,
+) -> Iterator[np.ndarray]:
+    """LINEAR16 bytes or file to 16 kHz mono int16 chunks, reading `chunk_bytes` at a time."""
+    resampler = PcmResampler(sample_rate_hertz, channels)
+    size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
+    if not size:
+        raise AudioError("EMPTY_AUDIO", "audio_content is empty: send LINEAR16 samples")
+    seconds = size / (2 * resampler.channels * sample_rate_hertz)
+    if seconds > max_seconds:
+        raise _too_long(max_seconds, seconds)
+
+    def as_int16(samples: np.ndarray) -> np.ndarray:
+        return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
+
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as data:
+        while chunk := data.read(chunk_bytes):
+            yield as_int16(resampler.feed(chunk))
+    yield as_int16(resampler.flush())

@@ -149,7 +149,8 @@ class Settings(BaseSettings):
     shard_min_seconds: float = Field(
         120,
         ge=0,
-        description="A `Transcribe` at least this long is split over all serving workers. `0` turns sharding off.",
+        description="A `Transcribe` or `TranscribeWithProgress` at least this long is split at silences over all "
+        "serving workers. `0` turns sharding off.",
     )
     metrics_address: OptionalAddress = Field(
         "127.0.0.1:9464", description="Prometheus metrics of the gateway. Empty turns them off."
@@ -168,6 +169,20 @@ class Settings(BaseSettings):
         30, ge=0, description="How long a stream waits for a worker when none is serving."
     )
     max_message_mb: int = Field(64, ge=1, le=2047, description="Largest gRPC message, in MiB.")
+    max_upload_mb: int = Field(
+        2048,
+        ge=1,
+        le=1_048_576,
+        description="Largest file `TranscribeUpload` takes, in MiB; a bigger one gets OUT_OF_RANGE as soon as it "
+        "passes the limit. Uploads are spooled to `RUN_DIR`, which needs this much free disk per upload in flight.",
+    )
+    piece_seconds: float = Field(
+        120,
+        ge=30,
+        le=3600,
+        description="A recording split over the workers (`TranscribeUpload`, a long `TranscribeWithProgress`) is "
+        "cut at silences into pieces of about this length, decoded as they are needed.",
+    )
     max_audio_seconds: float = Field(
         7200, ge=1, description="Longest audio in one `Transcribe`. Longer audio gets OUT_OF_RANGE."
     )
@@ -287,6 +302,10 @@ class Settings(BaseSettings):
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
 
     @property
     def tls_enabled(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import faulthandler
 import os
 import signal
@@ -18,6 +19,7 @@ from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
+from services.gateway import upload
 from services.gateway.dispatch import Dispatcher
 from services.gateway.metrics import GatewayStats
 from services.gateway.monitor import FleetMonitor
@@ -27,6 +29,7 @@ from services.gateway.supervisor import SupervisorClient
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2, transcription_pb2_grpc
 
 log = structlog.get_logger()
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # mallopt parameters, from glibc's malloc.h
 SERVICES = (
     transcription_pb2.DESCRIPTOR.services_by_name["TranscriptionService"].full_name,
     fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
@@ -61,6 +64,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
             await health_servicer.set(name, status)
         log.info("fleet_serving", serving_workers=serving)
 
+    upload.remove_leftovers(settings.run_dir)
     supervisor = SupervisorClient(supervisor_url) if supervisor_url else None
     monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify)
     await on_change(0)
@@ -92,7 +96,25 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     log.info("gateway_stopped")
 
 
+def _return_freed_memory() -> None:
+    """Make glibc give large buffers back to the system as soon as they are freed.
+
+    Upload chunks and recording pieces are megabytes each and come and go all the time. With glibc's
+    defaults the first free raises the mmap threshold, later buffers land in per-thread arenas that are
+    never trimmed, and the gateway's RSS grows to several times what it holds (measured over an
+    hour-long upload with 180 s pieces: +250 MiB with the defaults, +50 MiB with these settings). A fixed
+    128 KiB threshold maps each large buffer on its own, and two arenas bound the rest.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to tune
+    libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    libc.mallopt(_M_ARENA_MAX, 2)
+
+
 def main() -> None:
+    _return_freed_memory()
     # A crash in native code (grpc core) leaves the Python stacks of every thread in the log.
     faulthandler.enable(all_threads=True)
     try:

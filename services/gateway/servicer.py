@@ -7,6 +7,7 @@ import itertools
 import math
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import grpc
 import structlog
@@ -17,12 +18,15 @@ from services.common.config import Settings
 from services.common.convert import decode_request_audio, limits_pb
 from services.common.errors import RequestError, abort
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
-from services.gateway import shard
+from services.gateway import shard, upload
 from services.gateway.dispatch import Dispatcher
 from services.gateway.limits import StreamLimiter
 from services.gateway.metrics import GatewayStats
+from services.gateway.pieces import Source
+from services.gateway.pipeline import Pipeline
 from services.gateway.registry import Registry, WorkerHandle
 from services.gateway.relay import StreamRelay
+from services.gateway.upload import Spool
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 
@@ -207,6 +211,11 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
     ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
         with request_line("TranscribeWithProgress", context, self._stats.observe) as line:
             line.fields["audio_bytes"] = len(request.request.audio_content)
+            source = await self._split_source(request.request)
+            if source is not None:
+                async for report in self._pipelined(source, request.request.options, context, line):
+                    yield report
+                return
             tried: set[str] = set()
             while True:
                 sent = 0
@@ -240,6 +249,69 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                         log.warning("worker_unavailable_retrying", worker=handle.name, details=exc.details())
                         continue
                     await self._fail(context, line, exc)
+
+    async def TranscribeUpload(
+        self, request_iterator: AsyncIterator[pb.TranscribeUploadRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TranscribeUploadResponse]:
+        with request_line("TranscribeUpload", context, self._stats.observe) as line:
+            try:
+                self._pick(set())  # with no worker serving, refuse before the client sends the whole file
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
+            spool = Spool(self._settings.run_dir, self._settings.max_upload_bytes)
+            try:
+                try:
+                    config = await upload.receive(request_iterator, spool)
+                except RequestError as err:
+                    line.fail(err)
+                    await abort(context, err)
+                line.fields["upload_bytes"] = spool.size
+                source = Source(spool.path, config.encoding, config.sample_rate_hertz, config.audio_channel_count)
+                async for report in self._pipelined(source, config.options, context, line):
+                    yield pb.TranscribeUploadResponse(progress=report)
+            finally:
+                # However the call ends (done, refused, cancelled, past its deadline), the file goes.
+                spool.remove()
+
+    async def _split_source(self, request: pb.TranscribeRequest) -> Source | None:
+        """The recording as pieces for every serving worker, when it is long enough; None to send it whole."""
+        serving = sum(1 for w in self._registry.workers.values() if w.serving)
+        threshold = self._settings.shard_min_seconds
+        if serving < 2 or threshold <= 0:
+            return None
+        source = Source(request.audio_content, request.encoding, request.sample_rate_hertz, request.audio_channel_count)
+        try:
+            declared = await asyncio.to_thread(source.declared_seconds)
+        except audio.AudioError:
+            return None  # the worker answers with the precise error
+        if declared < threshold or declared > self._settings.max_audio_seconds:
+            return None
+        return source
+
+    async def _pipelined(
+        self,
+        source: Source,
+        options: pb.RecognitionOptions,
+        context: grpc.aio.ServicerContext,
+        line: RequestLine,
+    ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
+        """Progress reports of one recording split over the workers (services.gateway.pipeline)."""
+        pipeline = Pipeline(source, options, self._registry, self._dispatch, self._settings, context, line)
+        try:
+            async with aclosing(pipeline.reports()) as reports:
+                async for report in reports:
+                    yield report
+        except audio.AudioError as err:
+            code = grpc.StatusCode.OUT_OF_RANGE if err.reason == "AUDIO_TOO_LONG" else grpc.StatusCode.INVALID_ARGUMENT
+            error = RequestError(code, err.reason, err.message)
+            line.fail(error)
+            await abort(context, error)
+        except RequestError as error:
+            line.fail(error)
+            await abort(context, error)
+        except grpc.aio.AioRpcError as exc:
+            await self._fail(context, line, exc)
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):

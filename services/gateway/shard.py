@@ -6,6 +6,7 @@ Pure functions; the servicer decides when to shard and dispatches the pieces.
 from __future__ import annotations
 
 import io
+import os
 
 import av
 import numpy as np
@@ -18,10 +19,11 @@ FRAME = SAMPLE_RATE // 50  # 20 ms energy frames
 MIN_PIECE_S = 30.0  # Whisper reads 30 s windows: shorter pieces waste most of a window
 
 
-def container_duration(data: bytes) -> float | None:
-    """Duration the container declares, read from its header without decoding; None if unknown."""
+def container_duration(data: bytes | str | os.PathLike[str]) -> float | None:
+    """Duration the container (bytes or a file) declares, read from its header without decoding; None if unknown."""
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        opened = io.BytesIO(data) if isinstance(data, bytes) else os.fspath(data)
+        with av.open(opened, mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]
@@ -44,18 +46,30 @@ def split_points(audio: np.ndarray, pieces: int, search_s: float = 8.0) -> list[
     the quietest 20 ms frame within `search_s` of the ideal point, so no word is cut in half."""
     if pieces <= 1:
         return []
-    frames = audio[: audio.size // FRAME * FRAME].reshape(-1, FRAME)
-    energy = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    energy = frame_energy(audio)
     reach = int(search_s * SAMPLE_RATE / FRAME)
     cuts = []
     for k in range(1, pieces):
         ideal = int(audio.size * k / pieces) // FRAME
-        lo, hi = max(1, ideal - reach), min(len(energy) - 1, ideal + reach)
-        if hi <= lo:
-            continue
-        quietest = lo + int(np.argmin(energy[lo:hi]))
-        cuts.append(quietest * FRAME + FRAME // 2)
+        cut = quietest_point(energy, ideal - reach, ideal + reach)
+        if cut is not None:
+            cuts.append(cut)
     return sorted(set(cuts))
+
+
+def frame_energy(audio: np.ndarray) -> np.ndarray:
+    """RMS of each whole 20 ms frame (float or int16 samples: only the order matters)."""
+    frames = audio[: audio.size // FRAME * FRAME].reshape(-1, FRAME)
+    return np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+
+
+def quietest_point(energy: np.ndarray, lo: int, hi: int) -> int | None:
+    """Sample offset at the middle of the quietest frame in [lo, hi) (frame indices, clamped so that
+    neither side of the cut is empty); None when the range is empty."""
+    lo, hi = max(1, lo), min(len(energy) - 1, hi)
+    if hi <= lo:
+        return None
+    return (lo + int(np.argmin(energy[lo:hi]))) * FRAME + FRAME // 2
 
 
 def pcm16(audio: np.ndarray) -> bytes:
@@ -64,6 +78,15 @@ def pcm16(audio: np.ndarray) -> bytes:
 
 def _shift(d: duration_pb2.Duration, offset_ns: int) -> None:
     d.FromNanoseconds(d.ToNanoseconds() + offset_ns)
+
+
+def shift_segment(seg: pb.Segment, offset_ns: int) -> None:
+    """Move a segment and its words by `offset_ns`: from a piece's time to the recording's."""
+    _shift(seg.start_offset, offset_ns)
+    _shift(seg.end_offset, offset_ns)
+    for word in seg.words:
+        _shift(word.start_offset, offset_ns)
+        _shift(word.end_offset, offset_ns)
 
 
 def merge(parts: list[tuple[float, pb.TranscribeResponse]]) -> pb.TranscribeResponse:
@@ -77,11 +100,7 @@ def merge(parts: list[tuple[float, pb.TranscribeResponse]]) -> pb.TranscribeResp
             seg = merged.segments.add()
             seg.CopyFrom(segment)
             seg.id = len(merged.segments) - 1
-            _shift(seg.start_offset, offset_ns)
-            _shift(seg.end_offset, offset_ns)
-            for word in seg.words:
-                _shift(word.start_offset, offset_ns)
-                _shift(word.end_offset, offset_ns)
+            shift_segment(seg, offset_ns)
         if part.transcript:
             texts.append(part.transcript)
         if part.worker_id not in workers:

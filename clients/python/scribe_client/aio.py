@@ -11,10 +11,19 @@ import grpc
 from scribe_client.call_status import StatusKeeper
 from scribe_client.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from scribe_client.gen import transcription_pb2 as pb
-from scribe_client.messages import Audio, StreamConfig, TranscribeOptions, transcribe_request
+from scribe_client.messages import (
+    Audio,
+    StreamConfig,
+    TranscribeOptions,
+    audio_chunks,
+    fits_one_message,
+    transcribe_request,
+    upload_chunk_bytes,
+    upload_config,
+)
 from scribe_client.replay import AsyncReplay
 from scribe_client.retry import Deadline, call_metadata, channel_options, next_delay
-from scribe_client.sync import DEFAULT_ADDRESS
+from scribe_client.sync import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 
 #: Longest wait, at the start of each stream attempt, for the server to accept or refuse it before audio goes out.
 #: scribe's gateway answers with its headers as soon as it admits a stream, so this is one round trip there;
@@ -69,6 +78,7 @@ class AsyncScribeClient:
         self._token = token
         self._timeout = timeout
         self._busy_retries = busy_retries
+        self._max_message_bytes: int | None = None  # the server's, from GetConfig when first needed
         self._stub = transcription_pb2_grpc.TranscriptionServiceStub(self.channel)
         self._fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
 
@@ -91,6 +101,19 @@ class AsyncScribeClient:
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> pb.TranscribeResponse:
+        if await self._must_upload(audio):
+            reports = self.upload(
+                audio,
+                options,
+                sample_rate_hertz=sample_rate_hertz,
+                channels=channels,
+                timeout=timeout,
+                request_id=request_id,
+            )
+            async for report in reports:
+                if report.HasField("result"):
+                    return report.result
+            raise RuntimeError("the server ended the call without a result")
         request = transcribe_request(audio, options, sample_rate_hertz, channels)
         metadata = call_metadata(self._token, request_id)
         deadline = Deadline(self._timeout if timeout is None else timeout)
@@ -118,6 +141,18 @@ class AsyncScribeClient:
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> AsyncGenerator[pb.TranscribeWithProgressResponse, None]:
+        if await self._must_upload(audio):
+            reports = self.upload(
+                audio,
+                options,
+                sample_rate_hertz=sample_rate_hertz,
+                channels=channels,
+                timeout=timeout,
+                request_id=request_id,
+            )
+            async for report in reports:
+                yield report
+            return
         request = pb.TranscribeWithProgressRequest(
             request=transcribe_request(audio, options, sample_rate_hertz, channels)
         )
@@ -131,6 +166,55 @@ class AsyncScribeClient:
                 async for response in call:
                     received = True
                     yield response
+                return
+            except grpc.aio.AioRpcError as err:
+                delay = None if received else next_delay(err, attempt, self._busy_retries, deadline.left())
+                if delay is None:
+                    raise
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _must_upload(self, audio: Audio) -> bool:
+        if self._max_message_bytes is None:
+            try:
+                config = await self.get_config()
+            except grpc.aio.AioRpcError:
+                return False  # the call itself will say what is wrong
+            self._max_message_bytes = config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+        return not fits_one_message(audio, self._max_message_bytes)
+
+    async def upload(
+        self,
+        audio: Audio,
+        options: TranscribeOptions | None = None,
+        *,
+        sample_rate_hertz: int = 0,
+        channels: int = 0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[pb.TranscribeWithProgressResponse, None]:
+        """TranscribeUpload (see `ScribeClient.upload`); the file is read in a thread, a chunk at a time."""
+        first = upload_config(options, sample_rate_hertz, channels)
+        chunk_bytes = upload_chunk_bytes(self._max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES)
+        metadata = call_metadata(self._token, request_id)
+        deadline = Deadline(self._timeout if timeout is None else timeout)
+
+        async def requests() -> AsyncIterator[pb.TranscribeUploadRequest]:
+            yield first
+            chunks = audio_chunks(audio, chunk_bytes)
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                yield pb.TranscribeUploadRequest(audio_content=chunk)
+
+        attempt = 0
+        while True:
+            call = self._stub.TranscribeUpload(requests(), timeout=deadline.left(), metadata=metadata)
+            received = False
+            try:
+                async for response in call:
+                    received = True
+                    yield response.progress
                 return
             except grpc.aio.AioRpcError as err:
                 delay = None if received else next_delay(err, attempt, self._busy_retries, deadline.left())

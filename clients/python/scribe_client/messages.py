@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,56 @@ def transcribe_request(
         request.sample_rate_hertz = sample_rate_hertz
         request.audio_channel_count = channels
     return request
+
+
+#: Bytes of the file in each TranscribeUpload message (less when the server's message limit is smaller).
+UPLOAD_CHUNK_BYTES = 1 << 20
+#: Room left in a message for everything but the audio (options, initial prompt, framing).
+MESSAGE_MARGIN_BYTES = 64 << 10
+
+
+def audio_size(audio: Audio) -> int:
+    return len(audio) if isinstance(audio, bytes) else os.path.getsize(audio)
+
+
+def fits_one_message(audio: Audio, max_message_bytes: int) -> bool:
+    """Whether a Transcribe request with this audio stays under the server's message limit."""
+    return audio_size(audio) <= max_message_bytes - MESSAGE_MARGIN_BYTES
+
+
+def upload_chunk_bytes(max_message_bytes: int) -> int:
+    return max(4096, min(UPLOAD_CHUNK_BYTES, (max_message_bytes - MESSAGE_MARGIN_BYTES) // 2))
+
+
+def upload_config(
+    options: TranscribeOptions | None, sample_rate_hertz: int = 0, channels: int = 0
+) -> pb.TranscribeUploadRequest:
+    """The first message of TranscribeUpload: a container file, or raw LINEAR16 when `sample_rate_hertz` is given."""
+    config = pb.UploadConfig(options=(options or TranscribeOptions()).to_pb())
+    if sample_rate_hertz:
+        config.encoding = pb.AUDIO_ENCODING_LINEAR16
+        config.sample_rate_hertz = sample_rate_hertz
+        config.audio_channel_count = channels
+    return pb.TranscribeUploadRequest(upload_config=config)
+
+
+def audio_chunks(audio: Audio, chunk_bytes: int) -> Iterator[bytes]:
+    """The file's bytes in order, read from disk a chunk at a time (never the whole file in memory)."""
+    if isinstance(audio, bytes):
+        for start in range(0, len(audio), chunk_bytes):
+            yield audio[start : start + chunk_bytes]
+        return
+    with open(audio, "rb") as data:
+        while chunk := data.read(chunk_bytes):
+            yield chunk
+
+
+def final_result(reports: Iterable[pb.TranscribeWithProgressResponse]) -> pb.TranscribeResponse:
+    """The `result` of the last progress report."""
+    for report in reports:
+        if report.HasField("result"):
+            return report.result
+    raise RuntimeError("the server ended the call without a result")
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,24 @@ import grpc
 
 from scribe_client.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from scribe_client.gen import transcription_pb2 as pb
-from scribe_client.messages import Audio, StreamConfig, TranscribeOptions, transcribe_request
+from scribe_client.messages import (
+    Audio,
+    StreamConfig,
+    TranscribeOptions,
+    audio_chunks,
+    final_result,
+    fits_one_message,
+    transcribe_request,
+    upload_chunk_bytes,
+    upload_config,
+)
 from scribe_client.replay import Replay
 from scribe_client.retry import Deadline, call_metadata, channel_options, next_delay
 
 T = TypeVar("T")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+#: The server's MAX_MESSAGE_MB default, for a server whose GetConfig does not say.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 
 
 class ScribeClient:
@@ -50,6 +62,7 @@ class ScribeClient:
         self._token = token
         self._timeout = timeout
         self._busy_retries = busy_retries
+        self._max_message_bytes: int | None = None  # the server's, from GetConfig when first needed
         self._stub = transcription_pb2_grpc.TranscriptionServiceStub(self.channel)
         self._fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
 
@@ -84,7 +97,19 @@ class ScribeClient:
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> pb.TranscribeResponse:
-        """Transcribe a file (path or bytes); raw LINEAR16 bytes need `sample_rate_hertz`."""
+        """Transcribe a file (path or bytes); raw LINEAR16 bytes need `sample_rate_hertz`.
+
+        A file too large for one message goes through `upload` instead, transparently."""
+        if self._must_upload(audio):
+            reports = self.upload(
+                audio,
+                options,
+                sample_rate_hertz=sample_rate_hertz,
+                channels=channels,
+                timeout=timeout,
+                request_id=request_id,
+            )
+            return final_result(reports)
         request = transcribe_request(audio, options, sample_rate_hertz, channels)
         metadata = call_metadata(self._token, request_id)
         deadline = Deadline(self._timeout if timeout is None else timeout)
@@ -101,6 +126,16 @@ class ScribeClient:
         request_id: str | None = None,
     ) -> Generator[pb.TranscribeWithProgressResponse, None, None]:
         """Like `transcribe`, yielding progress reports; the last one has the whole result in `.result`."""
+        if self._must_upload(audio):
+            yield from self.upload(
+                audio,
+                options,
+                sample_rate_hertz=sample_rate_hertz,
+                channels=channels,
+                timeout=timeout,
+                request_id=request_id,
+            )
+            return
         request = pb.TranscribeWithProgressRequest(
             request=transcribe_request(audio, options, sample_rate_hertz, channels)
         )
@@ -121,6 +156,54 @@ class ScribeClient:
                     raise
             finally:
                 call.cancel()  # no-op once it ended; stops the server when the caller stops early
+            time.sleep(delay)
+            attempt += 1
+
+    def _must_upload(self, audio: Audio) -> bool:
+        if self._max_message_bytes is None:
+            try:
+                self._max_message_bytes = self.get_config().limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+            except grpc.RpcError:
+                return False  # the call itself will say what is wrong
+        return not fits_one_message(audio, self._max_message_bytes)
+
+    def upload(
+        self,
+        audio: Audio,
+        options: TranscribeOptions | None = None,
+        *,
+        sample_rate_hertz: int = 0,
+        channels: int = 0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> Generator[pb.TranscribeWithProgressResponse, None, None]:
+        """TranscribeUpload: a file of any size (path or bytes) sent in chunks, read from disk as they go;
+        yields the same progress reports as `transcribe_with_progress`."""
+        first = upload_config(options, sample_rate_hertz, channels)
+        chunk_bytes = upload_chunk_bytes(self._max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES)
+        metadata = call_metadata(self._token, request_id)
+        deadline = Deadline(self._timeout if timeout is None else timeout)
+
+        def requests() -> Iterator[pb.TranscribeUploadRequest]:
+            yield first
+            for chunk in audio_chunks(audio, chunk_bytes):
+                yield pb.TranscribeUploadRequest(audio_content=chunk)
+
+        attempt = 0
+        while True:
+            call = self._stub.TranscribeUpload(requests(), timeout=deadline.left(), metadata=metadata)
+            received = False
+            try:
+                for response in call:
+                    received = True
+                    yield response.progress
+                return
+            except grpc.RpcError as err:
+                delay = None if received else next_delay(err, attempt, self._busy_retries, deadline.left())
+                if delay is None:
+                    raise
+            finally:
+                call.cancel()  # also stops the upload when the caller stops early
             time.sleep(delay)
             attempt += 1
 

@@ -1,8 +1,9 @@
 """`scribe transcribe`: one file with a progress bar, or many files and folders in parallel.
 
 One file: the transcript goes to stdout (plain text), or, with --format, to FILE.<format> beside it
-(--output PATH writes elsewhere, --output - to stdout). It is sent with TranscribeWithProgress, so a
-terminal shows a bar by audio seconds while the segments come in.
+(--output PATH writes elsewhere, --output - to stdout). It is sent with TranscribeWithProgress, or with
+TranscribeUpload when it is too large for one message, so a terminal shows a bar by audio seconds while
+the segments come in; a long file is split over every serving worker either way.
 
 Several files or a folder (searched recursively for audio files): --jobs calls run at once, each
 transcript goes beside its file (or into --output DIR), and a bar shows files done, hours of audio
@@ -121,7 +122,7 @@ def transcribe_one(
     timeout: float,
     err: Console,
 ) -> int:
-    """One file through TranscribeWithProgress, with a bar by audio seconds on a terminal."""
+    """One file through TranscribeWithProgress (or TranscribeUpload), with a bar by audio seconds on a terminal."""
     result: pb.TranscribeResponse | None = None
     with Progress(
         TextColumn("[bold]{task.description}"),
