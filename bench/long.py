@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scribe_client import ScribeClient
 
 from bench.fleet import ROOT, fleet, wav_bytes
 from bench.stream_metrics import markdown_table, wer
-from services.client import ScribeClient
 from services.common.audio import SAMPLE_RATE, decode_container
 from services.gen import transcription_pb2 as pb
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from scribe_client import AsyncScribeClient, ScribeClient, TranscribeOptions
 
-from services.client import AsyncScribeClient, ScribeClient, TranscribeOptions
 from services.common.errors import error_reason
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc
