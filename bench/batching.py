@@ -47,6 +47,12 @@ class Row:
     wer: float
     extra: str = ""
 
+    def __post_init__(self) -> None:
+        print(
+            f"{self.how} | {self.setup} | {self.extra} | {self.audio_s / self.wall_s:.1f}x | WER {self.wer:.2f}",
+            file=sys.stderr,
+        )
+
     @property
     def rtfx(self) -> float:
         return self.audio_s / self.wall_s
@@ -215,29 +221,33 @@ def markdown(long_rows: list[Row], file_rows: list[Row], sweep_rows: list[Row], 
     out = [
         f"Machine: {cores} CPU cores, no GPU. Model: embedded tiny.en, int8, beam 5. RTFx = audio seconds per wall "
         "second. WER: Whisper's English normaliser and jiwer against the references in ../shared/audio/manifest.tsv.",
-        "",
-        "### One long recording",
-        "",
-        "| How | Setup | Wall s | RTFx | vs sequential | WER % |",
-        "|---|---|---:|---:|---:|---:|",
     ]
-    base = long_rows[0].rtfx
-    out += [
-        f"| {r.how} | {r.setup} | {r.wall_s:.1f} | {r.rtfx:.1f} | {r.rtfx / base:.2f} | {r.wer:.2f} |"
-        for r in long_rows
-    ]
-    out += [
-        "",
-        "### Many short files from concurrent clients",
-        "",
-        "| How | Setup | Clients | p50 latency s | p95 latency s | Wall s | Aggregate RTFx | vs sequential | WER % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    base = file_rows[0].rtfx
-    out += [
-        f"| {r.how} | {r.setup} | {r.extra} | {r.wall_s:.1f} | {r.rtfx:.1f} | {r.rtfx / base:.2f} | {r.wer:.2f} |"
-        for r in file_rows
-    ]
+    if long_rows:
+        base = long_rows[0].rtfx
+        out += [
+            "",
+            "### One long recording",
+            "",
+            "| How | Setup | Wall s | RTFx | vs sequential | WER % |",
+            "|---|---|---:|---:|---:|---:|",
+            *(
+                f"| {r.how} | {r.setup} | {r.wall_s:.1f} | {r.rtfx:.1f} | {r.rtfx / base:.2f} | {r.wer:.2f} |"
+                for r in long_rows
+            ),
+        ]
+    if file_rows:
+        base = file_rows[0].rtfx
+        out += [
+            "",
+            "### Many short files from concurrent clients",
+            "",
+            "| How | Setup | Clients | p50 latency s | p95 latency s | Wall s | Aggregate RTFx | vs sequential | WER % |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            *(
+                f"| {r.how} | {r.setup} | {r.extra} | {r.wall_s:.1f} | {r.rtfx:.1f} | {r.rtfx / base:.2f} | {r.wer:.2f} |"
+                for r in file_rows
+            ),
+        ]
     if sweep_rows:
         out += [
             "",
@@ -245,8 +255,8 @@ def markdown(long_rows: list[Row], file_rows: list[Row], sweep_rows: list[Row], 
             "",
             "| Workload | Setting | Wall s | RTFx | WER % |",
             "|---|---|---:|---:|---:|",
+            *(f"| {r.how} | {r.setup} | {r.wall_s:.1f} | {r.rtfx:.1f} | {r.wer:.2f} |" for r in sweep_rows),
         ]
-        out += [f"| {r.how} | {r.setup} | {r.wall_s:.1f} | {r.rtfx:.1f} | {r.wer:.2f} |" for r in sweep_rows]
     return "\n".join(out) + "\n"
 
 

@@ -49,7 +49,7 @@ class Stretch:
 def run(minutes: float, speech: np.ndarray, silence_s: float, stretch_min: float, threads: int) -> list[Stretch]:
     settings = Settings.from_env({"SCRIBE_ENV_FILE": "/nonexistent", "WHISPER_CPU_THREADS": str(threads)})
     engine = FasterWhisperEngine(settings)
-    scheduler = BatchScheduler(engine, settings.batch_size(engine.info.device_kind), settings.batch_window_ms / 1000)
+    scheduler = BatchScheduler(engine, settings.worker_batch_size, settings.batch_window_ms / 1000)
     session = StreamingSession(Transcriber(scheduler), DecodeOptions(), SessionConfig())
     cycle = np.concatenate([speech, np.zeros(round(silence_s * SAMPLE_RATE), dtype=np.float32)])
     step = round(CHUNK_S * SAMPLE_RATE)

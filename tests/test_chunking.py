@@ -55,6 +55,7 @@ def test_rest_of_a_window_is_decoded_only_where_speech_is_left() -> None:
     assert rest is not None and rest.start == seconds(18) and rest.speech == ((seconds(20), seconds(30)),)
     assert window.rest(19.6) is None  # 0.4 s of speech left: not worth another decode
     assert window.rest(0.0) is None  # no progress at all: decoding again would loop
+    assert window.rest(float("inf")) is None and window.rest(20.0) is None  # all of it decoded
 
 
 def test_recorded_speech_is_found_and_nothing_but_silence_is_dropped() -> None:

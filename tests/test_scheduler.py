@@ -96,7 +96,22 @@ def test_on_a_cpu_a_streams_batch_takes_no_bulk_windows(engine: ScriptedFakeEngi
     engine.gate.set()
     for future in futures:
         future.result(5)
-    assert engine.batches[1:] == [["final", "interim"], ["bulk0", "bulk1", "bulk2"]]
+    # The stream's windows just came in: bulk windows go max_batch // 4 at a time.
+    assert engine.batches[1:] == [["final", "interim"], ["bulk0"], ["bulk1"], ["bulk2"]]
+    scheduler.close()
+
+
+def test_on_a_cpu_bulk_batches_shrink_while_streams_are_live(engine: ScriptedFakeEngine) -> None:
+    scheduler = BatchScheduler(engine, max_batch=8, window_s=0.0, streams_with_bulk=False)
+    hold(engine, scheduler)
+    scheduler.submit(job("interim"), Priority.INTERIM)
+    futures = [scheduler.submit(job(f"bulk{i}"), Priority.BULK) for i in range(6)]
+    engine.gate.set()
+    for future in futures:
+        future.result(5)
+    # A stream window came in just now: bulk windows go two at a time (8 // 4), so the stream's next
+    # decode never waits behind eight of them.
+    assert engine.batches[1:] == [["interim"], ["bulk0", "bulk1"], ["bulk2", "bulk3"], ["bulk4", "bulk5"]]
     scheduler.close()
 
 
@@ -179,4 +194,17 @@ def test_an_engine_error_fails_only_the_windows_of_that_batch() -> None:
         with pytest.raises(RuntimeError, match="out of memory"):
             future.result(5)
     assert later.result(5).segments[0].text == "later@0.0"
+    scheduler.close()
+
+
+def test_short_bulk_windows_of_several_calls_are_packed_into_one(engine: ScriptedFakeEngine) -> None:
+    scheduler = BatchScheduler(engine, max_batch=8, window_s=0.0, streams_with_bulk=False, pack_short=True)
+    hold(engine, scheduler)
+    futures = [scheduler.submit(job("short"), Priority.BULK, CallToken()) for _ in range(3)]
+    futures.append(scheduler.submit(job("other options"), Priority.BULK, CallToken()))
+    engine.gate.set()
+    results = [f.result(5) for f in futures]
+    # One window decoded for three calls; the fake's one segment (0-1 s) lies in the first call's audio.
+    assert engine.batches[1:] == [["short", "other options"]] and scheduler.stats.packed_windows == 3
+    assert [len(r.segments) for r in results] == [1, 0, 0, 1]
     scheduler.close()

@@ -47,10 +47,12 @@ class Window:
     def rest(self, after_s: float) -> Window | None:
         """The part of this window after `after_s` seconds, if VAD heard at least `MIN_REST_S` of speech
         there: what a decoder that stopped early left out. None when nothing worth decoding is left."""
+        if not 0 < after_s < self.seconds:
+            return None  # nothing decoded (decoding again would loop), or all of it
         cut = self.start + round(after_s * SAMPLE_RATE)
         speech = tuple((max(a, cut), b) for a, b in self.speech if b > cut)
         heard = sum(b - a for a, b in speech)
-        if after_s <= 0 or heard < MIN_REST_S * SAMPLE_RATE:
+        if heard < MIN_REST_S * SAMPLE_RATE:
             return None
         return Window(cut, self.end, speech)
 

@@ -89,6 +89,12 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+def _plain(job: WindowJob) -> bool:
+    """Decode without timestamp tokens: a live stream's window is one segment whose word times come from
+    alignment, and the timestamp tokens would only make its decode (the latency a caption waits) longer."""
+    return job.options.single_window
+
+
 def bucketed(tokens: list[int]) -> list[int]:
     """The most recent tokens, as many as the largest bucket that fits."""
     size = max(b for b in PROMPT_BUCKETS if b <= len(tokens))
@@ -153,8 +159,8 @@ class FasterWhisperEngine:
 
     def batch_key(self, job: WindowJob) -> Hashable:
         """Windows batch when <|startoftranscript|> sits at one position (same number of prompt tokens)
-        and they decode the same way (beam, temperature); language and task may differ."""
-        return (len(self._previous(job)), job.options.beam_size, job.temperature)
+        and they decode the same way (beam, temperature, timestamp mode); language and task may differ."""
+        return (len(self._previous(job)), job.options.beam_size, job.temperature, _plain(job))
 
     def decode_batch(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
         features = np.stack([self._features(job.audio) for job in jobs])
@@ -162,7 +168,7 @@ class FasterWhisperEngine:
         languages = self._languages(jobs, encoded)
         tokenizers = [self._tokenizer(job.options.task, lang) for job, (lang, _) in zip(jobs, languages, strict=True)]
         prompts = [
-            self._model.get_prompt(tok, previous_tokens=self._previous(job), without_timestamps=False)
+            self._model.get_prompt(tok, previous_tokens=self._previous(job), without_timestamps=_plain(job))
             for job, tok in zip(jobs, tokenizers, strict=True)
         ]
         first = jobs[0]

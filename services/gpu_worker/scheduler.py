@@ -25,9 +25,13 @@ from enum import IntEnum
 
 import structlog
 
+from services.gpu_worker import packing
 from services.gpu_worker.engine import Engine, WindowJob, WindowResult
 
 log = structlog.get_logger()
+
+#: Live streams count as live this long after their last window (see BatchScheduler).
+STREAM_RECENT_S = 5.0
 
 
 class Priority(IntEnum):
@@ -56,6 +60,7 @@ class _Queued:
     future: Future[WindowResult]
     enqueued: float
     tried: list[WindowResult] = field(default_factory=list)
+    packable: bool = True  # False once a packed window failed it: it is then decoded alone
 
 
 @dataclass
@@ -66,6 +71,7 @@ class BatchStats:
     windows_decoded: int = 0
     windows_queued: int = 0
     mixed_batches: int = 0  # batches that held windows of more than one call
+    packed_windows: int = 0  # short windows decoded inside a packed window
     fallbacks: int = 0
     queue_wait_s: float = 0.0
     busy_s: float = 0.0
@@ -80,14 +86,25 @@ class BatchStats:
 
 class BatchScheduler:
     """`streams_with_bulk`: whether a batch led by a live stream's window is filled up with bulk windows.
-    On a GPU a batch of eight costs about what one window does, so it is; on a CPU the encoder's cost
-    grows with every window in the batch, and a stream's final would wait for seven bulk windows."""
+    On a GPU a batch of sixteen costs about what one window does, so it is. On a CPU the encoder's cost
+    grows with every window in a batch, so a stream's batch holds only stream windows, and while streams
+    are live (a stream window came in the last `STREAM_RECENT_S`) bulk batches are cut to a quarter of
+    `max_batch`: a stream's decode then waits for a few bulk windows, not for a whole batch of them."""
 
-    def __init__(self, engine: Engine, max_batch: int, window_s: float, streams_with_bulk: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int,
+        window_s: float,
+        streams_with_bulk: bool = True,
+        pack_short: bool = False,
+    ) -> None:
         self.engine = engine
         self.max_batch = max(1, max_batch)
         self.window_s = max(0.0, window_s)
         self.streams_with_bulk = streams_with_bulk
+        self.pack_short = pack_short  # short bulk windows of several calls share one window (see packing)
+        self._stream_seen = float("-inf")  # when a live stream's window last came in
         self.stats = BatchStats()
         self._queue: list[_Queued] = []
         self._seq = itertools.count()
@@ -104,6 +121,8 @@ class BatchScheduler:
             if self._closed:
                 future.cancel()
                 return future
+            if priority < Priority.BULK:
+                self._stream_seen = item.enqueued
             self._queue.append(item)
             self.stats.windows_queued = len(self._queue)
             self._cond.notify()
@@ -135,8 +154,9 @@ class BatchScheduler:
 
     # --- the scheduler thread -------------------------------------------------------------------
 
-    def _next_batch(self) -> list[_Queued] | None:
-        """Wait for work and take the next batch off the queue; None when closed."""
+    def _next_batch(self) -> list[list[_Queued]] | None:
+        """Wait for work and take the next batch off the queue: windows to decode, each one queued window
+        or several packed into one; None when closed."""
         with self._cond:
             while True:
                 if self._closed:
@@ -153,48 +173,76 @@ class BatchScheduler:
                     (q for q in self._queue if q.key == head.key and q.priority <= lowest),
                     key=lambda q: (q.priority, q.seq),
                 )
-                waited = time.monotonic() - head.enqueued
-                if len(mates) < self.max_batch and waited < self.window_s:
+                now = time.monotonic()
+                size = self.max_batch
+                live = now - self._stream_seen < STREAM_RECENT_S
+                if head.priority == Priority.BULK and not self.streams_with_bulk and live:
+                    size = max(1, self.max_batch // 4)
+                waited = now - head.enqueued
+                if len(mates) < size and waited < self.window_s:
                     self._cond.wait(self.window_s - waited)
                     continue
-                batch = mates[: self.max_batch]
-                taken = {id(q) for q in batch}
+                groups = self._group(mates, head, size)
+                taken = {id(q) for group in groups for q in group}
                 self._queue = [q for q in self._queue if id(q) not in taken]
                 self.stats.windows_queued = len(self._queue)
-                return batch
+                return groups
+
+    def _group(self, mates: list[_Queued], head: _Queued, size: int) -> list[list[_Queued]]:
+        """The first `size` windows to decode, short bulk windows packed together where that is on."""
+        if not self.pack_short or head.priority != Priority.BULK:
+            return [[q] for q in mates[:size]]
+        candidates = [q for q in mates if q.priority == Priority.BULK]
+        allowed = [q.packable and q.job.temperature == 0 for q in candidates]
+        groups = packing.plan([q.job for q in candidates], allowed)
+        return [[candidates[i] for i in group] for group in groups[:size]]
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            # A window queued again for a fallback is already running.
-            batch = [q for q in batch if q.future.running() or q.future.set_running_or_notify_cancel()]
-            if batch:
-                self._decode(batch)
+        while (groups := self._next_batch()) is not None:
+            # A window queued again (fallback, or out of a pack) is already running.
+            groups = [
+                [q for q in group if q.future.running() or q.future.set_running_or_notify_cancel()] for group in groups
+            ]
+            groups = [group for group in groups if group]
+            if groups:
+                self._decode(groups)
 
-    def _decode(self, batch: list[_Queued]) -> None:
+    def _decode(self, groups: list[list[_Queued]]) -> None:
+        packs = [packing.pack([q.job for q in group]) if len(group) > 1 else None for group in groups]
+        jobs = [p.job if p else group[0].job for p, group in zip(packs, groups, strict=True)]
+        members = [q for group in groups for q in group]
         started = time.monotonic()
         try:
-            results = self.engine.decode_batch([q.job for q in batch])
+            results = self.engine.decode_batch(jobs)
         except Exception as exc:  # every call in this batch fails with the engine's error; others go on
-            log.warning("batch_failed", windows=len(batch), error=str(exc))
-            for q in batch:
+            log.warning("batch_failed", windows=len(jobs), error=str(exc))
+            for q in members:
                 q.future.set_exception(exc)
             return
         finished = time.monotonic()
         stats = self.stats
-        stats.batches_by_size[len(batch)] += 1
-        stats.windows_decoded += len(batch)
-        stats.queue_wait_s += sum(started - q.enqueued for q in batch)
+        stats.batches_by_size[len(jobs)] += 1
+        stats.windows_decoded += len(jobs)
+        stats.packed_windows += sum(len(group) for group in groups if len(group) > 1)
+        stats.queue_wait_s += sum(started - q.enqueued for q in members)
         stats.busy_s += finished - started
-        stats.recent.append((finished, len(batch)))
-        if len({q.call.id if q.call else -q.seq for q in batch}) > 1:
+        stats.recent.append((finished, len(jobs)))
+        if len({q.call.id if q.call else -q.seq for q in members}) > 1:
             stats.mixed_batches += 1
-        for q, result in zip(batch, results, strict=True):
-            try:
-                self._settle(q, result)
-            except Exception as exc:  # the scheduler thread must outlive any one window
-                log.exception("window_settle_failed")
-                if not q.future.done():
-                    q.future.set_exception(exc)
+        for group, p, result in zip(groups, packs, results, strict=True):
+            own: list[WindowResult | None] = (
+                packing.unpack(result, p, [q.job.options.word_timestamps for q in group]) if p else [result]
+            )
+            for q, mine in zip(group, own, strict=True):
+                try:
+                    if mine is None:
+                        self._requeue(q, q.job, unpack=True)
+                    else:
+                        self._settle(q, mine)
+                except Exception as exc:  # the scheduler thread must outlive any one window
+                    log.exception("window_settle_failed")
+                    if not q.future.done():
+                        q.future.set_exception(exc)
 
     def _settle(self, q: _Queued, result: WindowResult) -> None:
         temperatures = q.job.options.temperatures
@@ -205,14 +253,22 @@ class BatchScheduler:
         # Decode again at the next temperature, alone: this batch's other windows are done.
         q.tried.append(result)
         self.stats.fallbacks += 1
+        self._requeue(q, replace(q.job, temperature=later[0]))
+
+    def _requeue(self, q: _Queued, job: WindowJob, unpack: bool = False) -> None:
+        """Queue a window again (the future stays RUNNING meanwhile): at a higher temperature, on its own,
+        or out of a packed window that did not cover it, first in line among its mates."""
         with self._cond:
             if self._closed or (q.call is not None and q.call.cancelled.is_set()):
                 _cancel(q.future)
                 return
-            retry = replace(q.job, temperature=later[0])
-            q.job, q.key = retry, ("fallback", q.seq, self.engine.batch_key(retry))
-            q.enqueued = time.monotonic()
-            # set_running_or_notify_cancel() was called: the future stays RUNNING while it waits again.
+            if unpack:
+                q.packable = False
+                q.key = self.engine.batch_key(job)
+            else:
+                q.key = ("fallback", q.seq, self.engine.batch_key(job))
+                q.enqueued = time.monotonic()
+            q.job = job
             self._queue.append(q)
             self.stats.windows_queued = len(self._queue)
             self._cond.notify()
