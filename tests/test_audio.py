@@ -133,8 +133,19 @@ def test_wav_header_is_walked_past_other_chunks_to_its_data() -> None:
     wav = clip("speech_short.wav")
     start = wav.index(b"data")
     tagged = wav[:start] + b"LIST" + struct.pack("<I", 5) + b"INFO\x01\x00" + wav[start:]
-    assert wav_declared_seconds(io.BytesIO(tagged)) == pytest.approx(3.4384375)
+    cut = tagged[: start + 14 + 8 + 1000]  # 1000 bytes of audio
+    assert wav_declared_seconds(io.BytesIO(cut)) == pytest.approx(3.4384375)
+    assert wav_declared_seconds(io.BytesIO(tagged)) is None  # whole: nothing to check
     assert decode_container(tagged, max_seconds=60).size == decode_container(wav, max_seconds=60).size
     with pytest.raises(AudioError, match=r"declares 3\.44 s .* only 0\.03 s"):
-        decode_container(tagged[: start + 14 + 8 + 1000], max_seconds=60)  # 1000 bytes of audio
+        decode_container(cut, max_seconds=60)
     assert wav_declared_seconds(io.BytesIO(b"RF64" + wav[4:])) is None
+
+
+def test_a_wrong_byte_rate_in_a_wav_header_never_makes_a_whole_file_truncated() -> None:
+    """Some writers get nAvgBytesPerSec wrong; FFmpeg decodes PCM by block size and rate, and so does the check."""
+    whole, cut = bytearray(clip("speech_short.wav")), bytearray(cut_wav(clip("speech_short.wav"), 1.0))
+    whole[28:32] = cut[28:32] = struct.pack("<I", 1000)
+    assert abs(decode_container(bytes(whole), max_seconds=60).size / 16000 - 3.44) < 0.01
+    with pytest.raises(AudioError, match=r"declares 3\.44 s .* only 1\.00 s"):
+        decode_container(bytes(cut), max_seconds=60)

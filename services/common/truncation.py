@@ -31,13 +31,17 @@ TOLERANCE_S = 0.1
 TOLERANCE_RATIO = 0.01
 #: Chunks looked at before the data chunk, beyond which a WAV is left unchecked rather than read further.
 _MAX_WAV_CHUNKS = 64
+#: WAV format tags whose bytes are fixed-size frames: PCM, IEEE float, A-law, mu-law, and extensible.
+_PCM_TAGS = frozenset({0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE})
 #: FFmpeg format names whose audio stream duration comes from the header's sample table or sample count.
 _DECLARING_FORMATS = {"flac", "mov", "mp4", "m4a"}
 
 
 def wav_declared_seconds(data: BinaryIO) -> float | None:
-    """Seconds a RIFF/WAVE header's data chunk declares (its size over the fmt chunk's byte rate); None when
-    the file is not RIFF/WAVE, the size is one of the "unknown length" markers, or the header is unreadable."""
+    """Seconds a RIFF/WAVE header's data chunk declares, when that chunk runs past the end of the file; None
+    when the file is not RIFF/WAVE, the chunk fits, its size is an "unknown length" marker, or the header is
+    unreadable. Only bytes missing from the file count, so a header with a wrong byte rate never makes a
+    whole file look cut."""
     head = data.read(12)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None  # RF64 and BW64 keep their real size elsewhere, and say 0xFFFFFFFF here
@@ -48,17 +52,24 @@ def wav_declared_seconds(data: BinaryIO) -> float | None:
             return None
         tag, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
         if tag == b"data":
-            if size in UNKNOWN_WAV_DATA_SIZES or byte_rate <= 0:
+            if size in UNKNOWN_WAV_DATA_SIZES or byte_rate <= 0 or data.tell() + size <= data.seek(0, io.SEEK_END):
                 return None
             return size / byte_rate
         if tag == b"fmt ":
             body = data.read(size)
-            if len(body) < 12:
+            if len(body) < 16:
                 return None
-            byte_rate = struct.unpack("<I", body[8:12])[0]  # nAvgBytesPerSec: exact for PCM, A-law, mu-law
+            byte_rate = _wav_byte_rate(body)
             size = 0
         data.seek(size + (size & 1), io.SEEK_CUR)  # chunks are padded to an even length
     return None
+
+
+def _wav_byte_rate(fmt: bytes) -> int:
+    """Bytes per second of a fmt chunk's audio: what FFmpeg decodes PCM by (block size times frame rate), or
+    the header's stated average for compressed codecs."""
+    tag, _, rate, average, block = struct.unpack("<HHIIH", fmt[:14])
+    return block * rate if tag in _PCM_TAGS else average
 
 
 def promised_seconds(
