@@ -8,8 +8,8 @@ header promises is compared with the length decoded, and a file short of its pro
 
 Only headers that state an exact length count: a WAV data chunk's size, FLAC STREAMINFO's total samples,
 an MP4/M4A/MOV track's sample table. FFmpeg sizes a WAV by the bytes present when its data chunk reaches
-past the end of the file, so the chunk size is read here. Other containers (mp3, Ogg, Matroska) give
-estimates or nothing, and are not checked.
+past the end of the file, so the chunk size is read here, and a WAV is checked only when bytes are missing.
+Other containers (mp3, Ogg, Matroska) give estimates or nothing, and are not checked.
 """
 
 from __future__ import annotations
