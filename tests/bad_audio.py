@@ -6,7 +6,9 @@ Each builder returns the bytes of a real file that FFmpeg parses the way a clien
 from __future__ import annotations
 
 import io
+import os
 import struct
+import tempfile
 
 import av
 import numpy as np
@@ -134,3 +136,42 @@ def wav_with_unknown_codec() -> bytes:
     data = bytearray(wav_bytes(samples, 16000))
     data[20:22] = (0x1234).to_bytes(2, "little")
     return bytes(data)
+
+
+def _wav_layout(wav: bytes) -> tuple[int, int]:
+    """Where a canonical WAV's audio starts, and its bytes per second (fmt the first chunk, data the second)."""
+    return wav.index(b"data") + 8, struct.unpack_from("<I", wav, 28)[0]
+
+
+def cut_wav(wav: bytes, keep_s: float) -> bytes:
+    """The WAV as an upload that broke off `keep_s` into its audio: the header still declares all of it."""
+    start, byte_rate = _wav_layout(wav)
+    return wav[: start + int(keep_s * byte_rate)]
+
+
+def unknown_length_wav(wav: bytes, marker: int) -> bytes:
+    """The WAV as a tool streaming it to a pipe writes it: RIFF and data sizes set to `marker`, as it could
+    not seek back to fill them in (0 or 0xFFFFFFFF by most, 0x7FFFF000 by sox)."""
+    start, _ = _wav_layout(wav)
+    out = bytearray(wav)
+    out[4:8] = out[start - 4 : start] = struct.pack("<I", marker)
+    return bytes(out)
+
+
+def m4a_bytes(wav: bytes) -> bytes:
+    """The audio of `wav` as AAC in an M4A with its moov atom first, as phones and `-movflags faststart`
+    write it: a cut file keeps the header that declares the duration. (FFmpeg moves the atom by rewriting
+    the file, so it is written to a temporary file, not to memory.)"""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "audio.m4a")
+        with av.open(io.BytesIO(wav), "r") as source, av.open(path, "w", options={"movflags": "faststart"}) as out:
+            stream = out.add_stream("aac", rate=16000, layout="mono")
+            assert isinstance(stream, av.AudioStream)
+            for frame in source.decode(audio=0):
+                frame.pts = None
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode(None):
+                out.mux(packet)
+        with open(path, "rb") as f:
+            return f.read()

@@ -10,9 +10,12 @@ import pytest
 from services.common.errors import error_reason
 from services.gen import transcription_pb2 as pb
 from tests.bad_audio import (
+    cut_wav,
     encode_audio,
+    m4a_bytes,
     nan_float_wav,
     tone,
+    unknown_length_wav,
     video_without_audio,
     wav_bytes,
     wav_with_unknown_codec,
@@ -33,7 +36,25 @@ CASES = [
         "truncated",
         pb.TranscribeRequest(audio_content=clip("speech_short.flac")[:200]),
         "INVALID_ARGUMENT",
-        None,
+        "TRUNCATED_AUDIO",
+    ),
+    (  # an upload that broke off: it used to be answered OK with an empty transcript, like silence
+        "wav cut 8 ms into its audio",
+        pb.TranscribeRequest(audio_content=cut_wav(clip("speech_short.wav"), 0.008)),
+        "INVALID_ARGUMENT",
+        "TRUNCATED_AUDIO",
+    ),
+    (
+        "flac cut in half",
+        pb.TranscribeRequest(audio_content=clip("speech_short.flac")[: len(clip("speech_short.flac")) // 2]),
+        "INVALID_ARGUMENT",
+        "TRUNCATED_AUDIO",
+    ),
+    (
+        "m4a cut",
+        pb.TranscribeRequest(audio_content=m4a_bytes(clip("speech_short.wav"))[:20_000]),
+        "INVALID_ARGUMENT",
+        "TRUNCATED_AUDIO",
     ),
     (
         "bad rate",
@@ -266,6 +287,26 @@ def test_odd_but_valid_audio_is_transcribed(serving_fleet: Fleet, label: str, au
     response = serving_fleet.transcription.Transcribe(request, timeout=120)
     assert response.audio_duration.ToMilliseconds() > 500
     assert "fox" not in response.transcript.lower()
+
+
+def test_truncated_audio_says_how_much_was_declared_and_how_much_arrived(serving_fleet: Fleet) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        serving_fleet.transcription.Transcribe(
+            pb.TranscribeRequest(audio_content=cut_wav(clip("speech_short.wav"), 0.008)), timeout=30
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "declares 3.44 s of audio but its bytes hold only 0.01 s" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize("marker", [0, 0xFFFFFFFF])
+def test_streamed_wav_of_unknown_length_is_transcribed(serving_fleet: Fleet, marker: int) -> None:
+    """A WAV written to a pipe cannot have its sizes filled in: "unknown length" is not truncation."""
+    streamed = unknown_length_wav(clip("speech_short.wav"), marker)
+    response = serving_fleet.transcription.Transcribe(pb.TranscribeRequest(audio_content=streamed), timeout=60)
+    assert "fox" in response.transcript.lower()
+    assert abs(response.audio_duration.ToMilliseconds() - 3438) <= 10
+    cut = serving_fleet.transcription.Transcribe(pb.TranscribeRequest(audio_content=cut_wav(streamed, 0.5)), timeout=60)
+    assert cut.audio_duration.ToMilliseconds() == 500
 
 
 def test_a_sliver_of_audio_with_word_times_is_transcribed(serving_fleet: Fleet) -> None:

@@ -8,6 +8,7 @@ import pytest
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container, decode_linear16
 from services.gateway.pieces import SEARCH_S, Cutter, Source, iter_pieces
 from services.gen import transcription_pb2 as pb
+from tests.bad_audio import cut_wav
 from tests.helpers import clip, read_wav, speech_recording
 
 
@@ -68,3 +69,16 @@ def test_bad_sources_raise_audio_errors() -> None:
     with pytest.raises(AudioError) as rate:
         Source(clip("speech_short.wav"), pb.AUDIO_ENCODING_LINEAR16, 12345, 1).declared_seconds()
     assert rate.value.reason == "UNSUPPORTED_SAMPLE_RATE"
+
+
+def test_a_truncated_recording_raises_after_its_pieces_and_before_its_last() -> None:
+    """The pipeline learns of a cut-off upload from the decoder's last step, before the final piece goes out
+    and so before any final result: the pieces already sent are all the client could have had."""
+    cut = cut_wav(speech_recording(100), 80.0)
+    pieces = []
+    with pytest.raises(AudioError) as info:
+        for piece in iter_pieces(Source(cut), piece_s=30, max_seconds=3600, max_ratio=0):
+            pieces.append(piece)
+    assert info.value.reason == "TRUNCATED_AUDIO"
+    assert "declares 100.00 s" in info.value.message and "only 80.00 s" in info.value.message
+    assert len(pieces) >= 1 and sum(p.seconds for p in pieces) < 80 - 1

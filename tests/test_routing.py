@@ -10,7 +10,7 @@ def handle(
     name: str, status: int = worker_pb2.WORKER_STATUS_SERVING, active: int = 0, state: str = "RUNNING"
 ) -> WorkerHandle:
     h = WorkerHandle(name=name, address=f"unix:///tmp/{name}.sock", channel_options=[], supervisor_state=state)
-    h.health = worker_pb2.WorkerHealth(worker_id=name, status=status, active_requests=active)  # type: ignore[arg-type]
+    h.record_health(worker_pb2.WorkerHealth(worker_id=name, status=status, active_requests=active))  # type: ignore[arg-type]
     return h
 
 

@@ -22,6 +22,7 @@ from scribe_client import AsyncScribeClient, ScribeClient, TranscribeOptions
 from services.common.errors import error_reason
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc
+from tests.bad_audio import cut_wav
 from tests.conftest import Fleet, Process
 from tests.helpers import speech_recording, wait_for, words_of
 
@@ -143,6 +144,25 @@ def test_garbage_and_bad_sequences_get_invalid_argument(serving_fleet: Fleet, sm
     nothing = refusal(small_gateway, upload_requests(b""))
     assert error_reason(nothing.trailing_metadata()) == "EMPTY_AUDIO"
     assert not spooled(small_gateway)
+
+
+def test_a_truncated_upload_is_refused_before_its_final_result(serving_fleet: Fleet, small_gateway: Process) -> None:
+    """A WAV whose header declares 70 s and whose upload broke off at 60 s: the pieces decoded before the end
+    may report progress, but the call ends INVALID_ARGUMENT TRUNCATED_AUDIO, never with a result that
+    would pass the missing ten seconds off as silence."""
+    reports: list[pb.TranscribeUploadResponse] = []
+    with grpc.insecure_channel(small_gateway.address) as channel:
+        stub = transcription_pb2_grpc.TranscriptionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            for report in stub.TranscribeUpload(upload_requests(cut_wav(speech_recording(70), 60.0)), timeout=120):
+                reports.append(report)
+    err = caught.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert error_reason(err.trailing_metadata()) == "TRUNCATED_AUDIO"
+    assert "declares 70.00 s of audio but its bytes hold only 60.00 s" in (err.details() or "")
+    assert not any(r.progress.HasField("result") for r in reports)
+    assert wait_for(lambda: not spooled(small_gateway), 5)
+    assert wait_for(lambda: not busy_workers(serving_fleet), 30), busy_workers(serving_fleet)
 
 
 def test_cancelled_or_expired_uploads_leave_no_spool_file_and_no_busy_worker(

@@ -18,6 +18,8 @@ import av
 import numpy as np
 import structlog
 
+from services.common import truncation
+
 log = structlog.get_logger()
 
 SAMPLE_RATE = 16_000
@@ -107,7 +109,9 @@ def iter_container(
 
     `source` is the file's bytes or its path: a spooled upload is read from disk, never whole into memory.
     Refuses audio over `max_seconds` (AUDIO_TOO_LONG) and, when `max_ratio` > 0, a file that decodes to
-    more than `max_ratio` times its own size past its first minute (DECODED_SIZE_TOO_LARGE).
+    more than `max_ratio` times its own size past its first minute (DECODED_SIZE_TOO_LARGE). A file that
+    holds less audio than its header promises (services.common.truncation) raises TRUNCATED_AUDIO after its
+    last chunk: a consumer decoding piece by piece learns it before it delivers a final result.
     """
     size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
     if not size:
@@ -115,6 +119,7 @@ def iter_container(
     budget = decode_budget_seconds(size, max_seconds, max_ratio)
     limit = int(budget * SAMPLE_RATE)
     total = 0
+    promised: float | None = None
     try:
         opened = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
         with av.open(opened, mode="r", metadata_errors="ignore") as container:
@@ -129,6 +134,7 @@ def iter_container(
                     "UNDECODABLE_AUDIO",
                     "FFmpeg has no decoder for this file's audio codec: send wav, flac, mp3, ogg or m4a",
                 )
+            promised = truncation.promised_seconds(source, container, stream)
             check_floats = stream.codec_context.name.startswith("pcm_f")
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             for frame in container.decode(stream):
@@ -148,10 +154,16 @@ def iter_container(
                         raise _too_long(max_seconds)
                     yield chunk
             for out in resampler.resample(None):
-                yield out.to_ndarray().reshape(-1)
+                chunk = out.to_ndarray().reshape(-1)
+                total += chunk.size
+                yield chunk
+            _check_whole(promised, total)
     except AudioError:
         raise
     except Exception as exc:
+        # A cut-off FLAC or MP4 ends in a partial packet the decoder rejects: what came before it is the
+        # audio the file holds, and the header says how much is missing.
+        _check_whole(promised, total)
         # Hostile files reach corners of FFmpeg and PyAV that raise all sorts of exceptions; whatever it
         # is, the file could not be decoded, and the worker must answer that rather than INTERNAL.
         if not isinstance(exc, (av.error.FFmpegError, ValueError, IndexError, OSError)):
@@ -161,6 +173,11 @@ def iter_container(
             f"could not decode the audio ({exc.__class__.__name__}): send a wav, flac, mp3, ogg or m4a "
             "file, or raw PCM with encoding LINEAR16 and sample_rate_hertz",
         ) from None
+
+
+def _check_whole(promised_s: float | None, samples: int) -> None:
+    if message := truncation.shortfall(promised_s, samples / SAMPLE_RATE):
+        raise AudioError("TRUNCATED_AUDIO", message)
 
 
 def decode_container(data: bytes, max_seconds: float, max_ratio: float = 0.0) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Prometheus metrics of the gateway, and the same figures for `ListWorkers` / `scribe status`.
 
 Per-request figures are counted when each RPC ends; fleet gauges (queue depth, per-worker load and
-memory) are read from the registry at scrape time, so they are never stale.
+memory) are read from the registry at scrape time. A worker whose last health report is stale (see
+services.gateway.registry) shows serving 0 and health_stale 1, and none of that report's figures: a
+stopped or killed worker's last load and memory would read as current.
 """
 
 from __future__ import annotations
@@ -57,11 +59,18 @@ class FleetCollector(Collector):
             "scribe_worker_vram_total_bytes", "Memory of the worker's device", labels=["worker"]
         )
         rss = GaugeMetricFamily("scribe_worker_rss_bytes", "Resident memory of the worker process", labels=["worker"])
+        stale = GaugeMetricFamily(
+            "scribe_worker_health_stale",
+            "1 when the worker's last health report no longer counts (process gone, restarted or silent)",
+            labels=["worker"],
+        )
         for w in self._registry.sorted():
             serving.add_metric([w.name], 1.0 if w.serving else 0.0)
             in_flight.add_metric([w.name], w.in_flight)
             streams.add_metric([w.name], w.streams)
-            if w.health is None:
+            is_stale = w.health is not None and bool(w.health_staleness())
+            stale.add_metric([w.name], 1.0 if is_stale else 0.0)
+            if w.health is None or is_stale:
                 continue
             active.add_metric([w.name], w.health.active_requests)
             rss.add_metric([w.name], w.health.process_rss_bytes)
@@ -69,7 +78,7 @@ class FleetCollector(Collector):
                 vram.add_metric([w.name], w.health.vram_process_bytes)
             if w.health.HasField("vram_total_bytes"):
                 vram_total.add_metric([w.name], w.health.vram_total_bytes)
-        yield from (serving, active, in_flight, streams, vram, vram_total, rss)
+        yield from (serving, stale, active, in_flight, streams, vram, vram_total, rss)
         yield from self._batches()
 
     def _batches(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
@@ -93,7 +102,7 @@ class FleetCollector(Collector):
             "scribe_worker_mixed_batches", "Batches holding windows of more than one call", labels=["worker"]
         )
         for w in self._registry.sorted():
-            if w.health is None or not w.health.HasField("batch"):
+            if w.health is None or not w.health.HasField("batch") or w.health_staleness():
                 continue
             batch = w.health.batch
             sizes.add_metric([w.name], size_buckets(list(batch.batches_by_size)), float(batch.windows_decoded))

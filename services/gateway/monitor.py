@@ -9,7 +9,7 @@ import grpc
 import structlog
 
 from services.common.config import Settings
-from services.gateway.registry import UNSUPERVISED, Registry, WorkerHandle, now
+from services.gateway.registry import UNSUPERVISED, Registry, WorkerHandle, health_check_timeout
 from services.gateway.supervisor import SupervisorClient, worker_process_num
 from services.gen import worker_pb2
 
@@ -87,9 +87,9 @@ class FleetMonitor:
             return
         try:
             response = await handle.worker.GetWorkerHealth(
-                worker_pb2.GetWorkerHealthRequest(), timeout=max(1.0, 2 * self._settings.health_interval_s)
+                worker_pb2.GetWorkerHealthRequest(), timeout=health_check_timeout(self._settings.health_interval_s)
             )
         except grpc.aio.AioRpcError as exc:
             handle.health_error = f"health check failed: {exc.code().name}"
             return
-        handle.health, handle.health_time, handle.health_error = response.health, now(), ""
+        handle.record_health(response.health)

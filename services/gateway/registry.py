@@ -1,4 +1,11 @@
-"""The workers the gateway knows, their states, and the choice of one for each call."""
+"""The workers the gateway knows, their states, and the choice of one for each call.
+
+A worker's health report is the state of one process at one moment. It stops counting (it is stale)
+when supervisord says the process is not running or is another process, when the worker failed its
+last health check or a call, or when no report came for STALE_AFTER_POLLS polls. A stale report never
+makes a worker SERVING: not for routing, not in ListWorkers, `scribe status` or the metrics, which all
+read `routing` and `health_staleness` here.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,19 @@ SUPERVISOR_STATES = {
     "UNKNOWN": fleet_pb2.SUPERVISOR_STATE_UNKNOWN,
 }
 UNSUPERVISED = "UNSUPERVISED"
+#: Health polls a worker may go without a report before its last one is stale.
+STALE_AFTER_POLLS = 3
+
+
+def health_check_timeout(interval_s: float) -> float:
+    """How long one GetWorkerHealth may take before the worker counts as not answering."""
+    return max(1.0, 2 * interval_s)
+
+
+def stale_after(interval_s: float) -> float:
+    """Age at which a health report is stale: a few polls, each allowed its interval and its check's timeout,
+    so a slow answer or a busy gateway never makes a live worker look gone."""
+    return STALE_AFTER_POLLS * (interval_s + health_check_timeout(interval_s))
 
 
 @dataclass
@@ -37,7 +57,9 @@ class WorkerHandle:
     supervisor_pid: int = 0
     health: worker_pb2.WorkerHealth | None = None
     health_time: float = 0.0
+    health_pid: int = 0  # supervisor_pid when `health` was read: a restart makes the report another process's
     health_error: str = ""
+    stale_after_s: float = stale_after(0.5)
     in_flight: int = 0
     streams: int = 0
     token: str | None = field(default=None, repr=False)
@@ -83,11 +105,32 @@ class WorkerHandle:
             return fleet_pb2.ROUTING_STATE_UNREACHABLE, self.health_error
         if self.health is None:
             return fleet_pb2.ROUTING_STATE_UNREACHABLE, "no health answer yet"
+        stale = self.health_staleness()
+        if stale:
+            return fleet_pb2.ROUTING_STATE_UNREACHABLE, stale
         if self.health.status != worker_pb2.WORKER_STATUS_SERVING:
             status = worker_pb2.WorkerStatus.Name(self.health.status)
             reason = f"{status}: {self.health.status_reason}" if self.health.status_reason else status
             return fleet_pb2.ROUTING_STATE_NOT_SERVING, reason
         return fleet_pb2.ROUTING_STATE_SERVING, ""
+
+    def health_staleness(self) -> str:
+        """Why the last health report is not the worker's state now; "" while it is (or there is none)."""
+        if self.health is None:
+            return ""
+        if self.supervisor_state not in ("RUNNING", UNSUPERVISED):
+            return f"supervisor state {self.supervisor_state}"
+        if self.supervisor_pid != self.health_pid:
+            return f"health report is from pid {self.health_pid}, the process now is pid {self.supervisor_pid}"
+        if self.health_error:
+            return self.health_error
+        age = now() - self.health_time
+        if age > self.stale_after_s:
+            return f"no health report for {age:.1f} s"
+        return ""
+
+    def record_health(self, health: worker_pb2.WorkerHealth) -> None:
+        self.health, self.health_time, self.health_pid, self.health_error = health, now(), self.supervisor_pid, ""
 
     @property
     def serving(self) -> bool:
@@ -130,6 +173,14 @@ class WorkerHandle:
         if self.health is not None:
             msg.health.CopyFrom(self.health)
             msg.health_updated_time.FromNanoseconds(int(self.health_time * 1e9))
+            stale = self.health_staleness()
+            if stale:
+                # A reader of the last report would see SERVING beside routing UNREACHABLE: the status is
+                # not known now, and the reason keeps what it was.
+                msg.health_stale = True
+                last = worker_pb2.WorkerStatus.Name(self.health.status)
+                msg.health.status = worker_pb2.WORKER_STATUS_UNSPECIFIED
+                msg.health.status_reason = f"stale ({stale}); last reported {last}"
         return msg
 
 
@@ -151,8 +202,10 @@ class Registry:
         channel_options: list[tuple[str, int]],
         worker_token: str | None = None,
         tcp_credentials: grpc.ChannelCredentials | None = None,
+        health_interval_s: float = 0.5,
     ) -> None:
         self.workers: dict[str, WorkerHandle] = {}
+        self._stale_after_s = stale_after(health_interval_s)
         self._options = channel_options
         self._token = worker_token
         self._tcp_credentials = tcp_credentials
@@ -167,6 +220,7 @@ class Registry:
                 channel_options=self._options,
                 token=self._token,
                 tcp_credentials=self._tcp_credentials,
+                stale_after_s=self._stale_after_s,
             )
             self.workers[name] = handle
         return handle

@@ -44,7 +44,12 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     tokens = configured_tokens(settings)
     # Remote workers (STATIC_WORKERS on TCP) are given the first token, so they must accept it too.
     worker_tls = channel_credentials(settings.worker_tls_ca_file) if settings.worker_tls_ca_file else None
-    registry = Registry(channel_options=options, worker_token=tokens[0] if tokens else None, tcp_credentials=worker_tls)
+    registry = Registry(
+        channel_options=options,
+        worker_token=tokens[0] if tokens else None,
+        tcp_credentials=worker_tls,
+        health_interval_s=settings.health_interval_s,
+    )
     interceptors = [TokenAuthInterceptor(TokenSet(tokens))] if tokens else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     dispatcher = Dispatcher(registry, settings.gateway_queue_size)

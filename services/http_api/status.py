@@ -29,7 +29,8 @@ def _state(enum: object, value: int, prefix: str) -> str:
 
 
 def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
-    """One worker as the page shows it."""
+    """One worker as the page shows it; a stale health report (ListWorkers' health_stale) gives only the
+    device, as its load and memory belong to a process that no longer answers."""
     row: dict[str, object] = {
         "name": w.name,
         "supervisor": _state(fleet_pb2.SupervisorState, w.supervisor_state, "SUPERVISOR_STATE_"),
@@ -37,30 +38,32 @@ def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
         "reason": w.routing_reason,
         "in_flight": w.in_flight,
         "streams": w.streams,
+        "health_stale": w.health_stale,
     }
     if w.HasField("health"):
         h = w.health
         cuda = h.device_kind == worker_pb2.DEVICE_KIND_CUDA
-        row.update(
-            device=f"cuda:{h.device_index} {h.gpu_name}".strip() if cuda else "cpu",
-            status=_state(worker_pb2.WorkerStatus, h.status, "WORKER_STATUS_"),
-            model=h.model,
-            rss_bytes=h.process_rss_bytes,
-            vram_used_bytes=h.vram_process_bytes if h.HasField("vram_process_bytes") else None,
-            vram_total_bytes=h.vram_total_bytes if h.HasField("vram_total_bytes") else None,
-            active=h.active_requests,
-            queued=h.queued_requests,
-            slots=h.max_concurrent_requests,
-            done=h.requests_completed,
-            uptime_s=round(h.uptime.ToNanoseconds() / 1e9),
-        )
-        if h.HasField("batch"):
-            batches = sum(h.batch.batches_by_size)
+        row["device"] = f"cuda:{h.device_index} {h.gpu_name}".strip() if cuda else "cpu"
+        if not w.health_stale:
             row.update(
-                batch_max=h.batch.max_batch_size,
-                batch_mean=round(h.batch.windows_decoded / batches, 2) if batches else None,
-                windows_queued=h.batch.windows_queued,
+                status=_state(worker_pb2.WorkerStatus, h.status, "WORKER_STATUS_"),
+                model=h.model,
+                rss_bytes=h.process_rss_bytes,
+                vram_used_bytes=h.vram_process_bytes if h.HasField("vram_process_bytes") else None,
+                vram_total_bytes=h.vram_total_bytes if h.HasField("vram_total_bytes") else None,
+                active=h.active_requests,
+                queued=h.queued_requests,
+                slots=h.max_concurrent_requests,
+                done=h.requests_completed,
+                uptime_s=round(h.uptime.ToNanoseconds() / 1e9),
             )
+            if h.HasField("batch"):
+                batches = sum(h.batch.batches_by_size)
+                row.update(
+                    batch_max=h.batch.max_batch_size,
+                    batch_mean=round(h.batch.windows_decoded / batches, 2) if batches else None,
+                    windows_queued=h.batch.windows_queued,
+                )
     return row
 
 

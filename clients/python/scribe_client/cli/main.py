@@ -227,13 +227,23 @@ def _mib(value: int) -> str:
     return f"{value / 2**20:.0f}"
 
 
-def status_rows(workers: list[fleet_pb2.Worker]) -> list[list[str]]:
-    """One row per worker for `status`."""
+def health_age(w: fleet_pb2.Worker, now_s: float) -> str:
+    """How old the worker's health report is; "stale" when the gateway no longer counts it as current."""
+    if not w.HasField("health"):
+        return "-"
+    age = max(0.0, now_s - w.health_updated_time.ToNanoseconds() / 1e9)
+    return f"stale {age:.0f}s" if w.health_stale else f"{age:.1f}s"
+
+
+def status_rows(workers: list[fleet_pb2.Worker], now_s: float | None = None) -> list[list[str]]:
+    """One row per worker for `status`. A stale health report gives no figures: they would read as live."""
+    now_s = time.time() if now_s is None else now_s
     rows = [
         [
             "WORKER",
             "SUPERVISOR",
             "ROUTING",
+            "HEALTH AGE",
             "DEVICE",
             "VRAM MiB used/total",
             "RSS MiB",
@@ -247,11 +257,12 @@ def status_rows(workers: list[fleet_pb2.Worker]) -> list[list[str]]:
     ]
     for w in workers:
         h = w.health
-        has = w.HasField("health")
-        if has and h.device_kind == worker_pb2.DEVICE_KIND_CUDA:
+        known = w.HasField("health")
+        has = known and not w.health_stale  # the figures of the process now running
+        if known and h.device_kind == worker_pb2.DEVICE_KIND_CUDA:
             device = f"cuda:{h.device_index} {h.gpu_name}".strip()
         else:
-            device = "cpu" if has else "-"
+            device = "cpu" if known else "-"
         vram = (
             f"{_mib(h.vram_process_bytes if h.HasField('vram_process_bytes') else h.vram_used_bytes)}/{_mib(h.vram_total_bytes)}"
             if has and h.HasField("vram_total_bytes")
@@ -263,6 +274,7 @@ def status_rows(workers: list[fleet_pb2.Worker]) -> list[list[str]]:
                 w.name,
                 fleet_pb2.SupervisorState.Name(w.supervisor_state).removeprefix("SUPERVISOR_STATE_"),
                 routing,
+                health_age(w, now_s),
                 device,
                 vram,
                 _mib(h.process_rss_bytes) if has else "-",
