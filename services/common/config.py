@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         16,
         ge=1,
         le=256,
-        description="Most windows one batch decodes (16 measured best on a 2-core CPU with tiny.en; see Benchmarks).",
+        description="Most windows one batch decodes. Worker memory grows with it (see Batched decoding).",
     )
     batch_window_ms: int = Field(
         10, ge=0, le=10_000, description="How long a batch that is not full waits for more windows."
