@@ -23,6 +23,8 @@ from services.common import truncation
 log = structlog.get_logger()
 
 SAMPLE_RATE = 16_000
+#: Energy frames for finding where to cut audio (a pause between words): 20 ms.
+FRAME = SAMPLE_RATE // 50
 SUPPORTED_SAMPLE_RATES: tuple[int, ...] = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 MAX_CHANNELS = 2
 _LAYOUTS = {1: "mono", 2: "stereo"}
@@ -280,3 +282,9 @@ def iter_linear16(
         while chunk := data.read(chunk_bytes):
             yield as_int16(resampler.feed(chunk))
     yield as_int16(resampler.flush())
+
+
+def frame_energy(audio: np.ndarray) -> np.ndarray:
+    """RMS of each whole 20 ms frame (float or int16 samples: only the order matters)."""
+    frames = audio[: audio.size // FRAME * FRAME].reshape(-1, FRAME)
+    return np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common import audio
-from services.common.audio import SAMPLE_RATE
+from services.common.audio import FRAME, SAMPLE_RATE, frame_energy
 from services.gateway import shard
 from services.gen import transcription_pb2 as pb
 
@@ -64,8 +64,8 @@ class Cutter:
     within SEARCH_S of its ideal end, so no word is cut in half."""
 
     def __init__(self, piece_s: float) -> None:
-        self._target = int(piece_s * SAMPLE_RATE) // shard.FRAME
-        self._reach = int(SEARCH_S * SAMPLE_RATE) // shard.FRAME
+        self._target = int(piece_s * SAMPLE_RATE) // FRAME
+        self._reach = int(SEARCH_S * SAMPLE_RATE) // FRAME
         self._held: list[np.ndarray] = []
         self._held_samples = 0
         self._offset = 0  # samples already given out
@@ -74,10 +74,10 @@ class Cutter:
     def feed(self, chunk: np.ndarray) -> Iterator[AudioPiece]:
         self._held.append(chunk)
         self._held_samples += chunk.size
-        while self._held_samples >= (self._target + self._reach) * shard.FRAME:
+        while self._held_samples >= (self._target + self._reach) * FRAME:
             held = np.concatenate(self._held)
-            cut = shard.quietest_point(shard.frame_energy(held), self._target - self._reach, self._target + self._reach)
-            cut = cut or self._target * shard.FRAME
+            cut = shard.quietest_point(frame_energy(held), self._target - self._reach, self._target + self._reach)
+            cut = cut or self._target * FRAME
             self._held, self._held_samples = [held[cut:]], held.size - cut
             yield self._piece(held[:cut])
 

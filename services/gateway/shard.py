@@ -12,10 +12,9 @@ import av
 import numpy as np
 from google.protobuf import duration_pb2
 
-from services.common.audio import SAMPLE_RATE
+from services.common.audio import FRAME, SAMPLE_RATE, frame_energy
 from services.gen import transcription_pb2 as pb
 
-FRAME = SAMPLE_RATE // 50  # 20 ms energy frames
 MIN_PIECE_S = 30.0  # Whisper reads 30 s windows: shorter pieces waste most of a window
 
 
@@ -55,12 +54,6 @@ def split_points(audio: np.ndarray, pieces: int, search_s: float = 8.0) -> list[
         if cut is not None:
             cuts.append(cut)
     return sorted(set(cuts))
-
-
-def frame_energy(audio: np.ndarray) -> np.ndarray:
-    """RMS of each whole 20 ms frame (float or int16 samples: only the order matters)."""
-    frames = audio[: audio.size // FRAME * FRAME].reshape(-1, FRAME)
-    return np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
 
 
 def quietest_point(energy: np.ndarray, lo: int, hi: int) -> int | None:

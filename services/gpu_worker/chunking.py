@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-from services.common.audio import SAMPLE_RATE
+from services.common.audio import FRAME, SAMPLE_RATE, frame_energy
 
 #: Longest window: shorter than Whisper's 30 s, so a decoder that runs late still sees every word
 #: (faster-whisper PR #936 measured ~25 s chunks better than 30 s).
@@ -29,7 +29,6 @@ SPEECH_PAD_S = 0.2
 MIN_REST_S = 1.0
 #: Silero's state is reset this often (see `speech_spans`).
 VAD_BLOCK_S = 10.0
-_FRAME = SAMPLE_RATE // 50  # 20 ms
 
 
 @dataclass(frozen=True)
@@ -88,12 +87,10 @@ def speech_spans(audio: np.ndarray, block_s: float = VAD_BLOCK_S) -> list[tuple[
 
 def quietest_cut(audio: np.ndarray, lo: int, hi: int) -> int:
     """The middle of the quietest 20 ms frame in samples [lo, hi), or `hi` when there is no whole frame."""
-    frames = (hi - lo) // _FRAME
-    if frames < 1:
+    energy = frame_energy(audio[lo:hi])
+    if energy.size < 1:
         return hi
-    block = audio[lo : lo + frames * _FRAME].astype(np.float64).reshape(frames, _FRAME)
-    quietest = int(np.argmin(np.mean(block * block, axis=1)))
-    return lo + quietest * _FRAME + _FRAME // 2
+    return lo + int(np.argmin(energy)) * FRAME + FRAME // 2
 
 
 def _split_long(audio: np.ndarray, start: int, end: int, limit: int) -> list[tuple[int, int]]:
