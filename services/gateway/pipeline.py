@@ -285,7 +285,8 @@ class Pipeline:
 
     def _retry_or_raise(self, event: _Failed) -> None:
         piece, error = event.piece, event.error
-        if event.attempt != piece.attempt:
+        if event.attempt != piece.attempt or piece.finished:
+            # A worker lost right after it sent a piece's result fails a piece that is already complete.
             return
         if not (isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE):
             raise error
@@ -383,6 +384,8 @@ class Pipeline:
                 async for response in call:
                     finished = response.HasField("result")
                     self._events.put_nowait(_Report(piece, attempt, response, response.worker_id or handle.name))
+                    if finished:
+                        break  # the piece is complete: whatever becomes of the stream after its result is no failure
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     handle.mark_unreachable(f"call failed: {exc.details()}")
