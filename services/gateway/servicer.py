@@ -229,11 +229,14 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                         )
                         try:
                             async for response in call:
-                                if response.HasField("result"):
+                                final = response.HasField("result")
+                                if final:
                                     response.result.request_id = line.request_id
                                     line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
                                 sent += 1
                                 yield response
+                                if final:
+                                    return  # a worker lost after its result must not fail a complete call
                         finally:
                             # A client that went away closes this generator (GeneratorExit, no task
                             # cancellation): without this the worker would transcribe to the end for nobody.
