@@ -19,9 +19,9 @@ from scribe_client.cli.main import status_rows
 from services.gateway.dispatch import Dispatcher
 from services.gateway.metrics import GatewayStats
 from services.gateway.registry import Registry, WorkerHandle, now, stale_after
-from services.gen import fleet_pb2, worker_pb2
+from services.gen import fleet_pb2, transcription_pb2, worker_pb2
 from tests.conftest import Fleet
-from tests.helpers import wait_for
+from tests.helpers import clip, wait_for
 
 SERVING = worker_pb2.WORKER_STATUS_SERVING
 UNSPECIFIED = worker_pb2.WORKER_STATUS_UNSPECIFIED
@@ -170,3 +170,28 @@ def test_a_worker_killed_with_sigkill_is_never_shown_serving_until_its_new_proce
             assert not w.health_stale and w.health.pid == w.supervisor_pid != killed, w
             assert w.supervisor_state == fleet_pb2.SUPERVISOR_STATE_RUNNING
     assert seen[-1].health.status == SERVING and seen[-1].health.pid != killed
+
+
+def test_a_hung_supervisord_keeps_serving_workers_in_routing(serving_fleet: Fleet) -> None:
+    """supervisord stopped (SIGSTOP) holds its socket open without answering: the gateway keeps its last
+    process table and goes on checking health, so live workers stay SERVING and calls go through."""
+    fleet = serving_fleet
+    pid = int((fleet.run_dir / "supervisord.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        seen: list[set[str]] = []
+        until = time.monotonic() + stale_after(0.25) + 2  # past the age at which reports would go stale
+        while time.monotonic() < until:
+            seen.append(fleet.serving())
+            time.sleep(0.25)
+        response = fleet.transcription.Transcribe(
+            transcription_pb2.TranscribeRequest(audio_content=clip("speech_short.wav")), timeout=60
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert all(s == {"gpu_worker_00", "gpu_worker_01"} for s in seen), seen
+    assert "fox" in response.transcript.lower(), response.transcript
+    gateway_log = fleet.run_dir / "logs" / "gateway.log"  # written by supervisord, once it runs again
+    assert wait_for(lambda: '"event": "supervisor_slow"' in gateway_log.read_text(), 10), gateway_log.read_text()[
+        -2000:
+    ]

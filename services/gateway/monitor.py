@@ -10,7 +10,7 @@ import structlog
 
 from services.common.config import Settings
 from services.gateway.registry import UNSUPERVISED, Registry, WorkerHandle, health_check_timeout
-from services.gateway.supervisor import SupervisorClient, worker_process_num
+from services.gateway.supervisor import ProcessInfo, SupervisorClient, worker_process_num
 from services.gen import worker_pb2
 
 log = structlog.get_logger()
@@ -34,6 +34,7 @@ class FleetMonitor:
         self._after_refresh = after_refresh
         self._serving: int | None = None
         self._routing: dict[str, int] = {}
+        self._table: asyncio.Future[list[ProcessInfo]] | None = None  # a process-table read still under way
 
     async def run(self) -> None:
         while True:
@@ -63,10 +64,8 @@ class FleetMonitor:
             self._registry.ensure(endpoint, endpoint)
         if self._supervisor is None:
             return
-        try:
-            processes = await asyncio.to_thread(self._supervisor.workers)
-        except Exception as exc:  # supervisord restarting: keep the last known table
-            log.warning("supervisor_unreachable", url=self._supervisor.server_url, error=str(exc))
+        processes = await self._process_table(self._supervisor)
+        if processes is None:
             return
         seen = set()
         for proc in processes:
@@ -80,6 +79,26 @@ class FleetMonitor:
             if handle.supervisor_state != UNSUPERVISED and name not in seen:
                 log.info("worker_removed", worker=name)  # numprocs lowered and `supervisorctl update` run
                 await self._registry.remove(name)
+
+    async def _process_table(self, supervisor: SupervisorClient) -> list[ProcessInfo] | None:
+        """supervisord's worker table, or None (keep the last one) when it fails or is slow to answer.
+
+        The XML-RPC transport has no timeout: a supervisord that hangs without closing its socket would
+        otherwise hold up every health check, and each worker's report would go stale and leave routing.
+        A read that is late goes on in its thread and is picked up by a later poll; only one runs at a time.
+        """
+        if self._table is None:
+            self._table = asyncio.ensure_future(asyncio.to_thread(supervisor.workers))
+        done, _ = await asyncio.wait({self._table}, timeout=health_check_timeout(self._settings.health_interval_s))
+        if not done:
+            log.warning("supervisor_slow", url=supervisor.server_url)
+            return None
+        table, self._table = self._table, None
+        try:
+            return table.result()
+        except Exception as exc:  # supervisord restarting: keep the last known table
+            log.warning("supervisor_unreachable", url=supervisor.server_url, error=str(exc))
+            return None
 
     async def _check(self, handle: WorkerHandle) -> None:
         if handle.supervisor_state not in ("RUNNING", UNSUPERVISED):
