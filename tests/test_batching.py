@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import jiwer
@@ -109,20 +110,33 @@ def test_concurrent_calls_and_a_stream_share_batches(serving_fleet: Fleet) -> No
 
 def test_a_stream_gets_its_finals_while_long_recordings_are_decoded(serving_fleet: Fleet) -> None:
     audio, _ = recording()
-    bulk = [serving_fleet.transcription.Transcribe.future(linear16(audio), timeout=180) for _ in range(8)]
+    bulk: list[grpc.Future] = []
     pcm, rate, _ = read_wav("speech_short.wav")
-    call = serving_fleet.transcription.StreamingTranscribe(stream_requests(pcm, rate, pace=2.0), timeout=120)
+    heard = threading.Event()  # the stream's first interim result: its windows are in the worker's scheduler
+
+    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
+        last = len(pcm) // (int(0.1 * rate) * 2)
+        for i, request in enumerate(stream_requests(pcm, rate, pace=1.0, interim_results=True)):
+            if not bulk and (heard.is_set() or i >= last):
+                bulk.extend(
+                    serving_fleet.transcription.Transcribe.future(linear16(audio), timeout=180) for _ in range(8)
+                )
+            yield request
+
+    call = serving_fleet.transcription.StreamingTranscribe(requests(), timeout=180)
     finals, bulk_done_at_final = [], []
     for response in call:
+        if response.results:
+            heard.set()
         for result in response.results:
             if result.is_final:
                 finals.append(result.alternatives[0].transcript)
                 bulk_done_at_final.append(sum(f.done() for f in bulk))
     assert "fox" in words_of(" ".join(finals))
-    # Bulk windows wait behind a stream's decodes, never the other way round: the stream's last
-    # final came while the recordings (13 minutes of audio, several windows on each worker) were
-    # still being decoded.
-    assert bulk_done_at_final and bulk_done_at_final[-1] < len(bulk), bulk_done_at_final
+    # Bulk windows wait behind a stream's decodes, never the other way round: the stream's last final
+    # came while the recordings (13 minutes of audio, several windows on each worker, decoded in small
+    # batches beside a live stream) were still being decoded.
+    assert len(bulk) == 8 and bulk_done_at_final and bulk_done_at_final[-1] < len(bulk), bulk_done_at_final
     assert all("coat" in words_of(f.result().transcript) for f in bulk)
 
 

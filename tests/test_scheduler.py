@@ -208,3 +208,17 @@ def test_short_bulk_windows_of_several_calls_are_packed_into_one(engine: Scripte
     assert engine.batches[1:] == [["short", "other options"]] and scheduler.stats.packed_windows == 3
     assert [len(r.segments) for r in results] == [1, 0, 0, 1]
     scheduler.close()
+
+
+def test_on_a_cpu_bulk_batches_stay_small_while_a_stream_is_open_between_its_decodes(
+    engine: ScriptedFakeEngine,
+) -> None:
+    scheduler = BatchScheduler(engine, max_batch=8, window_s=0.0, streams_with_bulk=False)
+    scheduler.stream_opened()  # open, but none of its windows came in lately (a loaded CPU, or a pause)
+    hold(engine, scheduler)
+    futures = [scheduler.submit(job(f"bulk{i}"), Priority.BULK) for i in range(4)]
+    engine.gate.set()
+    for future in futures:
+        future.result(5)
+    assert engine.batches[1:] == [["bulk0", "bulk1"], ["bulk2", "bulk3"]]
+    scheduler.close()

@@ -11,8 +11,9 @@ import contextvars
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
@@ -78,6 +79,20 @@ class WorkerRuntime:
                 f"worker {self.worker_id} is not serving ({self.status_reason}); retry on another worker",
             )
         return self.transcriber
+
+    @contextmanager
+    def stream_open(self) -> Iterator[None]:
+        """Count a live stream here and in the scheduler, which keeps bulk batches small while it is open."""
+        scheduler = self.transcriber.scheduler if self.transcriber is not None else None
+        self.streams += 1
+        if scheduler is not None:
+            scheduler.stream_opened()
+        try:
+            yield
+        finally:
+            self.streams -= 1
+            if scheduler is not None:
+                scheduler.stream_closed()
 
     def streams_backlogged(self) -> bool:
         """Live-stream windows already fill a batch: an interim decode now would only wait."""

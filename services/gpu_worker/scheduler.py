@@ -88,8 +88,10 @@ class BatchScheduler:
     """`streams_with_bulk`: whether a batch led by a live stream's window is filled up with bulk windows.
     On a GPU a batch of sixteen costs about what one window does, so it is. On a CPU the encoder's cost
     grows with every window in a batch, so a stream's batch holds only stream windows, and while streams
-    are live (a stream window came in the last `STREAM_RECENT_S`) bulk batches are cut to a quarter of
-    `max_batch`: a stream's decode then waits for a few bulk windows, not for a whole batch of them."""
+    are live (a stream is open, or a stream window came in the last `STREAM_RECENT_S`) bulk batches are
+    cut to a quarter of `max_batch`: a stream's decode then waits for a few bulk windows, not for a whole
+    batch of them. An open stream counts even while none of its windows is queued: on a loaded CPU its
+    next decode may come many seconds after the last one, and must not find a full bulk batch running."""
 
     def __init__(
         self,
@@ -105,6 +107,7 @@ class BatchScheduler:
         self.streams_with_bulk = streams_with_bulk
         self.pack_short = pack_short  # short bulk windows of several calls share one window (see packing)
         self._stream_seen = float("-inf")  # when a live stream's window last came in
+        self._streams_open = 0
         self.stats = BatchStats()
         self._queue: list[_Queued] = []
         self._seq = itertools.count()
@@ -127,6 +130,15 @@ class BatchScheduler:
             self.stats.windows_queued = len(self._queue)
             self._cond.notify()
         return future
+
+    def stream_opened(self) -> None:
+        with self._cond:
+            self._streams_open += 1
+
+    def stream_closed(self) -> None:
+        with self._cond:
+            self._streams_open -= 1
+            self._stream_seen = time.monotonic()
 
     def queued(self, up_to: Priority = Priority.BULK) -> int:
         """Windows waiting with this priority or a higher one."""
@@ -175,7 +187,7 @@ class BatchScheduler:
                 )
                 now = time.monotonic()
                 size = self.max_batch
-                live = now - self._stream_seen < STREAM_RECENT_S
+                live = self._streams_open > 0 or now - self._stream_seen < STREAM_RECENT_S
                 if head.priority == Priority.BULK and not self.streams_with_bulk and live:
                     size = max(1, self.max_batch // 4)
                 waited = now - head.enqueued

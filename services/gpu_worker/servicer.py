@@ -118,15 +118,12 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         request_iterator: AsyncIterator[pb.StreamingTranscribeRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
-        with request_line("StreamingTranscribe", context) as line:
-            self._rt.streams += 1
+        with request_line("StreamingTranscribe", context) as line, self._rt.stream_open():
             try:
                 async for response in self._stream(request_iterator, line.fields):
                     yield response
             except (audio.AudioError, RequestError) as err:
                 await _refuse(context, line, err)
-            finally:
-                self._rt.streams -= 1
 
     async def _first(self, requests: AsyncIterator[pb.StreamingTranscribeRequest]) -> pb.StreamingConfig | None:
         timeout = self._limits.stream_idle_timeout_s
