@@ -238,9 +238,14 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-#: How far the gateway's RSS may rise while it takes an hour-long upload of 110 MiB (measured on a fresh gateway:
-#: +36 MiB steady, +52 at the peak; decoding the whole hour at once would take 230 MB of float32 alone).
-RSS_RISE_LIMIT_MIB = 80
+#: How far the gateway's RSS may rise while it takes an hour-long upload of 110 MiB: less than the file itself.
+#: Measured on a fresh gateway: +36 MiB steady and +52 at the peak on an idle machine; +82 and +100 on this
+#: 2-core machine loaded four times over by other test runs (how many transient piece buffers coexist depends
+#: on timing). Decoding the whole hour at once would take 230 MB of float32 alone.
+RSS_RISE_LIMIT_MIB = 110
+#: How much higher the second half's peak may be than the first's: bounded memory does not grow with the
+#: audio taken (holding every piece would add about 55 MiB over the second half).
+RSS_GROWTH_LIMIT_MIB = 25
 
 
 def test_an_hour_long_recording_on_both_workers_with_bounded_gateway_memory(
@@ -251,12 +256,12 @@ def test_an_hour_long_recording_on_both_workers_with_bounded_gateway_memory(
     audio.write_bytes(speech_recording(3600, gap_s=20))  # 40 s of speech in every 100 s
     pid = int(serving_fleet.supervisorctl("pid", "gateway").stdout.strip())
     start = _rss_mib(pid)
-    peak = [start]
+    samples: list[float] = []
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss_mib(pid))
+            samples.append(_rss_mib(pid))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -273,6 +278,9 @@ def test_an_hour_long_recording_on_both_workers_with_bounded_gateway_memory(
     words = words_of(result.transcript)
     assert words[:2] == ["good", "morning"] and words.count("weather") > 30, result.transcript[:500]
     assert seconds(result.segments[-1].end_offset) > 3500
-    rise = peak[0] - start
-    print(f"gateway RSS {start:.0f} MiB at start, peak {peak[0]:.0f} MiB (+{rise:.0f})")
+    half = len(samples) // 2
+    first, second = max(samples[:half]), max(samples[half:])
+    rise = max(first, second) - start
+    print(f"gateway RSS {start:.0f} MiB at start, peak {first:.0f} MiB in the first half, {second:.0f} in the second")
     assert rise < RSS_RISE_LIMIT_MIB, f"gateway RSS rose {rise:.0f} MiB for a 110 MiB upload"
+    assert second - first < RSS_GROWTH_LIMIT_MIB, f"gateway RSS peak grew from {first:.0f} to {second:.0f} MiB"
