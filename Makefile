@@ -8,8 +8,11 @@ CLIENT := clients/python
 GEN    := $(CLIENT)/scribe_client/gen/transcription/v1/transcription_pb2.py
 DESCRIPTORS := services/gen/transcription/descriptors.binpb
 FUZZ_EXAMPLES ?= 500
+SOAK_MINUTES ?= 30
+SOAK_STREAMS ?= 2
+SOAK_CLIENTS ?= 2
 
-.PHONY: run test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -25,6 +28,7 @@ help:
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
 	@echo "make bench-http - time the HTTP (OpenAI-compatible) layer adds to a Transcribe of a 10 s clip, vs gRPC"
 	@echo "make bench-long - one 60-minute recording on 1 and N workers, four at once (needs ../shared/audio; BENCH_ARGS=--minutes 2 for a smoke run)"
+	@echo "make soak   - streams and calls while workers are killed, scaled and restarted (SOAK_MINUTES=$(SOAK_MINUTES), SOAK_STREAMS=$(SOAK_STREAMS), SOAK_CLIENTS=$(SOAK_CLIENTS); bench/results/soak.md)"
 	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
 # scribe-grpc-client (clients/python) first: the server depends on it.
@@ -98,6 +102,10 @@ bench-http: $(GEN)
 
 bench-stream: $(GEN)
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
+
+# Loopback only: a throwaway fleet in a temporary folder. `make test` runs a 90 s version (tests/test_soak.py).
+soak: $(GEN)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --streams $(SOAK_STREAMS) --clients $(SOAK_CLIENTS) $(SOAK_ARGS)
 
 bench-long: $(GEN)
 	$(BIN)/python -m bench.long $(BENCH_ARGS)

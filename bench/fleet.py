@@ -33,6 +33,8 @@ def free_port() -> int:
 class Fleet:
     address: str  # the gateway
     run_dir: Path  # sockets and logs (logs/gpu_worker_NN.log)
+    conf: Path  # its supervisord.conf, for supervisorctl and `scribe scale`
+    env: dict[str, str]  # the environment `scribe start` ran with
 
 
 @contextmanager
@@ -66,7 +68,7 @@ def fleet(workers: int = 2, threads: int = 0, checkout: Path = ROOT, **env: str)
     # scribe's own messages go to stderr, so a benchmark's stdout holds only its table.
     subprocess.run([*scribe, "start", "--wait", "180"], env=full_env, check=True, cwd=checkout, stdout=sys.stderr)
     try:
-        yield Fleet(address, home / "run")
+        yield Fleet(address, home / "run", conf, full_env)
     finally:
         subprocess.run([*scribe, "stop"], env=full_env, check=False, cwd=checkout, stdout=sys.stderr)
         shutil.rmtree(home, ignore_errors=True)

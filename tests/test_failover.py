@@ -7,7 +7,7 @@ import signal
 
 from services.gen import transcription_pb2 as pb
 from tests.conftest import Fleet
-from tests.helpers import read_wav, stream_requests, wait_for, words_of
+from tests.helpers import clip, read_wav, speech_recording, stream_requests, wait_for, words_of
 
 
 def finals(responses: list[pb.StreamingTranscribeResponse]) -> list[pb.StreamingRecognitionResult]:
@@ -121,6 +121,51 @@ def test_stream_waits_for_a_worker_when_none_is_up(serving_fleet: Fleet) -> None
         serving_fleet.supervisorctl("start", "gpu_worker:gpu_worker_00")
         thread.join(60)
         assert "lazy" in " ".join(r.alternatives[0].transcript for x in responses for r in x.results).lower()
+    finally:
+        serving_fleet.supervisorctl("start", "gpu_worker:*")
+        serving_fleet.wait_all_serving(timeout=60)
+
+
+def test_progress_call_goes_on_on_another_worker_after_a_kill(serving_fleet: Fleet) -> None:
+    audio = speech_recording(17)  # under SHARD_MIN_SECONDS: one worker decodes it whole
+    request = pb.TranscribeWithProgressRequest(request=pb.TranscribeRequest(audio_content=audio))
+    reference = list(serving_fleet.transcription.TranscribeWithProgress(request, timeout=120))[-1].result
+    reports: list[pb.TranscribeWithProgressResponse] = []
+    try:
+        for report in serving_fleet.transcription.TranscribeWithProgress(request, timeout=120):
+            if not reports:  # the worker's first report, sent before it decodes: kill it then
+                os.kill(serving_fleet.workers()[report.worker_id].supervisor_pid, signal.SIGKILL)
+            reports.append(report)
+        assert reports[-1].result.worker_id != reports[0].worker_id, "the call did not move to another worker"
+        percents = [r.progress_percent for r in reports]
+        assert percents == sorted(percents) and percents[-1] == 100
+        segments = [s for r in reports for s in r.segments]
+        assert [s.id for s in segments] == sorted({s.id for s in segments})  # none twice
+        assert words_of(" ".join(s.text for s in segments)) == words_of(reports[-1].result.transcript)
+        assert words_of(reports[-1].result.transcript) == words_of(reference.transcript)
+    finally:
+        serving_fleet.wait_all_serving(timeout=60)
+
+
+def test_call_waits_for_a_worker_while_the_group_restarts(serving_fleet: Fleet) -> None:
+    import threading
+    import time
+
+    serving_fleet.supervisorctl("stop", "gpu_worker:*")
+    answers: list[pb.TranscribeResponse] = []
+    try:
+        assert wait_for(lambda: serving_fleet.serving() == set(), 5)
+        request = pb.TranscribeRequest(audio_content=clip("speech_short.wav"))
+        # The stub, not the client library: no retry of the client's hides what the gateway answers.
+        thread = threading.Thread(
+            target=lambda: answers.append(serving_fleet.transcription.Transcribe(request, timeout=60))
+        )
+        thread.start()
+        time.sleep(2)  # the call is queued, not refused
+        assert thread.is_alive()
+        serving_fleet.supervisorctl("start", "gpu_worker:gpu_worker_00")
+        thread.join(60)
+        assert "lazy" in answers[0].transcript.lower()
     finally:
         serving_fleet.supervisorctl("start", "gpu_worker:*")
         serving_fleet.wait_all_serving(timeout=60)

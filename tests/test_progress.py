@@ -132,3 +132,31 @@ def test_a_client_that_goes_away_frees_the_workers_slot_early(serving_fleet: Fle
     # Items are the start event plus one per segment: it stopped in the second or third of four windows, not at the end.
     print("abandoned after", line["items_emitted"] - 1, "of", segments, "segments")
     assert line["items_emitted"] - 1 <= 0.75 * segments, (line, segments)
+
+
+def test_a_progress_call_started_over_on_another_worker_sends_only_what_is_new() -> None:
+    from google.protobuf.duration_pb2 import Duration
+
+    from services.gateway.progress import ProgressSeen
+
+    def report(percent: float, *segments: tuple[int, float, float, str]) -> pb.TranscribeWithProgressResponse:
+        out = pb.TranscribeWithProgressResponse(progress_percent=percent)
+        out.processed_audio.CopyFrom(Duration(seconds=int(percent)))
+        for sid, start, end, text in segments:
+            segment = out.segments.add(id=sid, text=text)
+            segment.start_offset.FromNanoseconds(round(start * 1e9))
+            segment.end_offset.FromNanoseconds(round(end * 1e9))
+        return out
+
+    first = [report(0), report(30, (1, 0.0, 3.0, "one")), report(60, (2, 3.0, 6.0, "two"))]
+    again = [report(0), report(30, (1, 0.0, 3.0, "one")), report(60, (2, 3.0, 6.0, "two"))]
+    again += [report(90, (3, 6.0, 9.0, "three"))]
+    last = report(100)
+    last.result.transcript = "one two three"
+    seen = ProgressSeen()
+    sent = [r for r in (seen.new_part(x) for x in [*first, *again, last]) if r is not None]
+    assert [s.text for r in sent for s in r.segments] == ["one", "two", "three"]
+    assert [s.id for r in sent for s in r.segments] == [1, 2, 3]
+    percents = [r.progress_percent for r in sent]
+    assert percents == sorted(percents) == [0, 30, 60, 90, 100]
+    assert sent[-1].result.transcript == "one two three"

@@ -169,7 +169,10 @@ class Settings(BaseSettings):
         "see Security). `false` turns it off.",
     )
     stream_failover_wait_s: float = Field(
-        30, ge=0, description="How long a stream waits for a worker when none is serving."
+        30,
+        ge=0,
+        description="How long a stream or a queued call waits for a worker when none is serving (all "
+        "restarting), before it fails with UNAVAILABLE `NO_WORKER_SERVING`.",
     )
     max_message_mb: int = Field(64, ge=1, le=2047, description="Largest gRPC message, in MiB.")
     max_upload_mb: int = Field(

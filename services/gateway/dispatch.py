@@ -8,6 +8,7 @@ RESOURCE_EXHAUSTED and a retry delay instead of slowing every client down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -18,14 +19,17 @@ import grpc
 from services.common.errors import RequestError
 from services.gateway.registry import Registry, WorkerHandle
 
+#: Workers one unary call tries before it gives the client the last one's UNAVAILABLE.
+MAX_TRIES = 6
+
 
 def free_worker(workers: Iterable[WorkerHandle], exclude: set[str], turn: int = 0) -> WorkerHandle | None:
-    """The least busy SERVING worker with a free slot, or None; ties rotate with `turn`."""
-    free = [
-        w
-        for w in sorted(workers, key=lambda w: w.name)
-        if w.name not in exclude and w.serving and w.in_flight < w.capacity
-    ]
+    """The least busy SERVING worker with a free slot, or None; ties rotate with `turn`.
+
+    `exclude` (the workers a call already failed on) is a preference: a worker a call lost is marked
+    unreachable until its health comes back, and then it is a new process that may serve the call."""
+    serving = [w for w in sorted(workers, key=lambda w: w.name) if w.serving and w.in_flight < w.capacity]
+    free = [w for w in serving if w.name not in exclude] or serving
     if not free:
         return None
     best = min((w.in_flight / w.capacity, w.streams) for w in free)
@@ -34,9 +38,10 @@ def free_worker(workers: Iterable[WorkerHandle], exclude: set[str], turn: int = 
 
 
 class Dispatcher:
-    def __init__(self, registry: Registry, queue_size: int) -> None:
+    def __init__(self, registry: Registry, queue_size: int, wait_s: float = 30.0) -> None:
         self._registry = registry
         self.queue_size = queue_size
+        self._wait_s = wait_s  # how long a call waits in the queue while no worker serves at all
         self.waiting = 0
         self._changed = asyncio.Condition()
         self._turns = itertools.count()
@@ -82,8 +87,6 @@ class Dispatcher:
         # Calls already queued go first: a newcomer only takes a free slot when nobody waits.
         handle = None if self.waiting else free_worker(self._registry.workers.values(), exclude, next(self._turns))
         if handle is None:
-            if not any(w.serving and w.name not in exclude for w in self._registry.workers.values()):
-                raise self._no_worker()
             if self.waiting >= self.queue_size:
                 raise RequestError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -103,28 +106,35 @@ class Dispatcher:
             await self.notify()
 
     async def _wait(self, exclude: set[str], timeout: float | None) -> WorkerHandle:
+        """The next free slot, within `timeout`. While no worker serves at all (every worker restarting,
+        as after `supervisorctl restart gpu_worker:*`), the call waits up to `wait_s` for one to come up,
+        as a stream does, instead of failing while the fleet is seconds from serving again."""
         self.waiting += 1
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        unserved_since: float | None = None
         try:
             async with self._changed:
-                found: list[WorkerHandle] = []
-
-                def ready() -> bool:
+                while True:
                     handle = free_worker(self._registry.workers.values(), exclude, next(self._turns))
                     if handle is not None:
-                        found.append(handle)
-                        return True
-                    return not any(w.serving and w.name not in exclude for w in self._registry.workers.values())
-
-                try:
-                    await asyncio.wait_for(self._changed.wait_for(ready), timeout)
-                except TimeoutError:
-                    raise RequestError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        "QUEUED_PAST_DEADLINE",
-                        "the deadline passed while the request waited for a free worker",
-                    ) from None
-                if not found:
-                    raise self._no_worker()
-                return found[-1]
+                        return handle
+                    now = time.monotonic()
+                    limits = [] if deadline is None else [deadline - now]
+                    if any(w.serving for w in self._registry.workers.values()):
+                        unserved_since = None
+                    else:
+                        unserved_since = now if unserved_since is None else unserved_since
+                        limits.append(unserved_since + self._wait_s - now)
+                        if limits[-1] <= 0:
+                            raise self._no_worker()
+                    if deadline is not None and limits[0] <= 0:
+                        raise RequestError(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "QUEUED_PAST_DEADLINE",
+                            "the deadline passed while the request waited for a free worker",
+                        )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), min(limits) if limits else None)
         finally:
             self.waiting -= 1

@@ -52,7 +52,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     )
     interceptors = [TokenAuthInterceptor(TokenSet(tokens))] if tokens else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    dispatcher = Dispatcher(registry, settings.gateway_queue_size)
+    dispatcher = Dispatcher(registry, settings.gateway_queue_size, settings.stream_failover_wait_s)
     stats = GatewayStats(registry, dispatcher)
     health_servicer = health.aio.HealthServicer()
     transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(

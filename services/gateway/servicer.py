@@ -19,11 +19,12 @@ from services.common.convert import decode_request_audio, limits_pb
 from services.common.errors import RequestError, abort
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
 from services.gateway import shard, upload
-from services.gateway.dispatch import Dispatcher
+from services.gateway.dispatch import MAX_TRIES, Dispatcher
 from services.gateway.limits import StreamLimiter
 from services.gateway.metrics import GatewayStats
 from services.gateway.pieces import Source
 from services.gateway.pipeline import Pipeline
+from services.gateway.progress import ProgressSeen
 from services.gateway.registry import Registry, WorkerHandle
 from services.gateway.relay import StreamRelay
 from services.gateway.upload import Spool
@@ -99,7 +100,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
     ) -> pb.TranscribeResponse:
         """One call on one worker; a worker that goes away mid-call is replaced (the call is idempotent)."""
         tried: set[str] = set()
+        attempt = 0
         while True:
+            attempt += 1
             async with self._dispatch.slot(tried, context.time_remaining()) as handle:
                 tried.add(handle.name)
                 try:
@@ -108,7 +111,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                     )
                     return response
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= MAX_TRIES:
                         raise
                     handle.mark_unreachable(f"call failed: {exc.details()}")
                     log.warning("worker_unavailable_retrying", worker=handle.name, details=exc.details())
@@ -217,8 +220,8 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                     yield report
                 return
             tried: set[str] = set()
-            while True:
-                sent = 0
+            seen = ProgressSeen()
+            for attempt in itertools.count(1):
                 try:
                     # A slot in the fleet queue, like Transcribe: progress calls are unary work too.
                     async with self._dispatch.slot(tried, context.time_remaining()) as handle:
@@ -233,8 +236,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                                 if final:
                                     response.result.request_id = line.request_id
                                     line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
-                                sent += 1
-                                yield response
+                                new = seen.new_part(response)
+                                if new is not None:
+                                    yield new
                                 if final:
                                     return  # a worker lost after its result must not fail a complete call
                         finally:
@@ -246,10 +250,12 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                     line.fail(err)
                     await abort(context, err)
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE and not sent:
-                        # Nothing reached the client yet, so another worker can start over.
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < MAX_TRIES:
+                        # Another worker starts over; the client gets only what it has not seen yet.
                         handle.mark_unreachable(f"call failed: {exc.details()}")
-                        log.warning("worker_unavailable_retrying", worker=handle.name, details=exc.details())
+                        log.warning(
+                            "worker_unavailable_retrying", worker=handle.name, details=exc.details(), sent=seen.reports
+                        )
                         continue
                     await self._fail(context, line, exc)
 

@@ -329,28 +329,38 @@ class StreamingSession:
         self.committed_count, self.utterances = int(state["committed_count"]), int(state["utterances"])
         self.language = state["language"]
 
-    def _prompt(self) -> str | None:
-        # Only text whose audio has left the buffer: prompted with words it can still hear, Whisper
-        # takes them as already said and skips that speech.
-        start = self._buffer.start / SAMPLE_RATE
+    def _prompt(self, begin: int | None = None) -> str | None:
+        # Only text whose audio is not decoded (before `begin`, the buffer's start by default): prompted
+        # with words it can still hear, Whisper takes them as already said and skips that speech.
+        start = (self._buffer.start if begin is None else begin) / SAMPLE_RATE
         gone = " ".join(w.word for w in self._committed[self._in_prompt :] if w.end <= start)
         prompt = (self._base_prompt + " " + gone).strip()[-self.config.prompt_chars :]
         return prompt or None
 
     def _decode(self, until: int, priority: Priority) -> list[Word] | None:
         """Decode the buffer up to stream sample `until`; the words after those already committed."""
-        audio = self._buffer.view(end=until)
-        if audio.size < _samples(self.config.min_decode_s):
+        if self._buffer.view(end=until).size < _samples(self.config.min_decode_s):
             return None
         self._decoded_to = until
-        options = replace(self._options, initial_prompt=self._prompt())
+        words = self._decode_span(self._buffer.start, until, priority)
+        own = max(self._floor, self._detector.speech_start - _samples(self.config.vad.pre_roll_s))
+        if not words and own - self._buffer.start >= _samples(self.config.min_decode_s) and until - own > 0:
+            # The buffer holds a finished utterance as context, and Whisper ended its transcript with that
+            # context, leaving out the speech after it (it does, after a pause): the utterance alone, with
+            # the context as prompt, is heard. Without this a whole sentence can go missing.
+            words = self._decode_span(own, until, priority)
+        return words
+
+    def _decode_span(self, begin: int, until: int, priority: Priority) -> list[Word]:
+        audio = self._buffer.view(begin, until)
+        options = replace(self._options, initial_prompt=self._prompt(begin))
         started = time.perf_counter()
         result = self._engine.transcribe(audio, options, priority=priority)
         self.decode_seconds += time.perf_counter() - started
         self.decodes += 1
         self.longest_decode_s = max(self.longest_decode_s, audio.size / SAMPLE_RATE)
         self.language = result.language
-        offset = self._buffer.start / SAMPLE_RATE
+        offset = max(begin, self._buffer.start) / SAMPLE_RATE
         committed_end = self._committed[-1].end if self._committed else 0.0
         words = [
             Word(w.start + offset, w.end + offset, w.word, w.probability)
