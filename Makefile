@@ -8,6 +8,8 @@ CLIENT := clients/python
 GEN    := $(CLIENT)/scribe_client/gen/transcription/v1/transcription_pb2.py
 DESCRIPTORS := services/gen/transcription/descriptors.binpb
 FUZZ_EXAMPLES ?= 500
+# The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
+TORCH_PIN ?= torch==2.13.0
 
 .PHONY: run test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients fuzz clean help
 
@@ -32,7 +34,8 @@ $(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e './$(CLIENT)[cli]'
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_PIN)'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,torch]'
 	touch $@
 
 # The stubs live in scribe_client (installed editable, so this is where it imports them from); the build

@@ -81,10 +81,18 @@ def budget_for(settings: Settings) -> capacity.Budget:
 
 
 def per_worker_bytes(settings: Settings, budget: capacity.Budget) -> int:
+    from services.gpu_worker.engines import choose, torch_compute_type
     from services.gpu_worker.faster_whisper_engine import resolve_compute_type, resolve_model
 
-    path, _ = resolve_model(settings.whisper_model)
-    compute = resolve_compute_type(settings.whisper_compute_type, budget.kind)
+    if choose(settings) == "torch":
+        compute = torch_compute_type(settings.whisper_compute_type, budget.kind)
+        try:
+            path: str | None = resolve_model(settings.whisper_model)[0]
+        except ValueError:  # a transformers folder: its size is not known from a model.bin
+            path = None
+    else:
+        path, _ = resolve_model(settings.whisper_model)
+        compute = resolve_compute_type(settings.whisper_compute_type, budget.kind)
     return capacity.worker_bytes(budget.kind, compute, capacity.model_bytes(path), settings.worker_memory_mb)
 
 

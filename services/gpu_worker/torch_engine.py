@@ -35,6 +35,7 @@ from transformers.models.whisper.generation_whisper import _dynamic_time_warping
 from services.common.config import Settings
 from services.gpu_worker import torch_models
 from services.gpu_worker.engine import EngineInfo, WindowJob, WindowResult
+from services.gpu_worker.engines import torch_compute_type
 from services.gpu_worker.guard import is_device_error
 from services.gpu_worker.whisper_windows import (
     BEST_OF,
@@ -55,19 +56,6 @@ def resolve_torch_device(requested: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
         raise ValueError("WHISPER_DEVICE=cuda but torch sees no CUDA device (a CPU-only torch build?)")
-    return requested
-
-
-def resolve_torch_dtype(requested: str, device: str) -> str:
-    if requested == "auto":
-        return "float16" if device == "cuda" else "float32"
-    if requested not in _DTYPES:
-        raise ValueError(
-            f"WHISPER_COMPUTE_TYPE={requested!r} is a CTranslate2 type; the torch engine takes auto, "
-            f"{', '.join(_DTYPES)}"
-        )
-    if device == "cpu" and requested != "float32":
-        raise ValueError(f"WHISPER_COMPUTE_TYPE={requested!r} on CPU: the torch engine runs float32 there")
     return requested
 
 
@@ -102,7 +90,7 @@ class _Host:
 class TorchWhisperEngine(WhisperWindowEngine):
     def __init__(self, settings: Settings) -> None:
         device = resolve_torch_device(settings.whisper_device)
-        dtype_name = resolve_torch_dtype(settings.whisper_compute_type, device)
+        dtype_name = torch_compute_type(settings.whisper_compute_type, device)
         if device == "cpu":
             torch.set_num_threads(settings.cpu_threads_per_worker())
         loaded = torch_models.load(settings.whisper_model, _DTYPES[dtype_name])

@@ -80,6 +80,9 @@ def _hf_folder(name: str) -> Path:
 
 
 def load(name: str, dtype: Any, attention: str = "sdpa") -> TorchModel:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # a worker's log is JSON lines, not progress bars
     if name == EMBEDDED_MODEL:
         folder = _embedded_folder()
         model, heads = from_ct2(folder, dtype)
@@ -90,15 +93,15 @@ def load(name: str, dtype: Any, attention: str = "sdpa") -> TorchModel:
     if (folder / "model.bin").is_file():
         model, heads = from_ct2(folder, dtype)
     else:
-        import transformers
-
         model = transformers.WhisperForConditionalGeneration.from_pretrained(
             folder, dtype=dtype, attn_implementation=attention, local_files_only=True
         )
         config = model.config
-        found = getattr(model.generation_config, "alignment_heads", None)
+        # Read from the file: transformers does not keep attributes its GenerationConfig does not declare.
+        generation = folder / "generation_config.json"
+        found = json.loads(generation.read_text()).get("alignment_heads") if generation.is_file() else None
         heads = (
-            [tuple(h) for h in found]
+            [(int(a), int(b)) for a, b in found]
             if found
             else _default_heads(config.decoder_layers, config.decoder_attention_heads)
         )
