@@ -104,6 +104,7 @@ class TorchWhisperEngine(WhisperWindowEngine):
         transformers.logging.set_verbosity_error()
         self._dtype = _DTYPES[dtype_name]
         self._heads = loaded.alignment_heads
+        self._synthetic_tokens = loaded.synthetic_tokens
         config = self._model.config
         multilingual = config.vocab_size >= 51865
         host = _Host(loaded.tokenizer, config.num_mel_bins, self)
@@ -171,8 +172,10 @@ class TorchWhisperEngine(WhisperWindowEngine):
         prompt_len = len(prompts[0])
         sampling = first.temperature > 0
         samples = BEST_OF if sampling else 1
+        fixed = self._synthetic_tokens
+        length = {"min_new_tokens": fixed, "max_new_tokens": fixed} if fixed else {"max_length": self._host.max_length}
         config = GenerationConfig(
-            max_length=self._host.max_length,
+            **length,
             num_beams=1 if sampling else max(1, first.options.beam_size),
             do_sample=sampling,
             temperature=first.temperature if sampling else 1.0,
@@ -199,6 +202,8 @@ class TorchWhisperEngine(WhisperWindowEngine):
         repeated = [p for p in prompts for _ in range(samples)]
         expanded = encoded.repeat_interleave(samples, dim=0) if samples > 1 else encoded
         scored = self._score(expanded, repeated, generated)
+        if fixed:  # random weights: every decode would look wrong and be retried at each temperature
+            scored = [Decoded(d.tokens, 0.0, 0.0) for d in scored]
         # Of a window's samples, the most probable per token (openai-whisper's rule for best_of).
         return [
             max(scored[i * samples : (i + 1) * samples], key=lambda d: d.sum_logprob / (len(d.tokens) + 1))

@@ -24,6 +24,8 @@ from services.gpu_worker.ct2_weights import hf_state_dict, load_ct2, whisper_con
 #: Whisper's generation constants that every released checkpoint shares (token ids differ only in
 #: whether the vocabulary is multilingual).
 _MAX_INITIAL_TIMESTAMP_INDEX = 50
+#: generation_config.json key of a synthetic benchmark model: tokens decoded per window.
+SYNTHETIC_KEY = "scribe_synthetic_tokens"
 
 
 @dataclass
@@ -32,6 +34,8 @@ class TorchModel:
     tokenizer: tokenizers.Tokenizer
     alignment_heads: list[tuple[int, int]]
     name: str
+    # A benchmark's synthetic model (random weights, bench/gpu) decodes exactly this many tokens a window.
+    synthetic_tokens: int | None = None
 
 
 def _embedded_folder() -> Path:
@@ -90,6 +94,7 @@ def load(name: str, dtype: Any, attention: str = "sdpa") -> TorchModel:
             model, tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")), heads, f"tiny.en ({name})"
         )
     folder = _hf_folder(name)
+    synthetic = None
     if (folder / "model.bin").is_file():
         model, heads = from_ct2(folder, dtype)
     else:
@@ -99,7 +104,9 @@ def load(name: str, dtype: Any, attention: str = "sdpa") -> TorchModel:
         config = model.config
         # Read from the file: transformers does not keep attributes its GenerationConfig does not declare.
         generation = folder / "generation_config.json"
-        found = json.loads(generation.read_text()).get("alignment_heads") if generation.is_file() else None
+        extra = json.loads(generation.read_text()) if generation.is_file() else {}
+        found = extra.get("alignment_heads")
+        synthetic = extra.get(SYNTHETIC_KEY)
         heads = (
             [(int(a), int(b)) for a, b in found]
             if found
@@ -109,7 +116,11 @@ def load(name: str, dtype: Any, attention: str = "sdpa") -> TorchModel:
     tokenizer_file = folder / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise ValueError(f"WHISPER_MODEL={name!r}: {folder} has no tokenizer.json")
-    return TorchModel(model, tokenizers.Tokenizer.from_file(str(tokenizer_file)), heads, str(folder))
+    loaded = TorchModel(model, tokenizers.Tokenizer.from_file(str(tokenizer_file)), heads, str(folder))
+    if synthetic:
+        loaded.synthetic_tokens = int(synthetic)
+        loaded.name = f"{folder} (synthetic: random weights, {synthetic} tokens a window)"
+    return loaded
 
 
 def convert(source: str, out: Path) -> Path:
