@@ -75,11 +75,13 @@ def fleet(
     scribe = [str(binaries / "scribe"), "--config", str(conf)]
     # scribe's own messages go to stderr, so a benchmark's stdout holds only its table.
     output = output or sys.stderr
-    subprocess.run([*scribe, "start", "--wait", "180"], env=full_env, check=True, cwd=checkout, stdout=output)
+    subprocess.run(
+        [*scribe, "start", "--wait", "180"], env=full_env, check=True, cwd=checkout, stdout=output, stderr=output
+    )
     try:
         yield Fleet(address, home / "run")
     finally:
-        subprocess.run([*scribe, "stop"], env=full_env, check=False, cwd=checkout, stdout=output)
+        subprocess.run([*scribe, "stop"], env=full_env, check=False, cwd=checkout, stdout=output, stderr=output)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -110,6 +110,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     except CapacityError as exc:
         print(f"scribe: {exc}", file=sys.stderr)
         return 2
+    if settings.gpu_scale_enabled and settings.gpu_scale_workers == 0:
+        print(f"scribe: {scale.auto_reason(settings, count)}", file=sys.stderr)
     settings = settings.replace(gpu_scale_workers=count)
     # Extra groups from an earlier `scribe scale` are folded into numprocs now.
     for extra in scale.scaled_dir(conf).glob("*.conf"):

@@ -105,6 +105,19 @@ def resolve_count(settings: Settings, requested: int, running: int = 0) -> int:
     return capacity.check_workers(requested, budget, per_worker, running)
 
 
+def auto_reason(settings: Settings, count: int) -> str:
+    """Why GPU_SCALE_WORKERS=auto came to `count`, for `scribe start` to say."""
+    budget = budget_for(settings)
+    per_worker = per_worker_bytes(settings, budget)
+    mib = capacity.MIB
+    cap = f", at most one a core ({budget.cores})" if budget.kind == "cpu" else ""
+    return (
+        f"GPU_SCALE_WORKERS=auto: {count} workers fit: {budget.free_bytes // mib} MiB free of "
+        f"{budget.total_bytes // mib} on {budget.device}, {capacity.RESERVE_FRACTION:.0%} kept aside, about "
+        f"{per_worker // mib} MiB a worker (WORKER_MEMORY_MB sets it){cap}"
+    )
+
+
 def scale(conf: Path, target: int) -> ScalePlan:
     client = SupervisorClient(f"unix://{conf.resolve().parent / 'run' / 'supervisor.sock'}")
     workers = {}
