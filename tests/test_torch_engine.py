@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,10 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scribe_client import ScribeClient
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from services.common.audio import decode_container
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
-from tests.conftest import Fleet, Process, spawn, start_gateway
-from tests.helpers import SAID, clip, read_wav, stream_requests, wait_for, words_of
+from tests.conftest import BIN, Fleet, Process, spawn, start_gateway
+from tests.helpers import ROOT, SAID, clip, read_wav, stream_requests, wait_for, words_of
 
 TORCH, CT2 = 70, 71
 
@@ -195,3 +198,51 @@ def test_stream_fails_over_between_torch_and_ctranslate2(mixed: MixedFleet) -> N
         for w in r.alternatives[0].words
     ]
     assert starts == sorted(starts), "a word was repeated or lost its place after the move"
+
+
+def test_a_worker_without_torch_refuses_to_start_and_names_the_extra(tmp_path: Path) -> None:
+    """The worker as supervisord starts it, in an interpreter where torch cannot be imported."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
+    env.update(SCRIBE_ENV_FILE=str(tmp_path / "no.env"), RUN_DIR=str(run), WHISPER_ENGINE="torch")
+    no_torch = "import sys; sys.modules['torch'] = None; from services.gpu_worker.server import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", no_torch, "--process-num", "95"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "pip install 'scribe[torch]'" in done.stderr, done.stderr[-2000:]
+
+
+def test_converted_folder_loads_and_decodes_like_the_embedded_model(tmp_path: Path) -> None:
+    """`scribe model convert` writes a transformers folder; the torch engine loads it as a Hugging Face model."""
+    out = tmp_path / "tiny-en-hf"
+    done = subprocess.run(
+        [str(BIN / "scribe"), "model", "convert", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    from services.common.config import Settings
+    from services.gpu_worker.engine import DecodeOptions, WindowJob
+    from services.gpu_worker.torch_engine import TorchWhisperEngine
+
+    none = tmp_path / "none.env"
+    audio = decode_container(clip("speech_short.wav"), max_seconds=60)
+    job = WindowJob(audio, DecodeOptions(word_timestamps=True))
+    results = [
+        TorchWhisperEngine(Settings.from_env({"WHISPER_MODEL": model, "WHISPER_CPU_THREADS": "1"}, none)).decode_batch(
+            [job]
+        )[0]
+        for model in ("embedded", str(out))
+    ]
+    texts = [" ".join(s.text for s in r.segments) for r in results]
+    assert texts[0] == texts[1] and "lazy dog" in texts[0], texts
+    words = [[(w.word, round(w.start, 2)) for s in r.segments for w in s.words] for r in results]
+    assert words[0] == words[1] and len(words[0]) == 9, words

@@ -107,7 +107,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 1
     try:
         count = scale.resolve_count(settings, settings.gpu_scale_workers if settings.gpu_scale_enabled else 1)
-    except CapacityError as exc:
+    except (CapacityError, ConfigError) as exc:
         print(f"scribe: {exc}", file=sys.stderr)
         return 2
     if settings.gpu_scale_enabled and settings.gpu_scale_workers == 0:
@@ -185,7 +185,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     try:
         # Workers already running hold their memory: only the added ones must fit in what is free.
         target = scale.resolve_count(settings, requested, running=min(running, requested or running))
-    except CapacityError as exc:
+    except (CapacityError, ConfigError) as exc:
         print(f"scribe: {exc}", file=sys.stderr)
         return 2
     steps = scale.scale(conf, target)
