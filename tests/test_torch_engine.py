@@ -246,3 +246,21 @@ def test_converted_folder_loads_and_decodes_like_the_embedded_model(tmp_path: Pa
     assert texts[0] == texts[1] and "lazy dog" in texts[0], texts
     words = [[(w.word, round(w.start, 2)) for s in r.segments for w in s.words] for r in results]
     assert words[0] == words[1] and len(words[0]) == 9, words
+
+
+def test_engine_choice_follows_whisper_engine(tmp_path: Path) -> None:
+    from services.common.config import ConfigError, Settings
+    from services.gpu_worker.engines import choose, torch_compute_type
+
+    def settings(**env: str) -> Settings:
+        return Settings.from_env(env, tmp_path / "none.env")
+
+    # No GPU here: auto keeps CTranslate2, and only an explicit torch picks torch.
+    assert choose(settings()) == "ctranslate2"
+    assert choose(settings(WHISPER_ENGINE="torch")) == "torch"
+    assert choose(settings(WHISPER_ENGINE="CTranslate2")) == "ctranslate2"
+    assert torch_compute_type("auto", "cpu") == "float32" and torch_compute_type("auto", "cuda") == "float16"
+    with pytest.raises(ConfigError, match="CTranslate2 type"):
+        torch_compute_type("int8", "cuda")
+    with pytest.raises(ConfigError, match="WHISPER_ENGINE"):
+        settings(WHISPER_ENGINE="onnx")
