@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -252,17 +251,16 @@ def main() -> None:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--budget-s", type=float, default=450, help="stop starting steps after this long")
     parser.add_argument("--workers", default="1,2,4")
-    parser.add_argument("--batches", default="8,16,32", help="batch sizes swept on one worker for the best")
+    parser.add_argument("--batches", default="16,32", help="batch sizes tried on one worker; the best is used on more")
     parser.add_argument("--files", type=int, default=96, help="recordings sent at once per measurement")
     parser.add_argument("--shape", default="large-v2", choices=sorted(synthetic.SHAPES))
     parser.add_argument("--tokens", type=int, default=100, help="tokens the synthetic model decodes per window")
     parser.add_argument("--out", type=Path, help="report (default bench/results/gpu.md, or gpu_rehearsal_cpu.md)")
-    parser.add_argument("--steps", default="vram,auto,tiny,synthetic,guard")
+    parser.add_argument("--steps", default="vram,auto,guard,synthetic,tiny", help="which steps, run in this order")
     args = parser.parse_args()
     out = args.out or ROOT / "bench" / "results" / ("gpu.md" if args.device == "cuda" else "gpu_rehearsal_cpu.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     report = Report(out, time.monotonic(), args.budget_s)
-    steps = set(args.steps.split(","))
     workers = [int(n) for n in args.workers.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     env: dict[str, str] = {
@@ -282,7 +280,6 @@ def main() -> None:
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"CUDA {torch.version.cuda or '-'}; budget {args.budget_s:.0f} s; files per measurement {args.files}\n"
     )
-    guarded: list[tuple[str, Callable[[], None]]] = []
 
     def vram() -> None:
         report.add("## Worker health vs nvidia-smi\n")
@@ -296,16 +293,23 @@ def main() -> None:
         report.add("\n## GPU_SCALE_WORKERS=auto\n")
         step_auto(report, {**env, "WORKER_MEMORY_MB": "16000" if args.device == "cuda" else "0"})
 
+    header = ["\n## Aggregate real-time factor\n", "| model | workers | batch | x real time | wall s | WER % |"]
+    header.append("|---|---|---|---|---|---|")
+
+    def table() -> None:
+        while header:  # once, before the first throughput row
+            report.add(header.pop(0))
+
     def tiny() -> None:
-        report.add("\n## Aggregate real-time factor\n")
-        report.add("| model | workers | batch | x real time | wall s | WER % |")
-        report.add("|---|---|---|---|---|---|")
+        table()
         step_throughput(report, "tiny.en (embedded, real)", env, workers, batches, args.files, real=True)
 
     def synthetic_model() -> None:
+        table()
         folder = Path(tempfile.mkdtemp(prefix="scribe-synthetic-")) / args.shape
         started = time.monotonic()
-        synthetic.build(folder, args.shape, args.tokens, "float16" if args.device == "cuda" else "float32")
+        dtype = "float16" if args.device == "cuda" else "float32"
+        synthetic.build(folder, args.shape, args.tokens, dtype, args.device)
         report.add(f"| (synthetic {args.shape} written in {time.monotonic() - started:.0f} s) | | | | | |")
         label = f"{args.shape}-shaped SYNTHETIC, {args.tokens} tokens/window"
         step_throughput(report, label, {**env, "WHISPER_MODEL": str(folder)}, workers, batches, args.files, real=False)
@@ -314,10 +318,9 @@ def main() -> None:
         report.add("\n## VRAM guard\n")
         step_guard(report, env, args.device)
 
-    guarded = [("vram", vram), ("auto", auto), ("tiny", tiny), ("synthetic", synthetic_model), ("guard", guard)]
-    for step, fn in guarded:
-        if step not in steps:
-            continue
+    known = {"vram": vram, "auto": auto, "tiny": tiny, "synthetic": synthetic_model, "guard": guard}
+    for step in args.steps.split(","):
+        fn = known[step]
         if report.left() < 30:
             report.add(f"- {step}: skipped, out of time", step=step, skipped=True)
             continue
