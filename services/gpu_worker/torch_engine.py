@@ -251,9 +251,8 @@ class TorchWhisperEngine(WhisperWindowEngine):
         finally:
             for hook in hooks:
                 hook.remove()
-        weights = torch.stack(
-            [self._cross_scores(captured[layer], encoded, layer)[:, head] for layer, head in self._heads], 1
-        )
+        scores = {layer: self._cross_scores(captured[layer], encoded, layer) for layer in layers}
+        weights = torch.stack([scores[layer][:, head] for layer, head in self._heads], 1)
         results = []
         start = len(sot_sequence)
         for i, (text, frames) in enumerate(zip(text_tokens, num_frames, strict=True)):
