@@ -32,6 +32,8 @@ from tests.conftest import BIN, Fleet, Process, spawn, start_gateway
 from tests.helpers import ROOT, SAID, clip, read_wav, stream_requests, wait_for, words_of
 
 TORCH, CT2 = 70, 71
+# `make test-torch` runs these, with the torch extra installed; `make test` leaves them out.
+pytestmark = pytest.mark.torch
 
 
 @dataclass
