@@ -213,9 +213,10 @@ def step_guard(report: Report, env: dict[str, str], device: str) -> None:
         hog = subprocess.Popen([sys.executable, "-c", HOG, "1024", "30"], stdout=subprocess.PIPE, text=True)
         try:
             down = wait_status(f.address, serving=False, timeout_s=20)
+            reason = (down.routing_reason or down.health.status_reason) if down else ""
             report.add(
                 f"- with 1 GiB left free by another process: {'NOT_SERVING' if down else 'still SERVING (FAIL)'}"
-                f" — `{down.routing_reason or down.health.status_reason if down else ''}`",
+                f" — `{reason}`",
                 step="guard",
                 down=bool(down),
             )
