@@ -11,12 +11,15 @@ FUZZ_EXAMPLES ?= 500
 SOAK_MINUTES ?= 30
 SOAK_STREAMS ?= 2
 SOAK_CLIENTS ?= 2
+# The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
+TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
+.PHONY: run test test-torch api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
-	@echo "make test   - install, generate stubs, run the test suite"
+	@echo "make test   - install, generate stubs, run the test suite (all but the torch engine's tests)"
+	@echo "make test-torch - install the torch extra (TORCH_PIN=$(TORCH_PIN)) and run the torch engine's tests"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make api    - buf lint and buf breaking on protos/ (against main; make test runs it)"
 	@echo "make lint   - ruff and mypy"
@@ -37,6 +40,13 @@ $(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e './$(CLIENT)[cli]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# The torch engine's extra, on top: `make test-torch` needs it, `make test` and `make run` do not.
+TORCH_STAMP := $(VENV)/.installed-torch
+$(TORCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_PIN)'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,torch]'
 	touch $@
 
 # The stubs live in scribe_client (installed editable, so this is where it imports them from); the build
@@ -67,7 +77,11 @@ deps:
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 test: api $(GEN) deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not torch"
+
+# The torch engine for real (tests marked `torch`); .ci/run runs it after `make test`.
+test-torch: $(GEN) $(TORCH_STAMP)
+	$(BIN)/python -m pytest -m torch
 
 bench-limits: $(GEN)
 	$(BIN)/python -m bench.decode_limits

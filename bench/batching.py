@@ -210,7 +210,7 @@ def sweep_section(clips: list[Clip], long: Clip, cores: int) -> list[Row]:
     settings = [(size, 10) for size in (1, 4, 8, 16)] + [(8, 0), (8, 50)]
     for size, window_ms in settings:
         env = {"WORKER_BATCH_SIZE": str(size), "BATCH_WINDOW_MS": str(window_ms), "SHARD_MIN_SECONDS": "0"}
-        with fleet(1, cores, ROOT, **env) as started:
+        with fleet(1, cores, ROOT, settings=env) as started:
             setup = f"batch {size}, window {window_ms} ms"
             rows.append(files_run("short files, 8 clients", setup, started, clips, 8))
             rows.append(through_fleet("long recording", setup, started, long))

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,12 +39,20 @@ class Fleet:
 
 
 @contextmanager
-def fleet(workers: int = 2, threads: int = 0, checkout: Path = ROOT, **env: str) -> Iterator[Fleet]:
+def fleet(
+    workers: int = 2,
+    threads: int = 0,
+    checkout: Path = ROOT,
+    output: Any = None,
+    settings: dict[str, str] | None = None,
+    **env: str,
+) -> Iterator[Fleet]:
     """Start `workers` workers with `threads` CPU threads each (0: scribe's default share of the cores),
     like the tests' fixture: `scribe start` in a temporary folder. `env` overrides settings.
 
     `checkout` runs another scribe checkout (with its own .venv), to compare a change against the code
-    before it in one run."""
+    before it in one run. `output` takes what `scribe start` and `stop` print (default: stderr);
+    `settings` are more overrides, given as one mapping."""
     home = Path(tempfile.mkdtemp(prefix="scribe-bench-"))
     conf = home / "supervisord.conf"
     shutil.copy(checkout / "supervisord.conf", conf)
@@ -62,15 +71,19 @@ def fleet(workers: int = 2, threads: int = 0, checkout: Path = ROOT, **env: str)
     )
     if threads:
         full_env["WHISPER_CPU_THREADS"] = str(threads)
+    full_env.update(settings or {})
     full_env.update(env)
     binaries = BIN if checkout == ROOT else checkout / ".venv" / "bin"
     scribe = [str(binaries / "scribe"), "--config", str(conf)]
     # scribe's own messages go to stderr, so a benchmark's stdout holds only its table.
-    subprocess.run([*scribe, "start", "--wait", "180"], env=full_env, check=True, cwd=checkout, stdout=sys.stderr)
+    output = output or sys.stderr
+    subprocess.run(
+        [*scribe, "start", "--wait", "180"], env=full_env, check=True, cwd=checkout, stdout=output, stderr=output
+    )
     try:
         yield Fleet(address, home / "run", conf, full_env)
     finally:
-        subprocess.run([*scribe, "stop"], env=full_env, check=False, cwd=checkout, stdout=sys.stderr)
+        subprocess.run([*scribe, "stop"], env=full_env, check=False, cwd=checkout, stdout=output, stderr=output)
         shutil.rmtree(home, ignore_errors=True)
 
 

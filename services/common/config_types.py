@@ -117,5 +117,6 @@ Tokens = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), Afte
 Folder = Annotated[Path, BeforeValidator(_nonempty), AfterValidator(_resolved)]
 OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none), AfterValidator(_existing_file)]
 Device = Annotated[Literal["auto", "cpu", "cuda"], BeforeValidator(_lower)]
+EngineName = Annotated[Literal["auto", "ctranslate2", "torch"], BeforeValidator(_lower)]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
 LogFormat = Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)]

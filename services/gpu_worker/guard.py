@@ -17,7 +17,8 @@ CUDA_ERROR_COOLDOWN_S = 10.0
 
 
 def is_device_error(exc: BaseException) -> bool:
-    """CTranslate2 reports CUDA faults and out-of-memory as RuntimeError with these words."""
+    """CTranslate2 and torch report CUDA faults and out-of-memory as RuntimeError (torch.OutOfMemoryError and
+    torch.AcceleratorError are subclasses) with these words."""
     text = str(exc)
     return "CUDA" in text or "out of memory" in text.lower() or "cuBLAS" in text or "cuDNN" in text
 

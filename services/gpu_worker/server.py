@@ -22,7 +22,8 @@ from services.common.reflection import enable_reflection
 from services.common.tls import bind
 from services.gen import transcription_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.gpu_worker.device import DeviceProbe
-from services.gpu_worker.faster_whisper_engine import FasterWhisperEngine
+from services.gpu_worker.engines import choose as choose_engine
+from services.gpu_worker.engines import load_engine
 from services.gpu_worker.guard import DeviceGuard
 from services.gpu_worker.runtime import WorkerRuntime
 from services.gpu_worker.scheduler import BatchScheduler
@@ -45,6 +46,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 
 async def serve(settings: Settings, process_num: int, listen: str | None) -> None:
     worker_id = f"gpu_worker_{process_num:02d}"
+    kind = choose_engine(settings)  # a missing optional extra is a configuration error, said at once
     guard = DeviceGuard(min_free_bytes=settings.min_free_vram_mb * 2**20)
     runtime = WorkerRuntime(worker_id, process_num, settings.worker_concurrency, guard)
     interceptors = []
@@ -85,9 +87,9 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         loop.add_signal_handler(sig, stop.set)
 
     try:
-        engine = await loop.run_in_executor(None, FasterWhisperEngine, settings)
+        engine = await loop.run_in_executor(None, load_engine, settings, kind)
     except Exception as exc:
-        log.error("model_load_failed", model=settings.whisper_model, error=str(exc))
+        log.error("model_load_failed", model=settings.whisper_model, engine=kind, error=str(exc))
         await server.stop(0)
         sys.exit(3)  # supervisord retries, then marks the worker FATAL with this log as the reason
     scheduler = BatchScheduler(
@@ -106,6 +108,7 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "worker_serving",
+        engine=engine.info.name,
         model=engine.info.model,
         device=engine.info.device,
         compute_type=engine.info.compute_type,
