@@ -58,9 +58,12 @@ $(BUF): package.json package-lock.json
 api: $(BUF)
 	tools/api_check.sh
 
-# System packages the tests drive: Debian's chromium renders the status page (tests/test_http.py).
+# System packages the tests drive: Debian's chromium renders the status page (tests/test_http.py), dnsmasq
+# answers the DNS discovery tests, iproute2 makes the network namespaces of tests/test_hosts.py.
+DEB_TOOLS := chromium:chromium /usr/sbin/dnsmasq:dnsmasq-base ip:iproute2
 deps:
-	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	@missing=$$(for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
+	if [ -n "$$missing" ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
 
 test: api $(GEN) deps
 	$(BIN)/python -m pytest

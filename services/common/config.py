@@ -128,7 +128,25 @@ class Settings(BaseSettings):
         Path("./run"), description="Worker sockets, logs (`RUN_DIR/logs/`) and supervisord's pid file."
     )
     static_workers: Endpoints = Field(
-        (), description="Comma-separated worker endpoints on other hosts (`HOST:PORT` or `unix:PATH`)."
+        (),
+        description="Comma-separated worker endpoints on other hosts: `HOST:PORT`, `unix:PATH`, or `dns:///NAME:PORT` "
+        "(every address NAME resolves to is a worker host, re-resolved every `DNS_REFRESH_S`; "
+        "`dns://SERVER[:PORT]/NAME:PORT` asks that DNS server).",
+    )
+    dns_refresh_s: float = Field(
+        5, ge=0.1, le=3600, description="How often `dns:` entries of `STATIC_WORKERS` are resolved again."
+    )
+    dns_workers_per_host: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Workers on each host a `dns:` entry finds, on ports PORT, PORT+1, ...: set it to the worker "
+        "hosts' `GPU_SCALE_WORKERS`.",
+    )
+    worker_listen: OptionalAddress = Field(
+        "",
+        description="Worker host mode: worker NN serves TCP on this `HOST:PORT` with NN added to the port, instead "
+        "of its unix socket (needs `AUTH_TOKENS`; TLS as for `--listen`). Empty: unix sockets in `RUN_DIR`.",
     )
     health_interval_s: float = Field(
         0.5, ge=0.05, description="How often the gateway polls supervisord and worker health."
@@ -313,6 +331,13 @@ class Settings(BaseSettings):
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert_file is not None
+
+    def worker_tcp(self, process_num: int) -> str:
+        """TCP address of worker `process_num` in worker host mode (WORKER_LISTEN), else ""."""
+        if not self.worker_listen:
+            return ""
+        host, _, port = self.worker_listen.rpartition(":")
+        return f"{host}:{int(port) + process_num}"
 
     def worker_socket(self, process_num: int) -> Path:
         """Unix socket of the worker with supervisord process number `process_num`."""

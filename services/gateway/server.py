@@ -20,6 +20,7 @@ from services.common.logging import configure_logging
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
 from services.gateway import upload
+from services.gateway.discovery import DnsDiscovery
 from services.gateway.dispatch import Dispatcher
 from services.gateway.metrics import GatewayStats
 from services.gateway.monitor import FleetMonitor
@@ -71,7 +72,9 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
 
     upload.remove_leftovers(settings.run_dir)
     supervisor = SupervisorClient(supervisor_url) if supervisor_url else None
-    monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify)
+    dns_targets = [t for t in settings.static_workers if t.startswith("dns:")]
+    dns = DnsDiscovery(dns_targets, settings.dns_refresh_s, settings.dns_workers_per_host) if dns_targets else None
+    monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify, dns=dns)
     await on_change(0)
     if settings.metrics_address:
         stats.serve(settings.metrics_address)
@@ -87,6 +90,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         static=settings.static_workers,
     )
     monitor_task = asyncio.create_task(monitor.run())
+    dns_task = asyncio.create_task(dns.run()) if dns is not None else None
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,6 +100,8 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=20)
     monitor_task.cancel()
+    if dns_task is not None:
+        dns_task.cancel()
     for name in list(registry.workers):
         await registry.remove(name)
     log.info("gateway_stopped")

@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     Path(settings.run_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        asyncio.run(serve(settings, args.process_num, args.listen))
+        # A worker host (WORKER_LISTEN) serves each of its workers on TCP, on ports one apart.
+        listen = args.listen or settings.worker_tcp(args.process_num) or None
+        asyncio.run(serve(settings, args.process_num, listen))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
