@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gateway.registry import health_check_timeout
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.hosts
 
 NAME = "scribe-worker.test"
 PORT = 50061
+PROBE_PORT = 50071
 PER_HOST = 2
 TOKEN = "hosts-token-0123456789abcdef"
 DNS_REFRESH_S = 1.0
@@ -45,6 +47,7 @@ METADATA = (("authorization", f"Bearer {TOKEN}"),)
 @dataclass
 class Cluster:
     address: str
+    probe: str
     lab: Lab
     dns: Dnsmasq
     gateway: subprocess.Popen[bytes]
@@ -77,19 +80,21 @@ class Cluster:
         )
 
 
-def host_serving(address: str) -> bool:
-    """Both workers of a host answer health, asked directly (over the bridge), not through the gateway."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+def probe(address: str, service: str = "") -> bool:
+    """What a kubelet's gRPC probe sees: plaintext grpc.health.v1 on a HEALTH_PROBE_ADDRESS, no token."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
-    for port in range(PORT, PORT + PER_HOST):
-        with grpc.insecure_channel(f"{address}:{port}") as channel:
-            try:
-                answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.RpcError:
-                return False
-            if answer.status != health_pb2.HealthCheckResponse.SERVING:
-                return False
-    return True
+
+def host_serving(address: str) -> bool:
+    """Every worker of a host is ready, asked directly on its probe port (over the bridge), not through the gateway."""
+    return all(probe(f"{address}:{PROBE_PORT + n}") for n in range(PER_HOST))
 
 
 WORKER_ENV = {
@@ -98,6 +103,7 @@ WORKER_ENV = {
     "GPU_SCALE_DEVICE_ID": "0",
     "WHISPER_CPU_THREADS": "1",
     "WORKER_LISTEN": f"0.0.0.0:{PORT}",
+    "HEALTH_PROBE_ADDRESS": f"0.0.0.0:{PROBE_PORT}",
     "AUTH_TOKENS": TOKEN,
     "ALLOW_INSECURE": "true",  # plaintext on the test's own bridge; the image's docs use TLS
     "LOG_FORMAT": "json",
@@ -120,6 +126,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         dns = Dnsmasq(home / "dns")
         dns.set_hosts(NAME, [h.address for h in lab.hosts[:2]])
         address = f"127.0.0.1:{free_port()}"
+        gateway_probe = f"127.0.0.1:{free_port()}"
         gateway_log = home / "gateway.log"
         env = {
             "PATH": "/usr/bin:/bin",
@@ -131,6 +138,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "DNS_WORKERS_PER_HOST": str(PER_HOST),
             "HEALTH_INTERVAL_S": str(HEALTH_INTERVAL_S),
             "AUTH_TOKENS": TOKEN,
+            "HEALTH_PROBE_ADDRESS": gateway_probe,
+            # Shorter than a stream: the GOAWAY it sends must not cut the streams below.
+            "MAX_CONNECTION_AGE_S": "8",
             "METRICS_ADDRESS": "",
             "HTTP_ADDRESS": "",
             "LOG_FORMAT": "json",
@@ -140,7 +150,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 [sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
             )
         channel = grpc.insecure_channel(address)
-        cluster = Cluster(address, lab, dns, gateway, gateway_log, channel, {})
+        cluster = Cluster(address, gateway_probe, lab, dns, gateway, gateway_log, channel, {})
         started = time.monotonic()
         up = {lab.hosts[0].address, lab.hosts[1].address}
         assert wait_for(lambda: _serving_or_none(cluster) >= up, 180, 0.2), cluster.logs()
@@ -200,6 +210,8 @@ def test_hosts_are_listed_with_their_host_and_the_dns_entry_that_found_them(clus
     assert sorted(w.name for w in workers) == sorted(f"{h}:{p}" for h in (a, b) for p in (PORT, PORT + 1))
     assert {w.source for w in workers} == {f"dns://{cluster.dns.server}/{NAME}:{PORT}"}
     assert all(w.supervisor_state == fleet_pb2.SUPERVISOR_STATE_UNSUPERVISED for w in workers)
+    assert probe(cluster.probe) and probe(cluster.probe, "liveness"), "the gateway's probe port says not ready"
+    assert probe(f"{a}:{PROBE_PORT + 1}", "liveness") and not probe(f"{a}:{PROBE_PORT}", "no.such.Service")
     status = subprocess.run(
         [str(Path(sys.executable).parent / "scribe"), "status", "--address", cluster.address, "--token", TOKEN],
         capture_output=True,

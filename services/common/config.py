@@ -143,6 +143,18 @@ class Settings(BaseSettings):
         description="Workers on each host a `dns:` entry finds, on ports PORT, PORT+1, ...: set it to the worker "
         "hosts' `GPU_SCALE_WORKERS`.",
     )
+    health_probe_address: OptionalAddress = Field(
+        "",
+        description="Plaintext `grpc.health.v1` only, for Kubernetes' gRPC probes (which cannot speak TLS); a "
+        "worker adds its number to the port as with `WORKER_LISTEN`. Service `liveness` answers SERVING while the "
+        "process runs. Empty: off.",
+    )
+    max_connection_age_s: float = Field(
+        0,
+        ge=0,
+        description="The gateway closes a client connection this old to new calls (gRPC GOAWAY; calls on it "
+        "finish), so clients reconnect and spread over a load balancer's gateways. `0`: never.",
+    )
     worker_listen: OptionalAddress = Field(
         "",
         description="Worker host mode: worker NN serves TCP on this `HOST:PORT` with NN added to the port, instead "
@@ -334,10 +346,11 @@ class Settings(BaseSettings):
 
     def worker_tcp(self, process_num: int) -> str:
         """TCP address of worker `process_num` in worker host mode (WORKER_LISTEN), else ""."""
-        if not self.worker_listen:
-            return ""
-        host, _, port = self.worker_listen.rpartition(":")
-        return f"{host}:{int(port) + process_num}"
+        return _port_plus(self.worker_listen, process_num)
+
+    def worker_probe_address(self, process_num: int) -> str:
+        """HEALTH_PROBE_ADDRESS of worker `process_num`, else ""."""
+        return _port_plus(self.health_probe_address, process_num)
 
     def worker_socket(self, process_num: int) -> Path:
         """Unix socket of the worker with supervisord process number `process_num`."""
@@ -369,6 +382,13 @@ def _reading(environ: Mapping[str, str]) -> Iterator[None]:
         yield
     finally:
         _ENVIRON.reset(token)
+
+
+def _port_plus(address: str, n: int) -> str:
+    if not address:
+        return ""
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + n}"
 
 
 def env_text(value: object) -> str:

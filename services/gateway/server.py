@@ -17,6 +17,7 @@ from scribe_client.credentials import channel_credentials
 from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
 from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
+from services.common.probes import start_probe_server
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
 from services.gateway import upload
@@ -42,6 +43,11 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
+    server_options = list(options)
+    if settings.max_connection_age_s:
+        # GOAWAY after this age: clients open a new connection, which a Service may send to another gateway.
+        # No grace limit: a stream on the old connection runs to its end.
+        server_options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
     tokens = configured_tokens(settings)
     # Remote workers (STATIC_WORKERS on TCP) are given the first token, so they must accept it too.
     worker_tls = channel_credentials(settings.worker_tls_ca_file) if settings.worker_tls_ca_file else None
@@ -52,7 +58,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         health_interval_s=settings.health_interval_s,
     )
     interceptors = [TokenAuthInterceptor(TokenSet(tokens))] if tokens else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    server = grpc.aio.server(options=server_options, interceptors=interceptors)
     dispatcher = Dispatcher(registry, settings.gateway_queue_size)
     stats = GatewayStats(registry, dispatcher)
     health_servicer = health.aio.HealthServicer()
@@ -80,6 +86,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         stats.serve(settings.metrics_address)
     transport = bind(server, settings.gateway_address, settings, "GATEWAY_ADDRESS")
     await server.start()
+    probe = await start_probe_server(health_servicer, settings.health_probe_address)
     log.info(
         "gateway_listening",
         address=settings.gateway_address,
@@ -99,6 +106,8 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=20)
+    if probe is not None:
+        await probe.stop(0)
     monitor_task.cancel()
     if dns_task is not None:
         dns_task.cancel()

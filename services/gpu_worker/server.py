@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
 from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
+from services.common.probes import start_probe_server
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
 from services.gen import transcription_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
@@ -77,6 +78,7 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         server.add_insecure_port(address)
     await server.start()
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    probe = await start_probe_server(health_servicer, settings.worker_probe_address(process_num))
     log.info("worker_listening", address=address)
 
     stop = asyncio.Event()
@@ -123,6 +125,8 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     log.info("worker_draining", active=runtime.active, streams=runtime.streams)
     await server.stop(grace=25)
+    if probe is not None:
+        await probe.stop(0)
     runtime.shutdown()
     if not listen:
         settings.worker_socket(process_num).unlink(missing_ok=True)
