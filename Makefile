@@ -9,12 +9,13 @@ GEN    := $(CLIENT)/scribe_client/gen/transcription/v1/transcription_pb2.py
 DESCRIPTORS := services/gen/transcription/descriptors.binpb
 FUZZ_EXAMPLES ?= 500
 
-.PHONY: run test test-hosts api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients fuzz clean help
+.PHONY: run test test-hosts manifests image image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
 	@echo "make test   - install, generate stubs, run the test suite"
 	@echo "make test-hosts - workers on three simulated hosts found through DNS (root: network namespaces)"
+	@echo "make manifests - render deploy/kubernetes (production overlay) and validate it offline"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make api    - buf lint and buf breaking on protos/ (against main; make test runs it)"
 	@echo "make lint   - ruff and mypy"
@@ -72,6 +73,11 @@ test: api $(GEN) deps
 # Three simulated hosts (network namespaces on a bridge, a real dnsmasq): root, about two minutes.
 test-hosts: $(GEN) deps
 	$(BIN)/python -m pytest -m hosts tests/test_hosts.py -s -p no:cacheprovider
+
+# The Kubernetes manifests as they would be applied, checked offline against the API schemas.
+manifests: $(STAMP)
+	$(BIN)/kubectl kustomize deploy/kubernetes/overlays/production > deploy/kubernetes/rendered.yaml
+	$(BIN)/kubernetes-validate --strict deploy/kubernetes/rendered.yaml
 
 bench-limits: $(GEN)
 	$(BIN)/python -m bench.decode_limits

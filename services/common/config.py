@@ -273,6 +273,11 @@ class Settings(BaseSettings):
         description="PEM CA of the certificates of workers on TCP (`STATIC_WORKERS`). When set, the gateway "
         "reaches them over TLS.",
     )
+    worker_tls_server_name: str = Field(
+        "",
+        description="Name the gateway expects in the workers' certificates, when it dials them by address (a "
+        "`dns:` entry finds pod IPs): e.g. the headless Service's name. Empty: the address's host.",
+    )
     max_concurrent_streams: int = Field(
         128, ge=1, description="Streams the gateway carries at once. More get RESOURCE_EXHAUSTED."
     )

@@ -51,8 +51,12 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     tokens = configured_tokens(settings)
     # Remote workers (STATIC_WORKERS on TCP) are given the first token, so they must accept it too.
     worker_tls = channel_credentials(settings.worker_tls_ca_file) if settings.worker_tls_ca_file else None
+    worker_options = list(options)
+    if settings.worker_tls_server_name:
+        # Pods found through DNS are dialled by IP; one certificate for the Service's name serves them all.
+        worker_options.append(("grpc.ssl_target_name_override", settings.worker_tls_server_name))
     registry = Registry(
-        channel_options=options,
+        channel_options=worker_options,
         worker_token=tokens[0] if tokens else None,
         tcp_credentials=worker_tls,
         health_interval_s=settings.health_interval_s,
