@@ -53,7 +53,7 @@ class WorkerHandle:
 
     name: str
     address: str
-    channel_options: list[tuple[str, int]]
+    channel_options: list[tuple[str, int | str]]
     supervisor_state: str = UNSUPERVISED
     supervisor_pid: int = 0
     health: worker_pb2.WorkerHealth | None = None
@@ -221,7 +221,7 @@ class Registry:
 
     def __init__(
         self,
-        channel_options: list[tuple[str, int]],
+        channel_options: list[tuple[str, int | str]],
         worker_token: str | None = None,
         tcp_credentials: grpc.ChannelCredentials | None = None,
         health_interval_s: float = 0.5,

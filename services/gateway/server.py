@@ -51,7 +51,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     tokens = configured_tokens(settings)
     # Remote workers (STATIC_WORKERS on TCP) are given the first token, so they must accept it too.
     worker_tls = channel_credentials(settings.worker_tls_ca_file) if settings.worker_tls_ca_file else None
-    worker_options = list(options)
+    worker_options: list[tuple[str, int | str]] = list(options)
     if settings.worker_tls_server_name:
         # Pods found through DNS are dialled by IP; one certificate for the Service's name serves them all.
         worker_options.append(("grpc.ssl_target_name_override", settings.worker_tls_server_name))
