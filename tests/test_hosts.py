@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.gateway.registry import health_check_timeout
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
+from tests.certs import make_certs
 from tests.dnsmasq import Dnsmasq
 from tests.helpers import ROOT, clip, free_port, read_wav, stream_requests, wait_for, words_of
 from tests.netns import Host, Lab, require_root_and_tools
@@ -53,6 +54,7 @@ class Cluster:
     gateway: subprocess.Popen[bytes]
     gateway_log: Path
     channel: grpc.Channel
+    worker_env: dict[str, str]
     timings: dict[str, float]
 
     @property
@@ -105,7 +107,6 @@ WORKER_ENV = {
     "WORKER_LISTEN": f"0.0.0.0:{PORT}",
     "HEALTH_PROBE_ADDRESS": f"0.0.0.0:{PROBE_PORT}",
     "AUTH_TOKENS": TOKEN,
-    "ALLOW_INSECURE": "true",  # plaintext on the test's own bridge; the image's docs use TLS
     "LOG_FORMAT": "json",
 }
 
@@ -121,8 +122,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         for name in ("a", "b", "c"):
             lab.add_host(name, home / name)
+        # TLS to the workers as on Kubernetes: dialled by IP, checked against one name (WORKER_TLS_SERVER_NAME).
+        certs = make_certs(home / "certs")
+        worker_env = {**WORKER_ENV, "TLS_CERT_FILE": str(certs.server.cert), "TLS_KEY_FILE": str(certs.server.key)}
         for host in lab.hosts[:2]:
-            lab.start_worker_host(host, WORKER_ENV)
+            lab.start_worker_host(host, worker_env)
         dns = Dnsmasq(home / "dns")
         dns.set_hosts(NAME, [h.address for h in lab.hosts[:2]])
         address = f"127.0.0.1:{free_port()}"
@@ -138,6 +142,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "DNS_WORKERS_PER_HOST": str(PER_HOST),
             "HEALTH_INTERVAL_S": str(HEALTH_INTERVAL_S),
             "AUTH_TOKENS": TOKEN,
+            "WORKER_TLS_CA_FILE": str(certs.ca),
+            "WORKER_TLS_SERVER_NAME": "localhost",
             "HEALTH_PROBE_ADDRESS": gateway_probe,
             # Shorter than a stream: the GOAWAY it sends must not cut the streams below.
             "MAX_CONNECTION_AGE_S": "8",
@@ -150,9 +156,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 [sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
             )
         channel = grpc.insecure_channel(address)
-        cluster = Cluster(address, gateway_probe, lab, dns, gateway, gateway_log, channel, {})
+        cluster = Cluster(address, gateway_probe, lab, dns, gateway, gateway_log, channel, worker_env, {})
         started = time.monotonic()
-        up = {lab.hosts[0].address, lab.hosts[1].address}
+        up = {f"{h.address}:{PORT + n}" for h in lab.hosts[:2] for n in range(PER_HOST)}
         assert wait_for(lambda: _serving_or_none(cluster) >= up, 180, 0.2), cluster.logs()
         print(f"\nhosts a and b serving through DNS {time.monotonic() - started:.1f} s after start (model loads)")
         yield cluster
@@ -172,9 +178,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _serving_or_none(cluster: Cluster) -> set[str]:
+    """Names of the workers the gateway routes to."""
     assert cluster.gateway.poll() is None, cluster.logs()
     try:
-        return cluster.serving_hosts()
+        return {w.name for w in cluster.workers() if w.routing_state == fleet_pb2.ROUTING_STATE_SERVING}
     except grpc.RpcError:
         return set()
 
@@ -227,12 +234,13 @@ def test_hosts_are_listed_with_their_host_and_the_dns_entry_that_found_them(clus
 
 def test_a_host_added_to_dns_takes_calls_within_a_refresh_and_a_health_check(cluster: Cluster) -> None:
     c = cluster.host("c")
-    cluster.lab.start_worker_host(c, WORKER_ENV)
+    cluster.lab.start_worker_host(c, cluster.worker_env)
     assert wait_for(lambda: host_serving(c.address), 180, 0.2), cluster.logs()
     assert c.address not in {w.host for w in cluster.workers()}
     published = time.monotonic()
     cluster.publish("a", "b", "c")
-    assert wait_for(lambda: c.address in cluster.serving_hosts(), 30, 0.02), cluster.logs()
+    on_c = {f"{c.address}:{PORT + n}" for n in range(PER_HOST)}
+    assert wait_for(lambda: _serving_or_none(cluster) >= on_c, 30, 0.02), cluster.logs()
     joined = time.monotonic() - published
     cluster.timings["join"] = joined
     # One DNS refresh, then the monitor checks the new workers at once (one health check, with its timeout).
