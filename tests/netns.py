@@ -92,10 +92,9 @@ class Host:
     popen: subprocess.Popen[bytes] | None = None
 
     def logs(self) -> str:
-        out = []
-        for log in sorted((self.folder / "run" / "logs").glob("*.log")):
-            out.append(f"--- {self.name} {log.name}\n{log.read_text(errors='replace')[-2000:]}")
-        return "\n".join(out)
+        """supervisord's and its workers' output (deploy/worker-host.conf sends all of it to stdout)."""
+        out = self.folder / "supervisord.out"
+        return f"--- host {self.name}\n{out.read_text(errors='replace')[-4000:]}" if out.exists() else ""
 
 
 class Lab:
@@ -130,8 +129,7 @@ class Lab:
     def start_worker_host(self, host: Host, env: dict[str, str]) -> None:
         """supervisord with deploy/worker-host.conf inside the host's namespace."""
         run = host.folder / "run"
-        (run / "logs").mkdir(parents=True, exist_ok=True)
-        run.chmod(0o700)
+        run.mkdir(mode=0o700, parents=True, exist_ok=True)
         full = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
         full.update(
             env,
