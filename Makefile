@@ -81,7 +81,10 @@ test-hosts: $(GEN) deps
 IMAGE      ?= localhost/scribe:0.1.0
 BASE_IMAGE ?= localhost/scribe-base:bookworm
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
-IMAGE_TOOLS := podman:podman buildah:buildah debootstrap:debootstrap newuidmap:uidmap
+IMAGE_TOOLS := podman:podman buildah:buildah debootstrap:debootstrap newuidmap:uidmap runc:runc
+# For machines like these: CAP_SYS_RESOURCE is not in the bounding set, so no runtime may raise a container's
+# rlimits to podman's defaults, and crun refuses the hybrid cgroup v1/v2 mount. runc with lowered limits runs.
+PODMAN_FLAGS ?= --runtime runc --ulimit nofile=8192:8192 --ulimit nproc=8192:8192
 image-deps:
 	@missing=$$(for t in $(IMAGE_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
 	if [ -n "$$missing" ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
@@ -100,12 +103,12 @@ build/wheels/.stamp: $(STAMP) pyproject.toml $(CLIENT)/pyproject.toml
 	touch $@
 
 image: $(GEN) image-base build/wheels/.stamp
-	podman build --network=none --build-arg BASE=$(BASE_IMAGE) -f Containerfile -t $(IMAGE) .
+	podman build $(PODMAN_FLAGS) --network=none --build-arg BASE=$(BASE_IMAGE) -f Containerfile -t $(IMAGE) .
 	@podman image inspect --format 'image $(IMAGE): {{.Size}} bytes' $(IMAGE)
 
 # Runs the image (a worker host and a gateway, host network on loopback) and transcribes a clip through it.
 image-test: image
-	IMAGE=$(IMAGE) $(BIN)/python -m pytest -m image tests/test_image.py -s -p no:cacheprovider
+	IMAGE=$(IMAGE) PODMAN_FLAGS="$(PODMAN_FLAGS)" $(BIN)/python -m pytest -m image tests/test_image.py -s -p no:cacheprovider
 
 # The Kubernetes manifests as they would be applied, checked offline against the API schemas.
 manifests: $(STAMP)

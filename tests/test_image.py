@@ -24,6 +24,8 @@ from tests.helpers import clip, free_port, wait_for, words_of
 pytestmark = pytest.mark.image
 
 IMAGE = os.environ.get("IMAGE", "localhost/scribe:0.1.0")
+#: The Makefile's PODMAN_FLAGS: the runtime and rlimits this kind of machine allows.
+FLAGS = os.environ.get("PODMAN_FLAGS", "").split()
 TOKEN = "image-token-0123456789abcdef"
 METADATA = (("authorization", f"Bearer {TOKEN}"),)
 
@@ -41,7 +43,7 @@ def containers() -> Iterator[dict[str, str]]:
     tag = uuid.uuid4().hex[:8]
     worker_port, probe_port, gateway_port = free_port(), free_port(), free_port()
     names = {"worker": f"scribe-test-worker-{tag}", "gateway": f"scribe-test-gateway-{tag}"}
-    common = ["--network=host", "--rm=false", "-e", f"AUTH_TOKENS={TOKEN}", "-e", "WHISPER_CPU_THREADS=1"]
+    common = [*FLAGS, "--network=host", "-e", f"AUTH_TOKENS={TOKEN}", "-e", "WHISPER_CPU_THREADS=1"]
     try:
         podman(
             "run", "-d", "--name", names["worker"], *common,
