@@ -73,9 +73,9 @@ def test_failed_or_empty_answers_keep_the_last_good_one(dnsmasq: Dnsmasq, tmp_pa
 
     async def scenario() -> tuple[list[str], list[str], list[str]]:
         dnsmasq.set_hosts(NAME, ["10.9.0.7"])
-        for _ in range(50):
+        for _ in range(50):  # until dnsmasq has re-read its hosts file (the previous test left other hosts)
             await discovery.refresh()
-            if discovery.endpoints():
+            if [e.address for e in discovery.endpoints()] == ["10.9.0.7:7000"]:
                 break
             await asyncio.sleep(0.1)
         first = [e.address for e in discovery.endpoints()]

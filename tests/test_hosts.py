@@ -12,6 +12,7 @@ Run by `make test-hosts` (root, about two minutes), not by `make test`: see the 
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import threading
@@ -285,7 +286,7 @@ def test_a_host_removed_from_dns_is_drained_and_its_stream_loses_nothing(cluster
 
 
 def test_a_host_killed_mid_stream_leaves_the_stream_and_calls_going_on_another(cluster: Cluster) -> None:
-    reference, _ = stream(cluster)
+    reference, reference_times = stream(cluster)
     expected = words_of(
         cluster.transcription.Transcribe(
             pb.TranscribeRequest(audio_content=clip("speech_long.wav")), timeout=60, metadata=METADATA
@@ -329,6 +330,8 @@ def test_a_host_killed_mid_stream_leaves_the_stream_and_calls_going_on_another(c
     after = [t for t in times if t > killed_at]
     assert after, "the stream ended before the kill"
     cluster.timings["stream's first response after the kill"] = after[0] - killed_at
+    # For scale: the longest wait between two responses of the same stream with nothing killed.
+    cluster.timings["longest gap, undisturbed stream"] = max(b - a for a, b in itertools.pairwise(reference_times))
     assert final_words(responses) == final_words(reference)
     for answer in answers:
         assert words_of(answer.transcript) == expected
