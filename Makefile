@@ -14,12 +14,16 @@ SOAK_CLIENTS ?= 2
 # The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test test-torch api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
+.PHONY: run test test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
-	@echo "make test   - install, generate stubs, run the test suite (all but the torch engine's tests)"
+	@echo "make test   - install, generate stubs, run the test suite (all but the three targets below)"
 	@echo "make test-torch - install the torch extra (TORCH_PIN=$(TORCH_PIN)) and run the torch engine's tests"
+	@echo "make test-hosts - workers on three simulated hosts found through DNS (root: network namespaces)"
+	@echo "make image  - build the container image with podman from a debootstrapped Debian base (no registry)"
+	@echo "make image-test - run the image (worker host + gateway) and transcribe a clip through it"
+	@echo "make manifests - render deploy/kubernetes (production overlay) and validate it offline"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make api    - buf lint and buf breaking on protos/ (against main; make test runs it)"
 	@echo "make lint   - ruff and mypy"
@@ -72,16 +76,62 @@ $(BUF): package.json package-lock.json
 api: $(BUF)
 	tools/api_check.sh
 
-# System packages the tests drive: Debian's chromium renders the status page (tests/test_http.py).
+# System packages the tests drive: Debian's chromium renders the status page (tests/test_http.py), dnsmasq
+# answers the DNS discovery tests, iproute2 makes the network namespaces of tests/test_hosts.py.
+DEB_TOOLS := chromium:chromium /usr/sbin/dnsmasq:dnsmasq-base ip:iproute2
 deps:
-	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	@missing=$$(for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
+	if [ -n "$$missing" ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
 
 test: api $(GEN) deps
-	$(BIN)/python -m pytest -m "not torch"
+	$(BIN)/python -m pytest
 
 # The torch engine for real (tests marked `torch`); .ci/run runs it after `make test`.
 test-torch: $(GEN) $(TORCH_STAMP)
 	$(BIN)/python -m pytest -m torch
+
+# Three simulated hosts (network namespaces on a bridge, a real dnsmasq): root, about two minutes.
+test-hosts: $(GEN) deps
+	$(BIN)/python -m pytest -m hosts tests/test_hosts.py -s -p no:cacheprovider
+
+# The container image, built here without a registry: debootstrap makes the Debian base, podman imports
+# it, pip fetches the wheels on this host (its certificates and indexes), and the build runs offline.
+IMAGE      ?= localhost/scribe:0.1.0
+BASE_IMAGE ?= localhost/scribe-base:bookworm
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+IMAGE_TOOLS := podman:podman buildah:buildah debootstrap:debootstrap newuidmap:uidmap runc:runc
+# For machines like these: CAP_SYS_RESOURCE is not in the bounding set, so no runtime may raise a container's
+# rlimits to podman's defaults, and crun refuses the hybrid cgroup v1/v2 mount. runc with lowered limits runs.
+PODMAN_FLAGS ?= --runtime runc --ulimit nofile=8192:8192 --ulimit nproc=8192:8192
+image-deps:
+	@missing=$$(for t in $(IMAGE_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
+	if [ -n "$$missing" ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
+
+image-base: image-deps
+	@if podman image exists $(BASE_IMAGE); then echo "$(BASE_IMAGE) exists (podman rmi it to rebuild)"; else \
+	  set -e; rm -rf build/rootfs; mkdir -p build; \
+	  debootstrap --variant=minbase --include=python3,python3-venv,libgomp1 bookworm build/rootfs $(DEBIAN_MIRROR); \
+	  rm -rf build/rootfs/var/cache/apt/archives/*.deb build/rootfs/var/lib/apt/lists/*; \
+	  tar -C build/rootfs --numeric-owner -c . | podman import --change 'CMD ["/bin/bash"]' - $(BASE_IMAGE); \
+	  rm -rf build/rootfs; fi
+
+build/wheels/.stamp: $(STAMP) pyproject.toml $(CLIENT)/pyproject.toml
+	rm -rf build/wheels
+	$(BIN)/python -m pip wheel -q --disable-pip-version-check --wheel-dir build/wheels './$(CLIENT)[cli]' .
+	touch $@
+
+image: $(GEN) image-base build/wheels/.stamp
+	podman build $(PODMAN_FLAGS) --network=none --build-arg BASE=$(BASE_IMAGE) -f Containerfile -t $(IMAGE) .
+	@podman image inspect --format 'image $(IMAGE): {{.Size}} bytes' $(IMAGE)
+
+# Runs the image (a worker host and a gateway, host network on loopback) and transcribes a clip through it.
+image-test: image
+	IMAGE=$(IMAGE) PODMAN_FLAGS="$(PODMAN_FLAGS)" $(BIN)/python -m pytest -m image tests/test_image.py -s -p no:cacheprovider
+
+# The Kubernetes manifests as they would be applied, checked offline against the API schemas.
+manifests: $(STAMP)
+	$(BIN)/kubectl kustomize deploy/kubernetes/overlays/production > deploy/kubernetes/rendered.yaml
+	$(BIN)/kubernetes-validate --strict deploy/kubernetes/rendered.yaml
 
 bench-limits: $(GEN)
 	$(BIN)/python -m bench.decode_limits

@@ -138,7 +138,37 @@ class Settings(BaseSettings):
         Path("./run"), description="Worker sockets, logs (`RUN_DIR/logs/`) and supervisord's pid file."
     )
     static_workers: Endpoints = Field(
-        (), description="Comma-separated worker endpoints on other hosts (`HOST:PORT` or `unix:PATH`)."
+        (),
+        description="Comma-separated worker endpoints on other hosts: `HOST:PORT`, `unix:PATH`, or `dns:///NAME:PORT` "
+        "(every address NAME resolves to is a worker host, re-resolved every `DNS_REFRESH_S`; "
+        "`dns://SERVER[:PORT]/NAME:PORT` asks that DNS server).",
+    )
+    dns_refresh_s: float = Field(
+        5, ge=0.1, le=3600, description="How often `dns:` entries of `STATIC_WORKERS` are resolved again."
+    )
+    dns_workers_per_host: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Workers on each host a `dns:` entry finds, on ports PORT, PORT+1, ...: set it to the worker "
+        "hosts' `GPU_SCALE_WORKERS`.",
+    )
+    health_probe_address: OptionalAddress = Field(
+        "",
+        description="Plaintext `grpc.health.v1` only, for Kubernetes' gRPC probes (which cannot speak TLS); a "
+        "worker adds its number to the port as with `WORKER_LISTEN`. Service `liveness` answers SERVING while the "
+        "process runs. Empty: off.",
+    )
+    max_connection_age_s: float = Field(
+        0,
+        ge=0,
+        description="The gateway closes a client connection this old to new calls (gRPC GOAWAY; calls on it "
+        "finish), so clients reconnect and spread over a load balancer's gateways. `0`: never.",
+    )
+    worker_listen: OptionalAddress = Field(
+        "",
+        description="Worker host mode: worker NN serves TCP on this `HOST:PORT` with NN added to the port, instead "
+        "of its unix socket (needs `AUTH_TOKENS`; TLS as for `--listen`). Empty: unix sockets in `RUN_DIR`.",
     )
     health_interval_s: float = Field(
         0.5, ge=0.05, description="How often the gateway polls supervisord and worker health."
@@ -256,6 +286,11 @@ class Settings(BaseSettings):
         description="PEM CA of the certificates of workers on TCP (`STATIC_WORKERS`). When set, the gateway "
         "reaches them over TLS.",
     )
+    worker_tls_server_name: str = Field(
+        "",
+        description="Name the gateway expects in the workers' certificates, when it dials them by address (a "
+        "`dns:` entry finds pod IPs): e.g. the headless Service's name. Empty: the address's host.",
+    )
     max_concurrent_streams: int = Field(
         128, ge=1, description="Streams the gateway carries at once. More get RESOURCE_EXHAUSTED."
     )
@@ -327,6 +362,14 @@ class Settings(BaseSettings):
     def tls_enabled(self) -> bool:
         return self.tls_cert_file is not None
 
+    def worker_tcp(self, process_num: int) -> str:
+        """TCP address of worker `process_num` in worker host mode (WORKER_LISTEN), else ""."""
+        return _port_plus(self.worker_listen, process_num)
+
+    def worker_probe_address(self, process_num: int) -> str:
+        """HEALTH_PROBE_ADDRESS of worker `process_num`, else ""."""
+        return _port_plus(self.health_probe_address, process_num)
+
     def worker_socket(self, process_num: int) -> Path:
         """Unix socket of the worker with supervisord process number `process_num`."""
         return self.run_dir / f"worker-{process_num:02d}.sock"
@@ -357,6 +400,13 @@ def _reading(environ: Mapping[str, str]) -> Iterator[None]:
         yield
     finally:
         _ENVIRON.reset(token)
+
+
+def _port_plus(address: str, n: int) -> str:
+    if not address:
+        return ""
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + n}"
 
 
 def env_text(value: object) -> str:

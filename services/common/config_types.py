@@ -6,6 +6,7 @@ reads after the variable's name ("must be HOST:PORT ..."), and `Settings.from_en
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,10 @@ TOKEN_RULE = (
     f"every token must be at least {MIN_TOKEN_CHARS} printable characters without spaces or commas "
     "(e.g. the output of `openssl rand -hex 32`)"
 )
+
+
+#: gRPC's DNS target syntax: dns:[//AUTHORITY]/NAME:PORT, AUTHORITY being the DNS server to ask.
+DNS_TARGET = re.compile(r"dns:(?://(?P<server>[^/]*))?/(?P<name>[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
 
 
 def token_problem(token: str) -> str | None:
@@ -71,7 +76,13 @@ def _comma_list(value: Any) -> Any:
 
 def _endpoints(values: tuple[str, ...]) -> tuple[str, ...]:
     for item in values:
-        if not item.startswith("unix:"):
+        if item.startswith("dns:"):
+            if not DNS_TARGET.fullmatch(item):
+                raise ValueError(
+                    f"{item!r} is not a DNS target: write dns:///NAME:PORT (the system resolver) or "
+                    "dns://SERVER[:PORT]/NAME:PORT (ask SERVER)"
+                )
+        elif not item.startswith("unix:"):
             _host_port(item)
     return values
 

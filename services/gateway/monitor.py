@@ -1,14 +1,21 @@
-"""Keeps the registry current: supervisord's process table plus static endpoints, and each worker's health."""
+"""Keeps the registry current: supervisord's process table, static endpoints and DNS, and each worker's health.
+
+A worker whose host leaves the DNS answer is drained as a `supervisorctl stop` drains one: it takes no
+new work, its streams move (the relays watch its `retiring` event), and the calls in flight on it end
+there; then it is dropped. Its process is not ours to stop.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import grpc
 import structlog
 
 from services.common.config import Settings
+from services.gateway.discovery import DnsDiscovery
 from services.gateway.registry import UNSUPERVISED, Registry, WorkerHandle, health_check_timeout
 from services.gateway.supervisor import ProcessInfo, SupervisorClient, worker_process_num
 from services.gen import worker_pb2
@@ -26,12 +33,14 @@ class FleetMonitor:
         supervisor: SupervisorClient | None,
         on_change: Callable[[int], Awaitable[None]],
         after_refresh: Callable[[], Awaitable[None]] | None = None,
+        dns: DnsDiscovery | None = None,
     ) -> None:
         self._registry = registry
         self._settings = settings
         self._supervisor = supervisor
         self._on_change = on_change
         self._after_refresh = after_refresh
+        self._dns = dns
         self._serving: int | None = None
         self._routing: dict[str, int] = {}
         self._table: asyncio.Future[list[ProcessInfo]] | None = None  # a process-table read still under way
@@ -42,7 +51,16 @@ class FleetMonitor:
                 await self.refresh()
             except Exception:
                 log.exception("fleet_refresh_failed")
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """One health interval, cut short by a fresh DNS answer so a new host is checked at once."""
+        if self._dns is None:
             await asyncio.sleep(self._settings.health_interval_s)
+            return
+        self._dns.refreshed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._dns.refreshed.wait(), self._settings.health_interval_s)
 
     async def refresh(self) -> None:
         await self._discover()
@@ -61,7 +79,11 @@ class FleetMonitor:
 
     async def _discover(self) -> None:
         for endpoint in self._settings.static_workers:
-            self._registry.ensure(endpoint, endpoint)
+            if not endpoint.startswith("dns:"):
+                host = "" if endpoint.startswith("unix:") else endpoint.rpartition(":")[0].strip("[]")
+                self._registry.ensure(endpoint, endpoint, host=host, source="STATIC_WORKERS")
+        if self._dns is not None:
+            await self._discover_dns(self._dns)
         if self._supervisor is None:
             return
         processes = await self._process_table(self._supervisor)
@@ -72,7 +94,9 @@ class FleetMonitor:
             num = worker_process_num(proc.name)
             if num is None:
                 continue
-            handle = self._registry.ensure(proc.name, f"unix://{self._settings.worker_socket(num)}")
+            tcp = self._settings.worker_tcp(num).replace("0.0.0.0:", "127.0.0.1:")
+            address = tcp or f"unix://{self._settings.worker_socket(num)}"
+            handle = self._registry.ensure(proc.name, address)
             handle.supervisor_state, handle.supervisor_pid = proc.state, proc.pid
             seen.add(proc.name)
         for name, handle in list(self._registry.workers.items()):
@@ -99,6 +123,23 @@ class FleetMonitor:
         except Exception as exc:  # supervisord restarting: keep the last known table
             log.warning("supervisor_unreachable", url=supervisor.server_url, error=str(exc))
             return None
+
+    async def _discover_dns(self, dns: DnsDiscovery) -> None:
+        found = {ep.address: ep for ep in dns.endpoints()}
+        for ep in found.values():
+            handle = self._registry.ensure(ep.address, ep.address, host=ep.host, source=ep.source)
+            if handle.retired:
+                log.info("worker_rejoined", worker=handle.name, source=ep.source)
+                handle.rejoin()
+        for name, handle in list(self._registry.workers.items()):
+            if not handle.source.startswith("dns:") or name in found:
+                continue
+            if not handle.retired:
+                log.info("worker_draining", worker=name, host=handle.host, source=handle.source)
+                handle.retire(f"host {handle.host} left the answer of {handle.source}")
+            if handle.idle:
+                log.info("worker_removed", worker=name, source=handle.source)
+                await self._registry.remove(name)
 
     async def _check(self, handle: WorkerHandle) -> None:
         if handle.supervisor_state not in ("RUNNING", UNSUPERVISED):

@@ -9,6 +9,7 @@ read `routing` and `health_staleness` here.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Iterable, Iterator
@@ -52,7 +53,7 @@ class WorkerHandle:
 
     name: str
     address: str
-    channel_options: list[tuple[str, int]]
+    channel_options: list[tuple[str, int | str]]
     supervisor_state: str = UNSUPERVISED
     supervisor_pid: int = 0
     health: worker_pb2.WorkerHealth | None = None
@@ -62,6 +63,10 @@ class WorkerHandle:
     stale_after_s: float = stale_after(0.5)
     in_flight: int = 0
     streams: int = 0
+    host: str = ""  # the machine it runs on: "" for this one (unix socket), else the address's host
+    source: str = "supervisord"  # what found it: supervisord, STATIC_WORKERS, or the dns: entry
+    retired: str = ""  # why it is being drained out of the fleet (gone from DNS); "" while it belongs
+    retiring: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set with `retired`
     token: str | None = field(default=None, repr=False)
     tcp_credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
@@ -96,9 +101,24 @@ class WorkerHandle:
             await self._channel.close()
             self._channel = None
 
+    def retire(self, reason: str) -> None:
+        """Take no new work; streams move elsewhere (the relays wait on `retiring`), calls in flight end here."""
+        self.retired = reason
+        self.retiring.set()
+
+    def rejoin(self) -> None:
+        self.retired = ""
+        self.retiring = asyncio.Event()
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0 and self.streams == 0
+
     @property
     def routing(self) -> tuple[fleet_pb2.RoutingState, str]:
         """(RoutingState, reason) from the supervisor state and the latest health answer."""
+        if self.retired:
+            return fleet_pb2.ROUTING_STATE_NOT_SERVING, f"draining: {self.retired}"
         if self.supervisor_state not in ("RUNNING", UNSUPERVISED):
             return fleet_pb2.ROUTING_STATE_UNREACHABLE, f"supervisor state {self.supervisor_state}"
         if self.health_error:
@@ -169,6 +189,8 @@ class WorkerHandle:
             in_flight=self.in_flight,
             streams=self.streams,
             supervisor_pid=self.supervisor_pid,
+            host=self.host,
+            source=self.source,
         )
         if self.health is not None:
             msg.health.CopyFrom(self.health)
@@ -199,7 +221,7 @@ class Registry:
 
     def __init__(
         self,
-        channel_options: list[tuple[str, int]],
+        channel_options: list[tuple[str, int | str]],
         worker_token: str | None = None,
         tcp_credentials: grpc.ChannelCredentials | None = None,
         health_interval_s: float = 0.5,
@@ -211,7 +233,7 @@ class Registry:
         self._tcp_credentials = tcp_credentials
         self._turns = itertools.count()
 
-    def ensure(self, name: str, address: str) -> WorkerHandle:
+    def ensure(self, name: str, address: str, host: str = "", source: str = "supervisord") -> WorkerHandle:
         handle = self.workers.get(name)
         if handle is None or handle.address != address:
             handle = WorkerHandle(
@@ -221,6 +243,8 @@ class Registry:
                 token=self._token,
                 tcp_credentials=self._tcp_credentials,
                 stale_after_s=self._stale_after_s,
+                host=host,
+                source=source,
             )
             self.workers[name] = handle
         return handle

@@ -129,6 +129,7 @@ class StreamRelay:
                 )
                 keeper = StatusKeeper(call)
                 writer = asyncio.create_task(self._write(call, opening, start))
+                leaving = asyncio.create_task(_cancel_when_retired(handle, call))
                 try:
                     with handle.track_stream():
                         async for response in call:
@@ -144,7 +145,14 @@ class StreamRelay:
                 except asyncio.CancelledError:
                     if self._client_error is not None and not self._context.cancelled():
                         raise self._client_error from None
-                    raise
+                    if not _moved_off(leaving) or self._context.cancelled() or self.moves >= MAX_MOVES:
+                        raise
+                    # The gateway drains this worker (its host left DNS): resume elsewhere, as after a failure.
+                    self.moves += 1
+                    self._line.fields["moves"] = self.moves
+                    exclude = {handle.name}
+                    log.info("stream_moved", worker=handle.name, code="DRAINING", details=handle.retired)
+                    continue
                 except grpc.aio.AioRpcError as failed:
                     if self._client_error is not None:
                         raise self._client_error from None
@@ -166,6 +174,7 @@ class StreamRelay:
                         replay_bytes=self._audio.end - start,
                     )
                 finally:
+                    leaving.cancel()
                     writer.cancel()
                     call.cancel()
         finally:
@@ -222,3 +231,14 @@ class StreamRelay:
                 await self._arrived.wait()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the worker side ended; the read loop decides what happens next
+
+
+async def _cancel_when_retired(handle: WorkerHandle, call: grpc.aio.StreamStreamCall) -> None:
+    await handle.retiring.wait()
+    call.cancel()
+
+
+def _moved_off(leaving: asyncio.Task[None]) -> bool:
+    """Whether the stream's call was cancelled because its worker is being drained, not the stream itself."""
+    task = asyncio.current_task()
+    return leaving.done() and not leaving.cancelled() and (task is None or task.cancelling() == 0)

@@ -17,9 +17,11 @@ from scribe_client.credentials import channel_credentials
 from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
 from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
+from services.common.probes import start_probe_server
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
 from services.gateway import upload
+from services.gateway.discovery import DnsDiscovery
 from services.gateway.dispatch import Dispatcher
 from services.gateway.metrics import GatewayStats
 from services.gateway.monitor import FleetMonitor
@@ -41,17 +43,26 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
+    server_options = list(options)
+    if settings.max_connection_age_s:
+        # GOAWAY after this age: clients open a new connection, which a Service may send to another gateway.
+        # No grace limit: a stream on the old connection runs to its end.
+        server_options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
     tokens = configured_tokens(settings)
     # Remote workers (STATIC_WORKERS on TCP) are given the first token, so they must accept it too.
     worker_tls = channel_credentials(settings.worker_tls_ca_file) if settings.worker_tls_ca_file else None
+    worker_options: list[tuple[str, int | str]] = list(options)
+    if settings.worker_tls_server_name:
+        # Pods found through DNS are dialled by IP; one certificate for the Service's name serves them all.
+        worker_options.append(("grpc.ssl_target_name_override", settings.worker_tls_server_name))
     registry = Registry(
-        channel_options=options,
+        channel_options=worker_options,
         worker_token=tokens[0] if tokens else None,
         tcp_credentials=worker_tls,
         health_interval_s=settings.health_interval_s,
     )
     interceptors = [TokenAuthInterceptor(TokenSet(tokens))] if tokens else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    server = grpc.aio.server(options=server_options, interceptors=interceptors)
     dispatcher = Dispatcher(registry, settings.gateway_queue_size, settings.stream_failover_wait_s)
     stats = GatewayStats(registry, dispatcher)
     health_servicer = health.aio.HealthServicer()
@@ -71,12 +82,15 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
 
     upload.remove_leftovers(settings.run_dir)
     supervisor = SupervisorClient(supervisor_url) if supervisor_url else None
-    monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify)
+    dns_targets = [t for t in settings.static_workers if t.startswith("dns:")]
+    dns = DnsDiscovery(dns_targets, settings.dns_refresh_s, settings.dns_workers_per_host) if dns_targets else None
+    monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify, dns=dns)
     await on_change(0)
     if settings.metrics_address:
         stats.serve(settings.metrics_address)
     transport = bind(server, settings.gateway_address, settings, "GATEWAY_ADDRESS")
     await server.start()
+    probe = await start_probe_server(health_servicer, settings.health_probe_address)
     log.info(
         "gateway_listening",
         address=settings.gateway_address,
@@ -87,6 +101,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         static=settings.static_workers,
     )
     monitor_task = asyncio.create_task(monitor.run())
+    dns_task = asyncio.create_task(dns.run()) if dns is not None else None
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,7 +110,11 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=20)
+    if probe is not None:
+        await probe.stop(0)
     monitor_task.cancel()
+    if dns_task is not None:
+        dns_task.cancel()
     for name in list(registry.workers):
         await registry.remove(name)
     log.info("gateway_stopped")

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.common.auth import TokenAuthInterceptor, TokenSet, configured_tokens
 from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
+from services.common.probes import start_probe_server
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
 from services.gen import transcription_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
@@ -79,6 +80,7 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         server.add_insecure_port(address)
     await server.start()
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    probe = await start_probe_server(health_servicer, settings.worker_probe_address(process_num))
     log.info("worker_listening", address=address)
 
     stop = asyncio.Event()
@@ -126,6 +128,8 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     log.info("worker_draining", active=runtime.active, streams=runtime.streams)
     await server.stop(grace=25)
+    if probe is not None:
+        await probe.stop(0)
     runtime.shutdown()
     if not listen:
         settings.worker_socket(process_num).unlink(missing_ok=True)
@@ -178,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     Path(settings.run_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        asyncio.run(serve(settings, args.process_num, args.listen))
+        # A worker host (WORKER_LISTEN) serves each of its workers on TCP, on ports one apart.
+        listen = args.listen or settings.worker_tcp(args.process_num) or None
+        asyncio.run(serve(settings, args.process_num, listen))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -254,6 +254,8 @@ def status_rows(workers: list[fleet_pb2.Worker], now_s: float | None = None) -> 
             "WIN QUEUED",
             "WIN/S",
             "BATCHES size x count",
+            "HOST",
+            "FOUND BY",
         ]
     ]
     for w in workers:
@@ -286,6 +288,8 @@ def status_rows(workers: list[fleet_pb2.Worker], now_s: float | None = None) -> 
                 str(h.batch.windows_queued) if has else "-",
                 f"{h.batch.windows_per_second:.1f}" if has else "-",
                 batch_histogram(list(h.batch.batches_by_size)) if has else "-",
+                w.host or "local",
+                w.source or "-",
             ]
         )
     return rows
