@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     batch_window_ms: int = Field(
         10, ge=0, le=10_000, description="How long a batch that is not full waits for more windows."
     )
+    worker_pack_short: bool = Field(
+        False,
+        description="On a CPU worker, decode short files of several calls (up to 12 s each) together in one Whisper "
+        "window: faster on many short files, but a file's words then depend on the audio it shares its window with.",
+    )
     gateway_address: Address = Field("127.0.0.1:50051", description="Where the gateway listens.")
     run_dir: Folder = Field(
         Path("./run"), description="Worker sockets, logs (`RUN_DIR/logs/`) and supervisord's pid file."

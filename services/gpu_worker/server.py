@@ -99,7 +99,7 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         settings.worker_batch_size,
         settings.batch_window_ms / 1000,
         streams_with_bulk=engine.info.device_kind == "cuda",
-        pack_short=engine.info.device_kind != "cuda",
+        pack_short=settings.worker_pack_short and engine.info.device_kind != "cuda",
     )
     runtime.transcriber = Transcriber(scheduler)
     await loop.run_in_executor(None, get_vad_model)  # streams share it; the first should not wait for its load
