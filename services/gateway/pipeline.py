@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
@@ -262,6 +263,11 @@ class Pipeline:
         piece.done_s = piece.seconds
         piece.request = None
         self._room.release()
+        # A piece's audio (megabytes, inside gRPC and protobuf objects that refer to each other) is freed
+        # only by a full collection, which the gateway's allocation pattern triggers rarely: over hour-long
+        # uploads its peak RSS rose +100 to +190 MiB and fell back at random; collecting here keeps it at
+        # +50 MiB. The gateway's heap is small, so a collection costs milliseconds, once per piece.
+        gc.collect()
 
     def _release(self) -> list[tuple[str, list[pb.Segment]]]:
         """Segments now in order, grouped by the worker that decoded them; moves the head on."""
