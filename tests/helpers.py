@@ -10,6 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jiwer
+from whisper_normalizer.english import EnglishTextNormalizer
+
 from services.gen import transcription_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,3 +126,9 @@ def speech_recording(seconds: float, gap_s: float = 2.0) -> bytes:
         w.setframerate(16_000)
         w.writeframes(samples.tobytes())
     return out.getvalue()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """WER in percent after Whisper's English normaliser."""
+    normal = EnglishTextNormalizer()
+    return 100.0 * float(jiwer.wer(normal(reference), normal(hypothesis)))

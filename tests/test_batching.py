@@ -8,17 +8,15 @@ import time
 from collections.abc import Iterator
 
 import grpc
-import jiwer
 import numpy as np
 from faster_whisper import WhisperModel
-from whisper_normalizer.english import EnglishTextNormalizer
 
 from services.common.audio import SAMPLE_RATE, decode_container
 from services.gateway.shard import pcm16
 from services.gen import transcription_pb2 as pb
 from services.gpu_worker.faster_whisper_engine import resolve_model
 from tests.conftest import Fleet
-from tests.helpers import clip, read_wav, stream_requests, words_of
+from tests.helpers import clip, read_wav, stream_requests, wer, words_of
 
 # What tests/data/make_clips.sh had espeak-ng say.
 PARAGRAPH = (
@@ -54,11 +52,6 @@ def linear16(audio: np.ndarray, **options: object) -> pb.TranscribeRequest:
         sample_rate_hertz=SAMPLE_RATE,
         options=pb.RecognitionOptions(**options),  # type: ignore[arg-type]
     )
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    normal = EnglishTextNormalizer()
-    return 100.0 * float(jiwer.wer(normal(reference), normal(hypothesis)))
 
 
 def batch_totals(fleet: Fleet) -> tuple[int, int]:

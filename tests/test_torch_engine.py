@@ -19,17 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import jiwer
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scribe_client import ScribeClient
-from whisper_normalizer.english import EnglishTextNormalizer
 
 from services.common.audio import decode_container
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 from tests.conftest import BIN, Fleet, Process, spawn, start_gateway
-from tests.helpers import ROOT, SAID, clip, read_wav, stream_requests, wait_for, words_of
+from tests.helpers import ROOT, SAID, clip, read_wav, stream_requests, wait_for, wer, words_of
 
 TORCH, CT2 = 70, 71
 # `make test-torch` runs these, with the torch extra installed; `make test` leaves them out.
@@ -85,11 +83,6 @@ def mixed(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mi
     finally:
         for process in [*gateways, *workers.values()]:
             process.stop()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    normal = EnglishTextNormalizer()
-    return 100.0 * float(jiwer.wer(normal(reference), normal(hypothesis)))
 
 
 def transcribe_all(stub: transcription_pb2_grpc.TranscriptionServiceStub) -> dict[str, pb.TranscribeResponse]:

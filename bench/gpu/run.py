@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import jiwer
-from whisper_normalizer.english import EnglishTextNormalizer
 
 from bench.fleet import ROOT, Fleet, fleet, wav_bytes
 from bench.gpu import synthetic
+from bench.stream_metrics import wer
 from services.common.audio import SAMPLE_RATE, decode_container
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
@@ -87,11 +86,6 @@ def throughput(address: str, files: list[bytes]) -> tuple[float, list[str]]:
     with ThreadPoolExecutor(min(len(files), 256)) as pool:
         answers = list(pool.map(lambda f: stub.Transcribe(pb.TranscribeRequest(audio_content=f), timeout=600), files))
     return time.perf_counter() - started, [a.transcript for a in answers]
-
-
-def wer(references: list[str], hypotheses: list[str]) -> float:
-    normal = EnglishTextNormalizer()
-    return 100.0 * float(jiwer.wer([normal(r) for r in references], [normal(h) for h in hypotheses]))
 
 
 def nvidia_smi_mib() -> dict[int, int]:
