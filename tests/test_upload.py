@@ -8,6 +8,7 @@ does at the default limit; one test sends a real hour to the shared fleet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -20,8 +21,8 @@ import pytest
 from scribe_client import AsyncScribeClient, ScribeClient, TranscribeOptions
 
 from services.common.errors import error_reason
+from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
-from services.gen import transcription_pb2_grpc
 from tests.bad_audio import cut_wav
 from tests.conftest import Fleet, Process
 from tests.helpers import speech_recording, wait_for, words_of
@@ -209,6 +210,35 @@ def test_cancelled_or_expired_uploads_leave_no_spool_file_and_no_busy_worker(
     assert wait_for(lambda: not busy_workers(serving_fleet), 60, 0.2), busy_workers(serving_fleet)
 
 
+def _kill_a_worker_with_pieces_in_flight(fleet: Fleet, gateway: Process, prefer: str) -> str:
+    """SIGKILLs a worker that holds unfinished pieces, preferring `prefer`; returns its name.
+
+    Batched workers finish their pieces in bursts, so the head piece's worker may already have sent every
+    piece it had when the client sees its segments (CI once killed an idle worker and nothing was retried).
+    Both workers are frozen first, so that nothing finishes while the gateway's in-flight counts are read.
+    """
+    pids = {name: w.supervisor_pid for name, w in fleet.workers().items()}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with grpc.insecure_channel(gateway.address) as channel:
+            stub = fleet_pb2_grpc.FleetServiceStub(channel)
+
+            def busy() -> list[str]:
+                listed = stub.ListWorkers(fleet_pb2.ListWorkersRequest(), timeout=5).workers
+                return sorted((w.health.worker_id for w in listed if w.in_flight), key=lambda n: n != prefer)
+
+            # A piece waiting for room is sent as soon as another finishes: give the gateway a moment.
+            assert wait_for(lambda: bool(busy()), 10, 0.2), "no worker had a piece in flight"
+            killed = busy()[0]
+        os.kill(pids[killed], signal.SIGKILL)
+        return killed
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 def test_a_worker_lost_mid_piece_has_its_piece_sent_again_and_nothing_twice(
     serving_fleet: Fleet, small_gateway: Process, tmp_path: Path
 ) -> None:
@@ -221,9 +251,8 @@ def test_a_worker_lost_mid_piece_has_its_piece_sent_again_and_nothing_twice(
             for report in client.transcribe_with_progress(audio):
                 reports.append(report)
                 if not killed and report.segments:
-                    # The worker of the head piece, whose first segments the client already has.
-                    killed = report.worker_id
-                    os.kill(serving_fleet.workers()[killed].supervisor_pid, signal.SIGKILL)
+                    # The client already has the head piece's first segments.
+                    killed = _kill_a_worker_with_pieces_in_flight(serving_fleet, small_gateway, report.worker_id)
         result = check_reports(reports)  # in order, consecutive ids, each segment once
         words = words_of(result.transcript)
         assert words[:2] == ["good", "morning"] and words.count("weather") == 3, result.transcript
