@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from tests.certs import Certs, make_certs
-from tests.helpers import ROOT, free_port, wait_for
+from tests.helpers import ROOT, free_port, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -166,13 +166,7 @@ class Process:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, 30)
 
 
 def spawn(fleet: Fleet, folder: Path, module: str, env: dict[str, str], *args: str) -> Process:

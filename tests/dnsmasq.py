@@ -14,7 +14,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, stop_process, wait_for
 
 
 class Dnsmasq:
@@ -58,10 +58,4 @@ class Dnsmasq:
         self.popen.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, 10)

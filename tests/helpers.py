@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import time
 import wave
 from collections.abc import Callable, Iterator
@@ -132,3 +133,14 @@ def wer(reference: str, hypothesis: str) -> float:
     """WER in percent after Whisper's English normaliser."""
     normal = EnglishTextNormalizer()
     return 100.0 * float(jiwer.wer(normal(reference), normal(hypothesis)))
+
+
+def stop_process(popen: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within `timeout` seconds."""
+    if popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()

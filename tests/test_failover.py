@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gen import transcription_pb2 as pb
 from tests.conftest import Fleet
@@ -69,11 +74,6 @@ def test_drained_worker_hands_its_stream_over(serving_fleet: Fleet) -> None:
 
 
 def test_sigterm_turns_health_watch_not_serving_first(serving_fleet: Fleet) -> None:
-    import threading
-
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     socket = serving_fleet.run_dir / "worker-01.sock"
     seen: list[int] = []
     with grpc.insecure_channel(f"unix://{socket}") as channel:
@@ -100,9 +100,6 @@ def test_sigterm_turns_health_watch_not_serving_first(serving_fleet: Fleet) -> N
 
 
 def test_stream_waits_for_a_worker_when_none_is_up(serving_fleet: Fleet) -> None:
-    import threading
-    import time
-
     serving_fleet.supervisorctl("stop", "gpu_worker:*")
     responses: list[pb.StreamingTranscribeResponse] = []
     try:
@@ -148,9 +145,6 @@ def test_progress_call_goes_on_on_another_worker_after_a_kill(serving_fleet: Fle
 
 
 def test_call_waits_for_a_worker_while_the_group_restarts(serving_fleet: Fleet) -> None:
-    import threading
-    import time
-
     serving_fleet.supervisorctl("stop", "gpu_worker:*")
     answers: list[pb.TranscribeResponse] = []
     try:
