@@ -94,7 +94,7 @@ def through_fleet(how: str, setup: str, started: Fleet, clip: Clip) -> Row:
 def long_section(long: Clip, cores: int, baseline: Path | None) -> list[Row]:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    from services.gpu_worker.faster_whisper_engine import resolve_model
+    from services.gpu_worker.engines.faster_whisper_engine import resolve_model
 
     seconds = long.audio.size / SAMPLE_RATE
     model = WhisperModel(resolve_model("embedded")[0], device="cpu", compute_type="int8", cpu_threads=cores)
@@ -170,7 +170,7 @@ def files_run(how: str, setup: str, started: Fleet, clips: list[Clip], clients: 
 def files_section(clips: list[Clip], cores: int, baseline: Path | None, client_counts: list[int]) -> list[Row]:
     from faster_whisper import WhisperModel
 
-    from services.gpu_worker.faster_whisper_engine import resolve_model
+    from services.gpu_worker.engines.faster_whisper_engine import resolve_model
 
     model = WhisperModel(resolve_model("embedded")[0], device="cpu", compute_type="int8", cpu_threads=cores)
     texts: list[str] = []

@@ -54,7 +54,7 @@ class SoakReport:
     within_wer: list[str] = field(default_factory=list)  # streams not word-for-word equal, and why that is allowed
     lost_words: int = 0  # words of the undisturbed run a stream did not give
     # Unary calls whose words are not those of the file decoded alone. Not a failure of the soak: CPU
-    # workers pack short files of several calls into one Whisper window (services/gpu_worker/packing.py),
+    # workers pack short files of several calls into one Whisper window (services/gpu_worker/batching/packing.py),
     # and a file's words then depend on what it was packed with. Counted and shown, not hidden.
     unary_other_words: list[str] = field(default_factory=list)
 

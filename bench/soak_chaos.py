@@ -20,7 +20,7 @@ from typing import Protocol
 
 import structlog
 
-from services.gateway.supervisor import SupervisorClient
+from services.gateway.routing.supervisor import SupervisorClient
 
 log = structlog.get_logger()
 BIN = Path(sys.executable).parent

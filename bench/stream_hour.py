@@ -15,11 +15,11 @@ import numpy as np
 
 from services.common.audio import SAMPLE_RATE
 from services.common.config import Settings
-from services.gpu_worker.engine import DecodeOptions
-from services.gpu_worker.faster_whisper_engine import FasterWhisperEngine
-from services.gpu_worker.scheduler import BatchScheduler
-from services.gpu_worker.streaming import SessionConfig, StreamingSession
-from services.gpu_worker.transcriber import Transcriber
+from services.gpu_worker.batching.scheduler import BatchScheduler
+from services.gpu_worker.batching.transcriber import Transcriber
+from services.gpu_worker.engines.base import DecodeOptions
+from services.gpu_worker.engines.faster_whisper_engine import FasterWhisperEngine
+from services.gpu_worker.streaming.session import SessionConfig, StreamingSession
 
 CHUNK_S = 0.1
 

@@ -86,7 +86,7 @@ def main() -> None:
     # (a) faster-whisper in this process, as a user would call it.
     from faster_whisper import WhisperModel
 
-    from services.gpu_worker.faster_whisper_engine import resolve_model
+    from services.gpu_worker.engines.faster_whisper_engine import resolve_model
 
     model = WhisperModel(resolve_model("embedded")[0], device="cpu", compute_type="int8", cpu_threads=cores)
 

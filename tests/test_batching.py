@@ -12,9 +12,9 @@ import numpy as np
 from faster_whisper import WhisperModel
 
 from services.common.audio import SAMPLE_RATE, decode_container
-from services.gateway.shard import pcm16
+from services.gateway.recordings.shard import pcm16
 from services.gen import transcription_pb2 as pb
-from services.gpu_worker.faster_whisper_engine import resolve_model
+from services.gpu_worker.engines.faster_whisper_engine import resolve_model
 from tests.conftest import Fleet
 from tests.helpers import clip, read_wav, stream_requests, wer, words_of
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from services.common.audio import SAMPLE_RATE, decode_container
-from services.gpu_worker.chunking import MAX_WINDOW_S, Window, cut_recording, plan_windows, quietest_cut
-from services.gpu_worker.timestamps import split_by_timestamps
+from services.gpu_worker.batching.chunking import MAX_WINDOW_S, Window, cut_recording, plan_windows, quietest_cut
+from services.gpu_worker.engines.timestamps import split_by_timestamps
 from tests.helpers import clip, read_wav
 
 SR = SAMPLE_RATE

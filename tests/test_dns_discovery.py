@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from services.common.config import ConfigError, Settings
-from services.gateway.discovery import DnsDiscovery, DnsTarget
-from services.gateway.registry import Registry
+from services.gateway.routing.discovery import DnsDiscovery, DnsTarget
+from services.gateway.routing.registry import Registry
 from services.gen import fleet_pb2, worker_pb2
 from tests.dnsmasq import Dnsmasq
 

@@ -9,7 +9,7 @@ import grpc
 
 from services.common.audio import decode_container
 from services.common.errors import error_reason, retry_delay
-from services.gateway.shard import pcm16
+from services.gateway.recordings.shard import pcm16
 from services.gen import transcription_pb2 as pb
 from tests.conftest import Fleet
 from tests.helpers import clip, read_wav, stream_requests, wait_for, words_of

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import ConfigError
-from services.gateway.supervisor import check_supervisor_conf
+from services.gateway.routing.supervisor import check_supervisor_conf
 from tests.conftest import BIN, Fleet
 from tests.helpers import ROOT
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from services.common.audio import SAMPLE_RATE
-from services.gpu_worker.engine import DecodeOptions, Segment, WindowJob, WindowResult, Word
-from services.gpu_worker.packing import GAP_S, pack, plan, unpack
+from services.gpu_worker.batching.packing import GAP_S, pack, plan, unpack
+from services.gpu_worker.engines.base import DecodeOptions, Segment, WindowJob, WindowResult, Word
 
 
 def job(seconds: float, **options: object) -> WindowJob:

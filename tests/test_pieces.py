@@ -1,4 +1,4 @@
-"""Cutting a recording into pieces while it is decoded (services.gateway.pieces): pure, no fleet."""
+"""Cutting a recording into pieces while it is decoded (services.gateway.recordings.pieces): pure, no fleet."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container, decode_linear16
-from services.gateway.pieces import SEARCH_S, Cutter, Source, iter_pieces
+from services.gateway.recordings.pieces import SEARCH_S, Cutter, Source, iter_pieces
 from services.gen import transcription_pb2 as pb
 from tests.bad_audio import cut_wav
 from tests.helpers import clip, read_wav, speech_recording

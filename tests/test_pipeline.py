@@ -16,8 +16,8 @@ import pytest
 
 from services.common.config import Settings
 from services.common.rpclog import RequestLine
-from services.gateway.pieces import Source
-from services.gateway.pipeline import Pipeline
+from services.gateway.recordings.pieces import Source
+from services.gateway.recordings.pipeline import Pipeline
 from services.gen import transcription_pb2 as pb
 
 

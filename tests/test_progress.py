@@ -137,7 +137,7 @@ def test_a_client_that_goes_away_frees_the_workers_slot_early(serving_fleet: Fle
 def test_a_progress_call_started_over_on_another_worker_sends_only_what_is_new() -> None:
     from google.protobuf.duration_pb2 import Duration
 
-    from services.gateway.progress import ProgressSeen
+    from services.gateway.recordings.progress import ProgressSeen
 
     def report(percent: float, *segments: tuple[int, float, float, str]) -> pb.TranscribeWithProgressResponse:
         out = pb.TranscribeWithProgressResponse(progress_percent=percent)

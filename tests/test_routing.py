@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.gateway.registry import WorkerHandle, choose_least_loaded
+from services.gateway.routing.registry import WorkerHandle, choose_least_loaded
 from services.gen import fleet_pb2, worker_pb2
 
 

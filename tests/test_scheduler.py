@@ -14,8 +14,8 @@ from concurrent.futures import CancelledError
 import numpy as np
 import pytest
 
-from services.gpu_worker.engine import DecodeOptions, EngineInfo, Segment, WindowJob, WindowResult
-from services.gpu_worker.scheduler import BatchScheduler, CallToken, Priority
+from services.gpu_worker.batching.scheduler import BatchScheduler, CallToken, Priority
+from services.gpu_worker.engines.base import DecodeOptions, EngineInfo, Segment, WindowJob, WindowResult
 
 INFO = EngineInfo("fake", "fake", "cpu", "cpu", "int8", False, ("en",))
 

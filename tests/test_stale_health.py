@@ -16,9 +16,9 @@ import urllib.request
 from prometheus_client import generate_latest
 from scribe_client.cli.main import status_rows
 
-from services.gateway.dispatch import Dispatcher
 from services.gateway.metrics import GatewayStats
-from services.gateway.registry import Registry, WorkerHandle, now, stale_after
+from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.registry import Registry, WorkerHandle, now, stale_after
 from services.gen import fleet_pb2, transcription_pb2, worker_pb2
 from tests.conftest import Fleet
 from tests.helpers import clip, wait_for

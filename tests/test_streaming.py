@@ -18,7 +18,7 @@ from google.protobuf import duration_pb2
 from services.common.audio import decode_container
 from services.common.errors import error_reason
 from services.gen import transcription_pb2 as pb
-from services.gpu_worker.agreement import normalise
+from services.gpu_worker.streaming.agreement import normalise
 from tests.conftest import Fleet, LoneWorker
 from tests.helpers import clip, read_wav, stream_requests, wait_for, words_of
 

@@ -13,12 +13,18 @@ import pytest
 from faster_whisper.vad import get_vad_model
 
 from services.common.audio import SAMPLE_RATE
-from services.gpu_worker.agreement import after_committed, agreed_prefix, drop_repeated_tail, ends_sentence, monotonic
-from services.gpu_worker.audio_buffer import AudioBuffer
-from services.gpu_worker.engine import DecodeOptions, EngineInfo, EngineResult, Segment, Word
-from services.gpu_worker.scheduler import Priority
-from services.gpu_worker.streaming import SessionConfig, StreamingSession, StreamUpdate
-from services.gpu_worker.vad import WINDOW, SileroStream, SpeechDetector, VadConfig
+from services.gpu_worker.batching.scheduler import Priority
+from services.gpu_worker.engines.base import DecodeOptions, EngineInfo, EngineResult, Segment, Word
+from services.gpu_worker.streaming.agreement import (
+    after_committed,
+    agreed_prefix,
+    drop_repeated_tail,
+    ends_sentence,
+    monotonic,
+)
+from services.gpu_worker.streaming.audio_buffer import AudioBuffer
+from services.gpu_worker.streaming.session import SessionConfig, StreamingSession, StreamUpdate
+from services.gpu_worker.streaming.vad import WINDOW, SileroStream, SpeechDetector, VadConfig
 from tests.helpers import read_wav
 
 CLIP_WORDS = 7  # script words per clip, 0.35 s apart from 0.2 s on: all inside the clip's speech

@@ -225,8 +225,8 @@ def test_converted_folder_loads_and_decodes_like_the_embedded_model(tmp_path: Pa
         p.name for p in out.iterdir()
     }
     from services.common.config import Settings
-    from services.gpu_worker.engine import DecodeOptions, WindowJob
-    from services.gpu_worker.torch_engine import TorchWhisperEngine
+    from services.gpu_worker.engines.base import DecodeOptions, WindowJob
+    from services.gpu_worker.engines.torch_engine import TorchWhisperEngine
 
     none = tmp_path / "none.env"
     audio = decode_container(clip("speech_short.wav"), max_seconds=60)
@@ -245,7 +245,7 @@ def test_converted_folder_loads_and_decodes_like_the_embedded_model(tmp_path: Pa
 
 def test_engine_choice_follows_whisper_engine(tmp_path: Path) -> None:
     from services.common.config import ConfigError, Settings
-    from services.gpu_worker.engines import choose, torch_compute_type
+    from services.gpu_worker.engines.choice import choose, torch_compute_type
 
     def settings(**env: str) -> Settings:
         return Settings.from_env(env, tmp_path / "none.env")

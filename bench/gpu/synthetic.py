@@ -22,7 +22,7 @@ def build(folder: Path, shape: str, tokens: int, dtype: str = "float16", device:
     import torch
     import transformers
 
-    from services.gpu_worker.torch_models import SYNTHETIC_KEY, _embedded_folder
+    from services.gpu_worker.engines.torch_models import SYNTHETIC_KEY, _embedded_folder
 
     s = SHAPES[shape]
     config = transformers.WhisperConfig(

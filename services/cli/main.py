@@ -34,7 +34,7 @@ from services.common.auth import configured_tokens
 from services.common.capacity import CapacityError
 from services.common.config import ConfigError, Settings
 from services.common.tls import transport_mode
-from services.gateway.supervisor import SupervisorClient, check_supervisor_conf
+from services.gateway.routing.supervisor import SupervisorClient, check_supervisor_conf
 from services.gen import fleet_pb2
 
 HOME = Path(services.__file__).resolve().parent.parent
@@ -255,12 +255,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 def cmd_model_convert(args: argparse.Namespace) -> int:
     """A CTranslate2 Whisper model as a transformers folder, for the torch engine or any transformers code."""
-    from services.gpu_worker.engines import TORCH_EXTRA, torch_installed
+    from services.gpu_worker.engines.choice import TORCH_EXTRA, torch_installed
 
     if not torch_installed():
         print(f"scribe model convert needs PyTorch and transformers: {TORCH_EXTRA}", file=sys.stderr)
         return 2
-    from services.gpu_worker.torch_models import convert
+    from services.gpu_worker.engines.torch_models import convert
 
     try:
         out = convert(args.source, Path(args.out))

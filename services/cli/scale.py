@@ -20,7 +20,7 @@ from pathlib import Path
 
 from services.common import capacity
 from services.common.config import Settings
-from services.gateway.supervisor import SupervisorClient, worker_process_num
+from services.gateway.routing.supervisor import SupervisorClient, worker_process_num
 
 BASE_SECTION = "program:gpu_worker"
 
@@ -81,8 +81,8 @@ def budget_for(settings: Settings) -> capacity.Budget:
 
 
 def per_worker_bytes(settings: Settings, budget: capacity.Budget) -> int:
-    from services.gpu_worker.engines import choose, torch_compute_type
-    from services.gpu_worker.faster_whisper_engine import resolve_compute_type, resolve_model
+    from services.gpu_worker.engines.choice import choose, torch_compute_type
+    from services.gpu_worker.engines.faster_whisper_engine import resolve_compute_type, resolve_model
 
     if choose(settings) == "torch":
         compute = torch_compute_type(settings.whisper_compute_type, budget.kind)

@@ -1,0 +1,1 @@
+"""The gateway process: the public gRPC API, routed to the workers."""

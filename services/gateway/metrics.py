@@ -2,7 +2,7 @@
 
 Per-request figures are counted when each RPC ends; fleet gauges (queue depth, per-worker load and
 memory) are read from the registry at scrape time. A worker whose last health report is stale (see
-services.gateway.registry) shows serving 0 and health_stale 1, and none of that report's figures: a
+services.gateway.routing.registry) shows serving 0 and health_stale 1, and none of that report's figures: a
 stopped or killed worker's last load and memory would read as current.
 """
 
@@ -17,8 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from services.common.rpclog import RequestLine
-from services.gateway.dispatch import Dispatcher
-from services.gateway.registry import Registry
+from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.registry import Registry
 from services.gen import fleet_pb2
 
 WINDOW_S = 60.0

@@ -20,8 +20,8 @@ from scribe_client.call_status import StatusKeeper
 from services.common import audio
 from services.common.errors import RequestError, config_not_first, config_twice
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine
-from services.gateway.dispatch import Dispatcher
-from services.gateway.registry import Registry, WorkerHandle
+from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.registry import Registry, WorkerHandle
 from services.gen import transcription_pb2 as pb
 from services.gpu_worker.validation import check_streaming_encoding
 

@@ -20,14 +20,14 @@ from services.common.logging import configure_logging
 from services.common.probes import start_probe_server
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
-from services.gateway import upload
-from services.gateway.discovery import DnsDiscovery
-from services.gateway.dispatch import Dispatcher
 from services.gateway.metrics import GatewayStats
-from services.gateway.monitor import FleetMonitor
-from services.gateway.registry import Registry
+from services.gateway.recordings import upload
+from services.gateway.routing.discovery import DnsDiscovery
+from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.monitor import FleetMonitor
+from services.gateway.routing.registry import Registry
+from services.gateway.routing.supervisor import SupervisorClient
 from services.gateway.servicer import FleetServicer, TranscriptionProxy
-from services.gateway.supervisor import SupervisorClient
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2, transcription_pb2_grpc
 
 log = structlog.get_logger()

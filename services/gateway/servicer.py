@@ -18,16 +18,16 @@ from services.common.config import Settings
 from services.common.convert import decode_request_audio, limits_pb
 from services.common.errors import RequestError, abort
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine, request_line
-from services.gateway import shard, upload
-from services.gateway.dispatch import MAX_TRIES, Dispatcher
 from services.gateway.limits import StreamLimiter
 from services.gateway.metrics import GatewayStats
-from services.gateway.pieces import Source
-from services.gateway.pipeline import Pipeline
-from services.gateway.progress import ProgressSeen
-from services.gateway.registry import Registry, WorkerHandle
+from services.gateway.recordings import shard, upload
+from services.gateway.recordings.pieces import Source
+from services.gateway.recordings.pipeline import Pipeline
+from services.gateway.recordings.progress import ProgressSeen
+from services.gateway.recordings.upload import Spool
 from services.gateway.relay import StreamRelay
-from services.gateway.upload import Spool
+from services.gateway.routing.dispatch import MAX_TRIES, Dispatcher
+from services.gateway.routing.registry import Registry, WorkerHandle
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 
@@ -305,7 +305,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         context: grpc.aio.ServicerContext,
         line: RequestLine,
     ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
-        """Progress reports of one recording split over the workers (services.gateway.pipeline)."""
+        """Progress reports of one recording split over the workers (services.gateway.recordings.pipeline)."""
         pipeline = Pipeline(source, options, self._registry, self._dispatch, self._settings, context, line)
         try:
             async with aclosing(pipeline.reports()) as reports:

@@ -16,9 +16,9 @@ import numpy as np
 from services.common.audio import SAMPLE_RATE
 from services.common.convert import duration
 from services.gen import transcription_pb2 as pb
-from services.gpu_worker.engine import DecodeOptions, EngineResult, Segment
+from services.gpu_worker.batching.transcriber import Transcriber
+from services.gpu_worker.engines.base import DecodeOptions, EngineResult, Segment
 from services.gpu_worker.results import segment_pb, transcribe_response
-from services.gpu_worker.transcriber import Transcriber
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from services.common.convert import duration
 from services.gen import transcription_pb2 as pb
 from services.gen import worker_pb2
-from services.gpu_worker.engine import EngineResult, Segment, Word
-from services.gpu_worker.scheduler import BatchScheduler
+from services.gpu_worker.batching.scheduler import BatchScheduler
+from services.gpu_worker.engines.base import EngineResult, Segment, Word
 
 
 def word_pb(word: Word, offset: float = 0.0) -> pb.WordInfo:

@@ -21,10 +21,10 @@ import structlog
 
 from services.common.errors import RequestError
 from services.gen import worker_pb2
+from services.gpu_worker.batching.scheduler import CallToken, Priority
+from services.gpu_worker.batching.transcriber import Transcriber, current_call
 from services.gpu_worker.device import DeviceReport
 from services.gpu_worker.guard import DeviceGuard, is_device_error
-from services.gpu_worker.scheduler import CallToken, Priority
-from services.gpu_worker.transcriber import Transcriber, current_call
 
 T = TypeVar("T")
 

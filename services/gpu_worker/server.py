@@ -22,14 +22,14 @@ from services.common.probes import start_probe_server
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
 from services.gen import transcription_pb2, transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.gpu_worker.batching.scheduler import BatchScheduler
+from services.gpu_worker.batching.transcriber import Transcriber
 from services.gpu_worker.device import DeviceProbe
-from services.gpu_worker.engines import choose as choose_engine
-from services.gpu_worker.engines import load_engine
+from services.gpu_worker.engines.choice import choose as choose_engine
+from services.gpu_worker.engines.loading import load_engine
 from services.gpu_worker.guard import DeviceGuard
 from services.gpu_worker.runtime import WorkerRuntime
-from services.gpu_worker.scheduler import BatchScheduler
 from services.gpu_worker.servicer import TranscriptionServicer, WorkerServicer
-from services.gpu_worker.transcriber import Transcriber
 
 log = structlog.get_logger()
 SERVICES = (

@@ -15,14 +15,14 @@ from services.common.errors import RequestError, abort, config_not_first
 from services.common.rpclog import RequestLine, request_line
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.gpu_worker.batching.transcriber import Transcriber
 from services.gpu_worker.device import DeviceProbe, process_rss_bytes
-from services.gpu_worker.engine import DecodeOptions, EngineResult
+from services.gpu_worker.engines.base import DecodeOptions, EngineResult
 from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
 from services.gpu_worker.results import batch_pb, transcribe_response
 from services.gpu_worker.runtime import WorkerRuntime
-from services.gpu_worker.stream_call import RequestReader, StreamCall, idle_timeout_error
-from services.gpu_worker.streaming import StreamingSession
-from services.gpu_worker.transcriber import Transcriber
+from services.gpu_worker.streaming.call import RequestReader, StreamCall, idle_timeout_error
+from services.gpu_worker.streaming.session import StreamingSession
 from services.gpu_worker.validation import (
     Limits,
     check_streaming_encoding,

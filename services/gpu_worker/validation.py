@@ -9,9 +9,9 @@ import grpc
 from services.common.config import Settings
 from services.common.errors import RequestError
 from services.gen import transcription_pb2 as pb
-from services.gpu_worker.engine import DecodeOptions, EngineInfo
-from services.gpu_worker.streaming import SessionConfig
-from services.gpu_worker.vad import VadConfig
+from services.gpu_worker.engines.base import DecodeOptions, EngineInfo
+from services.gpu_worker.streaming.session import SessionConfig
+from services.gpu_worker.streaming.vad import VadConfig
 
 DEFAULT_BEAM_SIZE = 5
 SPEECH_END_TIMEOUT_RANGE_S = (0.1, 10.0)

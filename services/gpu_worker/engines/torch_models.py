@@ -19,7 +19,7 @@ from typing import Any
 import tokenizers
 
 from services.common.config import EMBEDDED_MODEL
-from services.gpu_worker.ct2_weights import hf_state_dict, load_ct2, whisper_config
+from services.gpu_worker.engines.ct2_weights import hf_state_dict, load_ct2, whisper_config
 
 #: Whisper's generation constants that every released checkpoint shares (token ids differ only in
 #: whether the vocabulary is multilingual).

@@ -21,11 +21,11 @@ from services.common.audio import SAMPLE_RATE
 from services.common.convert import duration
 from services.common.errors import RequestError, config_twice
 from services.gen import transcription_pb2 as pb
-from services.gpu_worker.engine import Word
+from services.gpu_worker.engines.base import Word
 from services.gpu_worker.results import alternative
 from services.gpu_worker.runtime import WorkerRuntime
-from services.gpu_worker.streaming import INTERIM, StreamingSession, StreamUpdate
-from services.gpu_worker.vad import VoiceEvent
+from services.gpu_worker.streaming.session import INTERIM, StreamingSession, StreamUpdate
+from services.gpu_worker.streaming.vad import VoiceEvent
 
 #: Largest piece of audio judged before the session may decode: bounds how far a backlog runs ahead.
 SLICE_S = 0.5

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from difflib import SequenceMatcher
 
-from services.gpu_worker.engine import Word
+from services.gpu_worker.engines.base import Word
 
 _NORMALISE = re.compile(r"[^\w']+")
 _SENTENCE_END = (".", "?", "!")

@@ -1,6 +1,6 @@
 """One recording on every serving worker, with progress for the whole of it.
 
-The recording is decoded a piece at a time (services.gateway.pieces); each piece goes to a worker as a
+The recording is decoded a piece at a time (services.gateway.recordings.pieces); each piece goes to a worker as a
 LINEAR16 TranscribeWithProgress through the fleet queue, so pieces land on whichever worker frees a
 slot. Only `lookahead` pieces hold audio at once (decoded, queued or in flight), which bounds the
 gateway's memory whatever the recording's length.
@@ -30,10 +30,10 @@ from services.common.config import Settings
 from services.common.convert import duration
 from services.common.errors import RequestError
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine
-from services.gateway import shard
-from services.gateway.dispatch import Dispatcher
-from services.gateway.pieces import SEARCH_S, AudioPiece, Source, iter_pieces
-from services.gateway.registry import Registry
+from services.gateway.recordings import shard
+from services.gateway.recordings.pieces import SEARCH_S, AudioPiece, Source, iter_pieces
+from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.registry import Registry
 from services.gen import transcription_pb2 as pb
 
 log = structlog.get_logger()

@@ -24,8 +24,8 @@ from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 
-from services.gpu_worker.engine import EngineInfo, Segment, WindowJob, WindowResult, Word
-from services.gpu_worker.timestamps import split_by_timestamps
+from services.gpu_worker.engines.base import EngineInfo, Segment, WindowJob, WindowResult, Word
+from services.gpu_worker.engines.timestamps import split_by_timestamps
 
 log = structlog.get_logger()
 

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import grpc
 
 from services.common.errors import RequestError
-from services.gateway.registry import Registry, WorkerHandle
+from services.gateway.routing.registry import Registry, WorkerHandle
 
 #: Workers one unary call tries before it gives the client the last one's UNAVAILABLE.
 MAX_TRIES = 6

@@ -1,4 +1,4 @@
-"""Which Whisper runtime a worker loads (`WHISPER_ENGINE`), and loading it.
+"""Which Whisper runtime a worker loads (`WHISPER_ENGINE`); `loading` loads it.
 
 `auto` keeps CTranslate2 wherever it can run: on its GPU, and on a machine with no GPU. It picks torch
 only when the worker's GPU is visible to torch but not to CTranslate2, which is what a CUDA 13 stack or a
@@ -14,7 +14,6 @@ import ctranslate2
 import structlog
 
 from services.common.config import ConfigError, Settings
-from services.gpu_worker.engine import Engine
 
 log = structlog.get_logger()
 
@@ -69,14 +68,3 @@ def choose(settings: Settings) -> str:
     import torch
 
     return "torch" if torch.cuda.is_available() else "ctranslate2"
-
-
-def load_engine(settings: Settings, kind: str) -> Engine:
-    """The worker's engine of `kind` (from `choose`), loaded (blocking: seconds to minutes)."""
-    if kind == "torch":
-        from services.gpu_worker.torch_engine import TorchWhisperEngine
-
-        return TorchWhisperEngine(settings)
-    from services.gpu_worker.faster_whisper_engine import FasterWhisperEngine
-
-    return FasterWhisperEngine(settings)

@@ -33,17 +33,17 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.generation_whisper import _dynamic_time_warping, _median_filter
 
 from services.common.config import Settings
-from services.gpu_worker import torch_models
-from services.gpu_worker.engine import EngineInfo, WindowJob, WindowResult
-from services.gpu_worker.engines import torch_compute_type
-from services.gpu_worker.guard import is_device_error
-from services.gpu_worker.whisper_windows import (
+from services.gpu_worker.engines import torch_models
+from services.gpu_worker.engines.base import EngineInfo, WindowJob, WindowResult
+from services.gpu_worker.engines.choice import torch_compute_type
+from services.gpu_worker.engines.whisper_windows import (
     BEST_OF,
     MAX_INITIAL_TIMESTAMP_S,
     Decoded,
     WhisperWindowEngine,
     guarded_find_alignment,
 )
+from services.gpu_worker.guard import is_device_error
 
 log = structlog.get_logger()
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from services.common import audio
 from services.common.audio import FRAME, SAMPLE_RATE, frame_energy
-from services.gateway import shard
+from services.gateway.recordings import shard
 from services.gen import transcription_pb2 as pb
 
 #: How far from a piece's ideal end the cut may move to find the quietest 20 ms.

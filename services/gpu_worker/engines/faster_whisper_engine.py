@@ -13,8 +13,8 @@ import numpy as np
 from faster_whisper import WhisperModel
 
 from services.common.config import EMBEDDED_MODEL, Settings
-from services.gpu_worker.engine import EngineInfo, WindowJob
-from services.gpu_worker.whisper_windows import (
+from services.gpu_worker.engines.base import EngineInfo, WindowJob
+from services.gpu_worker.engines.whisper_windows import (
     BEST_OF,
     MAX_INITIAL_TIMESTAMP_S,
     Decoded,

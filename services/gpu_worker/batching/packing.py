@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from services.common.audio import SAMPLE_RATE
-from services.gpu_worker.chunking import MAX_WINDOW_S
-from services.gpu_worker.engine import Segment, WindowJob, WindowResult, Word
+from services.gpu_worker.batching.chunking import MAX_WINDOW_S
+from services.gpu_worker.engines.base import Segment, WindowJob, WindowResult, Word
 
 #: Silence between packed windows: Whisper ends a segment at a pause this long.
 GAP_S = 1.0

@@ -11,8 +11,9 @@ from typing import Protocol
 import numpy as np
 
 from services.common.audio import SAMPLE_RATE
-from services.gpu_worker.chunking import Window, cut_recording
-from services.gpu_worker.engine import (
+from services.gpu_worker.batching.chunking import Window, cut_recording
+from services.gpu_worker.batching.scheduler import BatchScheduler, CallToken, Priority
+from services.gpu_worker.engines.base import (
     WINDOW_SECONDS,
     DecodeOptions,
     EngineInfo,
@@ -22,7 +23,6 @@ from services.gpu_worker.engine import (
     WindowResult,
     Word,
 )
-from services.gpu_worker.scheduler import BatchScheduler, CallToken, Priority
 
 #: Times one window's leftover speech is decoded again after its decoder stopped early.
 _MAX_RESTS = 3

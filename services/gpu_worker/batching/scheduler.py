@@ -25,8 +25,8 @@ from enum import IntEnum
 
 import structlog
 
-from services.gpu_worker import packing
-from services.gpu_worker.engine import Engine, WindowJob, WindowResult
+from services.gpu_worker.batching import packing
+from services.gpu_worker.engines.base import Engine, WindowJob, WindowResult
 
 log = structlog.get_logger()
 

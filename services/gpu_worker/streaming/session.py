@@ -31,18 +31,18 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from services.common.audio import SAMPLE_RATE
-from services.gpu_worker.agreement import (
+from services.gpu_worker.batching.scheduler import Priority
+from services.gpu_worker.batching.transcriber import Decoder
+from services.gpu_worker.engines.base import DecodeOptions, Word
+from services.gpu_worker.streaming.agreement import (
     after_committed,
     agreed_prefix,
     drop_repeated_tail,
     ends_sentence,
     monotonic,
 )
-from services.gpu_worker.audio_buffer import AudioBuffer
-from services.gpu_worker.engine import DecodeOptions, Word
-from services.gpu_worker.scheduler import Priority
-from services.gpu_worker.transcriber import Decoder
-from services.gpu_worker.vad import WINDOW, SileroStream, SpeechDetector, VadConfig, VoiceEvent
+from services.gpu_worker.streaming.audio_buffer import AudioBuffer
+from services.gpu_worker.streaming.vad import WINDOW, SileroStream, SpeechDetector, VadConfig, VoiceEvent
 
 #: Kinds of decode (`StreamingSession.pending_decode`).
 FINALIZE, PAUSE, INTERIM = "finalize", "pause", "interim"

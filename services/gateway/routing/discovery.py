@@ -18,7 +18,7 @@ import dns.exception
 import dns.resolver
 import structlog
 
-from services.common.config_types import DNS_TARGET
+from services.common.config.types import DNS_TARGET
 
 log = structlog.get_logger()
 

