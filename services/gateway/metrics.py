@@ -101,6 +101,14 @@ class FleetCollector(Collector):
         mixed = CounterMetricFamily(
             "scribe_worker_mixed_batches", "Batches holding windows of more than one call", labels=["worker"]
         )
+        phases = CounterMetricFamily(
+            "scribe_worker_engine_seconds", "Seconds the engine spent, by phase", labels=["worker", "phase"]
+        )
+        final_wait = CounterMetricFamily(
+            "scribe_worker_stream_final_wait_seconds",
+            "Seconds live-stream windows that may become final waited before their batch, summed",
+            labels=["worker"],
+        )
         for w in self._registry.sorted():
             if w.health is None or not w.health.HasField("batch") or w.health_staleness():
                 continue
@@ -111,7 +119,14 @@ class FleetCollector(Collector):
             decoded.add_metric([w.name], batch.windows_decoded)
             wait.add_metric([w.name], batch.queue_wait_seconds_total)
             mixed.add_metric([w.name], batch.mixed_batches)
-        yield from (sizes, queued, rate, decoded, wait, mixed)
+            for phase, seconds in (
+                ("encode", batch.encode_seconds_total),
+                ("decode", batch.decode_seconds_total),
+                ("align", batch.align_seconds_total),
+            ):
+                phases.add_metric([w.name, phase], seconds)
+            final_wait.add_metric([w.name], batch.final_wait_seconds_total)
+        yield from (sizes, queued, rate, decoded, wait, mixed, phases, final_wait)
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)

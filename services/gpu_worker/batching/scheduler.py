@@ -50,6 +50,30 @@ class CallToken:
         self.cancelled = threading.Event()
 
 
+@dataclass(frozen=True)
+class WindowTiming:
+    """Where one window's time went, in seconds: waiting behind other batches (`queue_s`), waiting for
+    batch-mates (`form_s`), and its batch's encoder pass, decoder and word alignment (`encode_s`,
+    `decode_s`, `align_s`: the whole batch's, which is what the window waited for)."""
+
+    queue_s: float
+    form_s: float
+    encode_s: float
+    decode_s: float
+    align_s: float
+    batch: int  # windows in its batch
+
+    @property
+    def total_s(self) -> float:
+        return self.queue_s + self.form_s + self.encode_s + self.decode_s + self.align_s
+
+
+class WindowFuture(Future[WindowResult]):
+    """A window's result, and once it is decoded, where its time went."""
+
+    timing: WindowTiming | None = None
+
+
 @dataclass
 class _Queued:
     job: WindowJob
@@ -57,8 +81,9 @@ class _Queued:
     seq: int
     key: Hashable
     call: CallToken | None
-    future: Future[WindowResult]
+    future: WindowFuture
     enqueued: float
+    form_s: float = 0.0  # time its batch waited for more windows
     tried: list[WindowResult] = field(default_factory=list)
     packable: bool = True  # False once a packed window failed it: it is then decoded alone
 
@@ -75,6 +100,13 @@ class BatchStats:
     fallbacks: int = 0
     queue_wait_s: float = 0.0
     busy_s: float = 0.0
+    # Engine time by phase, summed over batches (see WindowTiming).
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    align_s: float = 0.0
+    # Live streams' windows that may become final: how many, and how long they waited before decoding.
+    final_windows: int = 0
+    final_wait_s: float = 0.0
     # Recent (time, windows) pairs for a windows-per-second rate.
     recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
 
@@ -116,9 +148,9 @@ class BatchScheduler:
         self._thread = threading.Thread(target=self._run, name="batch-scheduler", daemon=True)
         self._thread.start()
 
-    def submit(self, job: WindowJob, priority: Priority, call: CallToken | None = None) -> Future[WindowResult]:
+    def submit(self, job: WindowJob, priority: Priority, call: CallToken | None = None) -> WindowFuture:
         """Queue one window; thread-safe. The future ends with its result, the engine's error, or cancelled."""
-        future: Future[WindowResult] = Future()
+        future = WindowFuture()
         item = _Queued(job, priority, next(self._seq), self.engine.batch_key(job), call, future, time.monotonic())
         with self._cond:
             if self._closed:
@@ -169,6 +201,7 @@ class BatchScheduler:
     def _next_batch(self) -> list[list[_Queued]] | None:
         """Wait for work and take the next batch off the queue: windows to decode, each one queued window
         or several packed into one; None when closed."""
+        ready_since: float | None = None  # when this thread was free and had work
         with self._cond:
             while True:
                 if self._closed:
@@ -177,8 +210,11 @@ class BatchScheduler:
                 self._queue = [q for q in self._queue if not q.future.cancelled()]
                 if not self._queue:
                     self.stats.windows_queued = 0
+                    ready_since = None
                     self._cond.wait()
                     continue
+                if ready_since is None:
+                    ready_since = time.monotonic()
                 head = min(self._queue, key=lambda q: (q.priority, q.seq))
                 lowest = Priority.BULK if self.streams_with_bulk or head.priority == Priority.BULK else Priority.INTERIM
                 mates = sorted(
@@ -196,6 +232,9 @@ class BatchScheduler:
                     continue
                 groups = self._group(mates, head, size)
                 taken = {id(q) for group in groups for q in group}
+                for group in groups:
+                    for q in group:
+                        q.form_s = max(0.0, now - max(ready_since, q.enqueued))
                 self._queue = [q for q in self._queue if id(q) not in taken]
                 self.stats.windows_queued = len(self._queue)
                 return groups
@@ -232,12 +271,25 @@ class BatchScheduler:
                 q.future.set_exception(exc)
             return
         finished = time.monotonic()
+        phases = dict(getattr(self.engine, "last_phases", None) or {})
         stats = self.stats
         stats.batches_by_size[len(jobs)] += 1
         stats.windows_decoded += len(jobs)
         stats.packed_windows += sum(len(group) for group in groups if len(group) > 1)
         stats.queue_wait_s += sum(started - q.enqueued for q in members)
         stats.busy_s += finished - started
+        encode, align = phases.get("encode", 0.0), phases.get("align", 0.0)
+        # Whatever the engine did not name (generate, language, segments) counts as decoding.
+        decode = max(0.0, finished - started - encode - align)
+        stats.encode_s += encode
+        stats.decode_s += decode
+        stats.align_s += align
+        for q in members:
+            queue = max(0.0, started - q.enqueued - q.form_s)
+            q.future.timing = WindowTiming(queue, q.form_s, encode, decode, align, len(jobs))
+            if q.priority == Priority.FINAL:
+                stats.final_windows += 1
+                stats.final_wait_s += started - q.enqueued
         stats.recent.append((finished, len(jobs)))
         if len({q.call.id if q.call else -q.seq for q in members}) > 1:
             stats.mixed_batches += 1
@@ -293,7 +345,7 @@ class BatchScheduler:
         return max([*q.tried, result], key=lambda r: r.avg_logprob)
 
 
-def _cancel(future: Future[WindowResult]) -> None:
+def _cancel(future: WindowFuture) -> None:
     """Cancel a queued window; one queued again for a fallback is already running, so fail it instead."""
     if not future.cancel() and not future.done():
         future.set_exception(CancelledError())

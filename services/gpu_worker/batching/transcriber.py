@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Protocol
 
 import numpy as np
 
 from services.common.audio import SAMPLE_RATE
 from services.gpu_worker.batching.chunking import Window, cut_recording
-from services.gpu_worker.batching.scheduler import BatchScheduler, CallToken, Priority
+from services.gpu_worker.batching.scheduler import BatchScheduler, CallToken, Priority, WindowFuture
 from services.gpu_worker.engines.base import (
     WINDOW_SECONDS,
     DecodeOptions,
@@ -20,7 +19,6 @@ from services.gpu_worker.engines.base import (
     EngineResult,
     Segment,
     WindowJob,
-    WindowResult,
     Word,
 )
 
@@ -47,6 +45,21 @@ def _shift(segment: Segment, offset: float, limit: float, index: int) -> Segment
         avg_logprob=segment.avg_logprob,
         no_speech_prob=segment.no_speech_prob,
     )
+
+
+def timings(futures: list[WindowFuture]) -> dict[str, float]:
+    """Where the windows' time went (`WindowTiming`), summed: a live stream's one window, or a call's."""
+    done = [f.timing for f in futures if f.timing is not None]
+    if not done:
+        return {}
+    return {
+        "queue_s": sum(t.queue_s for t in done),
+        "form_s": sum(t.form_s for t in done),
+        "encode_s": sum(t.encode_s for t in done),
+        "decode_s": sum(t.decode_s for t in done),
+        "align_s": sum(t.align_s for t in done),
+        "batch": float(max(t.batch for t in done)),
+    }
 
 
 class Decoder(Protocol):
@@ -83,12 +96,12 @@ class Transcriber:
         call = current_call.get()
         first = options.temperatures[0] if options.temperatures and not options.single_window else 0.0
 
-        def submit(window: Window) -> Future[WindowResult]:
+        def submit(window: Window) -> WindowFuture:
             job = WindowJob(audio[window.start : window.end], options, first, flexible_prompt=options.single_window)
             return self.scheduler.submit(job, priority, call)
 
         futures = [submit(w) for w in windows]
-        rests: list[Future[WindowResult]] = []
+        rests: list[WindowFuture] = []
         segments: list[Segment] = []
         language, probability = options.language, 1.0
         try:
@@ -117,6 +130,7 @@ class Transcriber:
             language=language or self._default_language(),
             language_probability=probability,
             duration=audio.size / SAMPLE_RATE,
+            extra=timings([*futures, *rests]),
         )
 
     def _default_language(self) -> str:

@@ -10,6 +10,7 @@ language, generate, and (through its `host.model.align`) align text to audio.
 from __future__ import annotations
 
 import math
+import time
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
@@ -90,6 +91,8 @@ class WhisperWindowEngine(ABC):
     info: EngineInfo
 
     def __init__(self, host: Any, multilingual: bool) -> None:
+        #: Seconds the last `decode_batch` spent encoding and aligning words (the scheduler reports them).
+        self.last_phases: dict[str, float] = {}
         self._host = host
         self._multilingual = multilingual
         self._tokenizer = lru_cache(maxsize=64)(self._make_tokenizer)
@@ -139,8 +142,10 @@ class WhisperWindowEngine(ABC):
         return (len(self._previous(job)), job.options.beam_size, job.temperature, plain(job))
 
     def decode_batch(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
+        started = time.perf_counter()
         features = np.stack([self._features(job.audio) for job in jobs])
         encoded = self._encode(features)
+        encoded_at = time.perf_counter()
         languages = self._languages(jobs, encoded)
         tokenizers = [self._tokenizer(job.options.task, lang) for job, (lang, _) in zip(jobs, languages, strict=True)]
         prompts = [
@@ -171,7 +176,9 @@ class WhisperWindowEngine(ABC):
             ended_on_time = bool(tokens) and tokens[-1] >= tok.timestamp_begin and not silent
             covered = (tokens[-1] - tok.timestamp_begin) * precision if ended_on_time else duration
             judged.append((avg_logprob, fallback, covered))
+        aligning = time.perf_counter()
         self._add_words(jobs, tokenizers, windows, encoded, frames)
+        self.last_phases = {"encode": encoded_at - started, "align": time.perf_counter() - aligning}
         return [
             WindowResult(
                 segments=_segments(parts, tok, out, avg),

@@ -10,11 +10,14 @@ behind interims nobody would see in time.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import structlog
 
 from services.common import audio
 from services.common.audio import SAMPLE_RATE
@@ -34,6 +37,8 @@ SLICE_S = 0.5
 RESUME_EVERY_S = 5.0
 
 DRAINING = "WORKER_DRAINING"
+
+log = structlog.get_logger()
 
 _EVENT_TYPES = {"begin": pb.SPEECH_EVENT_TYPE_SPEECH_ACTIVITY_BEGIN, "end": pb.SPEECH_EVENT_TYPE_SPEECH_ACTIVITY_END}
 
@@ -79,6 +84,7 @@ class _Batch:
     chunks: list[bytes]
     ended: bool = False
     error: RequestError | None = None
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() each chunk came in
 
 
 class RequestReader:
@@ -93,7 +99,7 @@ class RequestReader:
     ) -> None:
         self._requests = requests
         self._idle = idle_timeout_s
-        self._queue: asyncio.Queue[bytes | RequestError | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[bytes, float] | RequestError | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._read())
         self._drain_task = asyncio.create_task(self._drain(draining, worker_id)) if draining else None
 
@@ -126,7 +132,7 @@ class RequestReader:
             if request.WhichOneof("streaming_request") != "audio_content":
                 self._queue.put_nowait(config_twice())
                 return
-            self._queue.put_nowait(request.audio_content)
+            self._queue.put_nowait((request.audio_content, time.monotonic()))
 
     @property
     def pending(self) -> bool:
@@ -140,8 +146,9 @@ class RequestReader:
             items.append(self._queue.get_nowait())
         batch = _Batch([])
         for item in items:
-            if isinstance(item, bytes):
-                batch.chunks.append(item)
+            if isinstance(item, tuple):
+                batch.chunks.append(item[0])
+                batch.arrived.append(item[1])
             elif item is None:
                 batch.ended = True
             else:
@@ -191,6 +198,8 @@ class StreamCall:
         self._with_words = config.options.enable_word_time_offsets
         self._replay_until = round(replay_until_s * SAMPLE_RATE)
         self._marked_at = 0  # stream sample of the last resume point sent
+        self._arrivals: deque[tuple[int, float]] = deque()  # (stream sample a chunk ended at, when it came)
+        self._detected_wall = 0.0  # when the decision behind the latest decode was taken
         self.done = False  # single_utterance ended the stream
 
     async def run(self, reader: RequestReader) -> AsyncIterator[pb.StreamingTranscribeResponse]:
@@ -198,6 +207,10 @@ class StreamCall:
         while not self.done:
             batch = await reader.batch()
             samples = [self._resampler.feed(chunk) for chunk in batch.chunks]
+            end = round(session.total_seconds * SAMPLE_RATE)
+            for piece, arrived in zip(samples, batch.arrived, strict=True):
+                end += piece.size
+                self._arrivals.append((end, arrived))
             if batch.ended:
                 samples.append(self._resampler.flush())
             pcm = np.concatenate(samples) if samples else np.zeros(0, dtype=np.float32)
@@ -248,6 +261,7 @@ class StreamCall:
                     yield response
             if not session.closing:
                 break
+            self._detected_wall = time.monotonic()
             for response in self._results(await self._rt.run_for_stream(session.process)):
                 yield response
             if self._config.single_utterance:
@@ -259,6 +273,7 @@ class StreamCall:
         if kind == INTERIM and not session.needs_commits and (behind or self._worker_busy()):
             # Interims are what an overloaded worker sheds first, so finals keep their latency.
             return
+        self._detected_wall = time.monotonic()
         for response in self._results(await self._rt.run_for_stream(session.process)):
             yield response
 
@@ -274,6 +289,7 @@ class StreamCall:
         if session.in_speech:
             for response in self._events(VoiceEvent("end", round(session.total_seconds * SAMPLE_RATE))):
                 yield response
+        self._detected_wall = time.monotonic()
         for response in self._results(await self._rt.run_for_stream(session.finish)):
             yield response
 
@@ -286,8 +302,36 @@ class StreamCall:
             out.append(event_response(pb.SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE, event.sample, worker_id))
         return out
 
+    def _arrival(self, seconds: float) -> float:
+        """When the audio at stream time `seconds` came in (the chunk that held it)."""
+        sample = round(seconds * SAMPLE_RATE)
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < sample - 30 * SAMPLE_RATE:
+            self._arrivals.popleft()
+        return next((t for end, t in self._arrivals if end >= sample), time.monotonic())
+
+    def _log_final(self, update: StreamUpdate) -> None:
+        """One line per final: where its latency went, for the streaming benchmark's breakdown."""
+        info = self._session.final_info
+        detected = info.get("detected_at", self._session.total_seconds)
+        speech_end = info.get("speech_end", detected)
+        heard = self._arrival(detected)
+        log.info(
+            "stream_final",
+            end_s=round(update.final_words[-1].end, 3),
+            words=len(update.final_words),
+            speech_end_s=round(speech_end, 3),
+            audio_in_at=round(self._arrival(speech_end), 4),
+            endpoint_at=round(heard, 4),
+            detected_at=round(self._detected_wall, 4),
+            sent_at=round(time.monotonic(), 4),
+            reused=bool(info.get("reused")),
+            **{k: round(v, 4) for k, v in info.items() if k.endswith("_s") or k == "batch"},
+        )
+
     def _results(self, update: StreamUpdate) -> list[pb.StreamingTranscribeResponse]:
         session = self._session
+        if update.final_words:
+            self._log_final(update)
         results = stream_results(
             update, self._config.interim_results, self._with_words, session.language, session.total_seconds
         )

@@ -118,6 +118,11 @@ class StreamingSession:
         self.utterances = 0
         self.longest_decode_s = 0.0  # longest audio decoded at once: stays bounded when trimming works
         self.decode_seconds = 0.0  # time spent in the engine
+        # The last decode's timing (`Transcriber.timings`), and what the latest final was made of: for
+        # the worker's log line per final, which says where its latency went.
+        self.last_timing: dict[str, float] = {}
+        self.final_info: dict[str, float] = {}
+        self._hypothesis_timing: dict[str, float] = {}
 
     @property
     def total_seconds(self) -> float:
@@ -239,6 +244,8 @@ class StreamingSession:
             # let the buffer outgrow the 30 s the model can see.
             n = max(n, len(hypothesis) - 2)
         final, tail = hypothesis[:n], hypothesis[n:]
+        self.final_info = {"reused": 0.0, **self.last_timing}
+        self._hypothesis_timing = self.last_timing
         self._commit(final)
         self._trim_at_committed(tail)
         if not hypothesis and self.buffer_seconds > self.config.trim_after_s:
@@ -267,8 +274,11 @@ class StreamingSession:
         covered = min(speech_end + _samples(self.config.pause_decode_s), detected_at)
         if self._decoded_to >= covered and self._decoded_to <= detected_at:
             final = self._hypothesis  # decoded during the pause: the same audio, minus some silence
+            self.final_info = {"reused": 1.0, **self._hypothesis_timing}
         else:
             final = self._decode(detected_at, Priority.FINAL) or []
+            self.final_info = {"reused": 0.0, **self.last_timing}
+        self.final_info.update(speech_end=speech_end / SAMPLE_RATE, detected_at=detected_at / SAMPLE_RATE)
         self._commit(final)
         self._hypothesis = []
         self._closing = None
@@ -357,6 +367,7 @@ class StreamingSession:
         started = time.perf_counter()
         result = self._engine.transcribe(audio, options, priority=priority)
         self.decode_seconds += time.perf_counter() - started
+        self.last_timing = dict(result.extra)
         self.decodes += 1
         self.longest_decode_s = max(self.longest_decode_s, audio.size / SAMPLE_RATE)
         self.language = result.language
