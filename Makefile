@@ -9,8 +9,11 @@ GEN    := $(CLIENT)/scribe_client/gen/transcription/v1/transcription_pb2.py
 DESCRIPTORS := services/gen/transcription/descriptors.binpb
 FUZZ_EXAMPLES ?= 500
 SOAK_MINUTES ?= 30
-SOAK_STREAMS ?= 2
+SOAK_STREAMS ?= 3
 SOAK_CLIENTS ?= 2
+SOAK_PACE ?= 2
+SOAK_INTERVAL ?= 12
+SOAK_ACTIONS ?= kill9
 # The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
 TORCH_PIN ?= torch==2.13.0
 
@@ -35,7 +38,7 @@ help:
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
 	@echo "make bench-http - time the HTTP (OpenAI-compatible) layer adds to a Transcribe of a 10 s clip, vs gRPC"
 	@echo "make bench-long - one 60-minute recording on 1 and N workers, four at once (needs ../shared/audio; BENCH_ARGS=--minutes 2 for a smoke run)"
-	@echo "make soak   - streams and calls while workers are killed, scaled and restarted (SOAK_MINUTES=$(SOAK_MINUTES), SOAK_STREAMS=$(SOAK_STREAMS), SOAK_CLIENTS=$(SOAK_CLIENTS); bench/results/soak.md)"
+	@echo "make soak   - streams and calls while workers are killed: SOAK_STREAMS=$(SOAK_STREAMS) streams at SOAK_PACE=$(SOAK_PACE)x, SOAK_CLIENTS=$(SOAK_CLIENTS) unary clients, SOAK_ACTIONS=$(SOAK_ACTIONS) every SOAK_INTERVAL=$(SOAK_INTERVAL) s (all: SIGTERM, scaling, group restarts too) for SOAK_MINUTES=$(SOAK_MINUTES); SOAK_MINUTES=2.5 for the short chaos; bench/results/soak.md"
 	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
 # scribe-grpc-client (clients/python) first: the server depends on it.
@@ -153,7 +156,8 @@ lint: $(GEN)
 # the commit before a change: git worktree add ../baseline REV && make -C ../baseline proto
 bench: $(GEN)
 	$(BIN)/python -m bench.batching $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
-	$(BIN)/python -m bench.streaming --k 1,2,4,8,12 --skip hour --out bench/results/streaming_batched.md
+	$(BIN)/python -m bench.streaming --k 1,2,4,8,12 --skip hour --check --out bench/results/streaming_batched.md \
+		$(if $(BASELINE),--baseline $(BASELINE))
 
 bench-fleet: $(GEN)
 	$(BIN)/python -m bench.throughput
@@ -169,7 +173,8 @@ bench-stream: $(GEN)
 
 # Loopback only: a throwaway fleet in a temporary folder. `make test` runs a 90 s version (tests/test_soak.py).
 soak: $(GEN)
-	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --streams $(SOAK_STREAMS) --clients $(SOAK_CLIENTS) $(SOAK_ARGS)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --streams $(SOAK_STREAMS) --clients $(SOAK_CLIENTS) \
+		--pace $(SOAK_PACE) --interval $(SOAK_INTERVAL) --actions $(SOAK_ACTIONS) $(SOAK_ARGS)
 
 bench-long: $(GEN)
 	$(BIN)/python -m bench.long $(BENCH_ARGS)

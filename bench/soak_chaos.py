@@ -1,7 +1,8 @@
 """The soak's chaos loop: what an operator's bad day does to a running fleet, one action every few seconds.
 
 In turn: kill -9 a random worker, SIGTERM another, `scribe scale` up by one, kill -9 again, `scribe scale`
-back down, kill -9 again, `supervisorctl restart` the whole worker group. Signals go straight to the
+back down, kill -9 again, `supervisorctl restart` the whole worker group (`ACTIONS`); or only some of these
+(`make soak` kills a random worker every 12 s, the chaos of issue 24). Signals go straight to the
 worker's pid (as the kernel or an operator would send them); scale and restart go through the real CLIs.
 """
 
@@ -76,6 +77,7 @@ class Chaos:
     base: int
     interval_s: float = 3.0
     seed: int = 0
+    actions: tuple[str, ...] = ACTIONS  # the cycle of actions; ("kill9",) kills a random worker each time
     counts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
 
@@ -98,7 +100,7 @@ class Chaos:
     def _loop(self) -> None:
         turn = 0
         while not self._stop.wait(self.interval_s):
-            action = ACTIONS[turn % len(ACTIONS)]
+            action = self.actions[turn % len(self.actions)]
             turn += 1
             try:
                 self._act(action)

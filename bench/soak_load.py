@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 from scribe_client import ScribeClient, StreamConfig, TranscribeOptions
 from scribe_client.gen import transcription_pb2 as pb
+
+from services.common.audio import decode_container
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -31,10 +34,13 @@ def _pcm(name: str) -> bytes:
 
 
 def stream_clips() -> list[bytes]:
-    """Two LINEAR16 recordings of about 17 s of real speech (the committed clips, in two orders)."""
+    """LINEAR16 streams: 57.5 s of real read speech (tests/data/read_speech_lj001.ogg), and two of about
+    17 s of synthetic speech (the committed espeak clips, in two orders). Stream loop i plays clip i % 3."""
     long, short = _pcm("speech_long.wav"), _pcm("speech_short.wav")
     gap = bytes(2 * int(1.5 * RATE))
-    return [long + gap + short + gap, short + gap + long + gap]
+    read = decode_container((DATA / "read_speech_lj001.ogg").read_bytes(), 3600)
+    real = (np.clip(read, -1, 1) * 32767).astype("<i2").tobytes()
+    return [real, long + gap + short + gap, short + gap + long + gap]
 
 
 def unary_clips() -> dict[str, bytes]:

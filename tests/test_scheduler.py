@@ -87,31 +87,54 @@ def test_finals_go_first_then_interims_then_bulk_in_full_batches(engine: Scripte
     scheduler.close()
 
 
-def test_on_a_cpu_a_streams_batch_takes_no_bulk_windows(engine: ScriptedFakeEngine) -> None:
-    scheduler = BatchScheduler(engine, max_batch=4, window_s=0.0, streams_with_bulk=False)
+def test_on_a_cpu_stream_windows_go_alone_finals_first(engine: ScriptedFakeEngine) -> None:
+    # On a CPU a batch costs what its windows cost one by one: a final in a batch with interims or other
+    # finals would wait for all of them, so every stream window is decoded alone, finals before interims.
+    scheduler = BatchScheduler(engine, max_batch=4, window_s=0.5, streams_with_bulk=False)
     hold(engine, scheduler)
     futures = [scheduler.submit(job(f"bulk{i}"), Priority.BULK) for i in range(3)]
-    futures.append(scheduler.submit(job("final"), Priority.FINAL))
-    futures.append(scheduler.submit(job("interim"), Priority.INTERIM))
+    futures += [scheduler.submit(job(f"interim{i}"), Priority.INTERIM) for i in range(2)]
+    futures += [scheduler.submit(job(f"final{i}"), Priority.FINAL) for i in range(2)]
     engine.gate.set()
     for future in futures:
         future.result(5)
-    # The stream's windows just came in: bulk windows go max_batch // 4 at a time.
-    assert engine.batches[1:] == [["final", "interim"], ["bulk0"], ["bulk1"], ["bulk2"]]
+    assert engine.batches[1:] == [
+        ["final0"],
+        ["final1"],
+        ["interim0"],
+        ["interim1"],
+        ["bulk0"],
+        ["bulk1"],
+        ["bulk2"],
+    ]
+    # No stream window waited for batch-mates (window_s is 0.5 s): formation time only for the bulk ones.
+    assert all(f.timing is not None and f.timing.form_s < 0.4 for f in futures[3:])
     scheduler.close()
 
 
-def test_on_a_cpu_bulk_batches_shrink_while_streams_are_live(engine: ScriptedFakeEngine) -> None:
+def test_on_a_cpu_a_final_waits_for_one_bulk_window_while_streams_are_live(engine: ScriptedFakeEngine) -> None:
     scheduler = BatchScheduler(engine, max_batch=8, window_s=0.0, streams_with_bulk=False)
+    scheduler.stream_opened()  # open, but none of its windows came in lately (a loaded CPU, or a pause)
     hold(engine, scheduler)
-    scheduler.submit(job("interim"), Priority.INTERIM)
-    futures = [scheduler.submit(job(f"bulk{i}"), Priority.BULK) for i in range(6)]
+    futures = [scheduler.submit(job(f"bulk{i}"), Priority.BULK) for i in range(4)]
+    futures.append(scheduler.submit(job("final"), Priority.FINAL))
     engine.gate.set()
     for future in futures:
         future.result(5)
-    # A stream window came in just now: bulk windows go two at a time (8 // 4), so the stream's next
-    # decode never waits behind eight of them.
-    assert engine.batches[1:] == [["interim"], ["bulk0", "bulk1"], ["bulk2", "bulk3"], ["bulk4", "bulk5"]]
+    # Bulk windows one at a time: a final that comes in while one runs waits for that one only.
+    assert engine.batches[1:] == [["final"], ["bulk0"], ["bulk1"], ["bulk2"], ["bulk3"]]
+    scheduler.stream_closed()
+    scheduler.close()
+
+
+def test_on_a_cpu_bulk_windows_batch_again_once_streams_are_gone(engine: ScriptedFakeEngine) -> None:
+    scheduler = BatchScheduler(engine, max_batch=8, window_s=0.0, streams_with_bulk=False)
+    hold(engine, scheduler)
+    futures = [scheduler.submit(job(f"bulk{i}"), Priority.BULK) for i in range(4)]
+    engine.gate.set()
+    for future in futures:
+        future.result(5)
+    assert engine.batches[1:] == [["bulk0", "bulk1", "bulk2", "bulk3"]]
     scheduler.close()
 
 
@@ -207,18 +230,4 @@ def test_short_bulk_windows_of_several_calls_are_packed_into_one(engine: Scripte
     # One window decoded for three calls; the fake's one segment (0-1 s) lies in the first call's audio.
     assert engine.batches[1:] == [["short", "other options"]] and scheduler.stats.packed_windows == 3
     assert [len(r.segments) for r in results] == [1, 0, 0, 1]
-    scheduler.close()
-
-
-def test_on_a_cpu_bulk_batches_stay_small_while_a_stream_is_open_between_its_decodes(
-    engine: ScriptedFakeEngine,
-) -> None:
-    scheduler = BatchScheduler(engine, max_batch=8, window_s=0.0, streams_with_bulk=False)
-    scheduler.stream_opened()  # open, but none of its windows came in lately (a loaded CPU, or a pause)
-    hold(engine, scheduler)
-    futures = [scheduler.submit(job(f"bulk{i}"), Priority.BULK) for i in range(4)]
-    engine.gate.set()
-    for future in futures:
-        future.result(5)
-    assert engine.batches[1:] == [["bulk0", "bulk1"], ["bulk2", "bulk3"]]
     scheduler.close()

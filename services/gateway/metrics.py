@@ -163,6 +163,12 @@ class GatewayStats:
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600),
             registry=self.prometheus,
         )
+        self.stream_moves = Counter(
+            "scribe_stream_moves",
+            "Streams moved to another worker, by the status their worker's call ended with",
+            ["code"],
+            registry=self.prometheus,
+        )
         self.prometheus.register(FleetCollector(registry, dispatcher, self))
         self.active_streams = 0
         self.ok = 0

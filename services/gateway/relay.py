@@ -3,22 +3,24 @@
 The gateway relays a stream to one worker and keeps the client's audio since the worker's last resume
 point. If the worker dies or drains mid-stream, the relay opens the stream on another worker with the
 saved session state, replays the kept audio with its original chunk boundaries, and carries on: the
-client sees one continuous stream, with no error and no word lost or repeated. While no worker is up,
-the stream waits (bounded by its deadline and STREAM_FAILOVER_WAIT_S) instead of failing.
+client sees one continuous stream, with no error and no word lost or repeated, however often that
+happens. While no worker is up, the stream waits (bounded by its deadline and STREAM_FAILOVER_WAIT_S)
+instead of failing. Only a crash loop ends it (`CrashWatch`): the same audio failing worker after worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
 from scribe_client.call_status import StatusKeeper
 
 from services.common import audio
-from services.common.errors import RequestError, config_not_first, config_twice
+from services.common.errors import RequestError, config_not_first, config_twice, error_reason
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine
 from services.gateway.routing.dispatch import Dispatcher
 from services.gateway.routing.registry import Registry, WorkerHandle
@@ -30,7 +32,49 @@ log = structlog.get_logger()
 # Errors after which the stream moves: the worker went away (killed, draining, unreachable). Anything
 # else is the worker's answer to this stream, and another worker would give the same.
 MOVABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
-MAX_MOVES = 5
+DRAINING = "WORKER_DRAINING"  # a worker's reason when it shuts down on purpose
+
+
+@dataclass
+class CrashWatch:
+    """Tells a crash loop from ordinary worker failures (pure).
+
+    Before each decode that makes finals a worker says up to where in the stream the decode goes
+    (`StreamResumePoint.decoding_until`). A stream's decodes fall at the same audio positions on every
+    worker, and the new worker resumes from the point sent just before that decode, so it makes the
+    same decode first. A worker killed by bad luck (a kill -9, an OOM, a restart) dies at a random
+    moment; workers that keep dying inside the very same decode are being killed by the stream's audio.
+    `limit` failures in a row inside the same decode, on at least two workers (where the fleet has two),
+    is a crash loop: moving the stream again would only take down the next worker. Drains (a worker
+    shutting down on purpose) count neither way.
+    """
+
+    limit: int
+    decoding: float | None = None  # the decode the stream's worker is in now (its end, seconds), if any
+    failed_in: float | None = None  # the decode the last failure happened in
+    workers: list[str] = field(default_factory=list)  # the workers that failed in it, in a row
+
+    def point(self, decoding_until: float | None) -> None:
+        """A resume point came: the worker is now inside the decode up to `decoding_until`, or in none."""
+        self.decoding = decoding_until
+
+    def failed(self, worker: str, fleet_size: int) -> bool:
+        """Count a worker's failure mid-stream; True when the failures now make a crash loop."""
+        if self.decoding is not None and self.decoding == self.failed_in:
+            self.workers.append(worker)
+        else:
+            self.workers = [worker] if self.decoding is not None else []
+        self.failed_in, self.decoding = self.decoding, None
+        return len(self.workers) >= self.limit and len(set(self.workers)) >= min(2, max(fleet_size, 1))
+
+    def error(self, request_id: str) -> RequestError:
+        return RequestError(
+            grpc.StatusCode.INTERNAL,
+            "STREAM_CRASH_LOOP",
+            f"{len(self.workers)} workers in a row ({', '.join(self.workers)}) died decoding this stream's audio "
+            f"up to {self.failed_in or 0.0:.1f} s, so it was not moved again: the results before that were sent. "
+            f"Please report it with request id {request_id}; a new stream may go on.",
+        )
 
 
 class RetainedAudio:
@@ -74,6 +118,8 @@ class StreamRelay:
         line: RequestLine,
         context: grpc.aio.ServicerContext,
         wait_s: float,
+        crash_loop_failures: int = 3,
+        on_move: Callable[[str], None] | None = None,
     ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
@@ -84,6 +130,8 @@ class StreamRelay:
         self._arrived = asyncio.Event()
         self._client_done = False
         self._client_error: RequestError | None = None
+        self._crashes = CrashWatch(crash_loop_failures)
+        self._on_move = on_move or (lambda code: None)
         self.moves = 0
 
     async def run(
@@ -138,6 +186,8 @@ class StreamRelay:
                                 resume.CopyFrom(response.resume_point)
                                 seconds = resume.audio_offset.ToNanoseconds() / 1e9
                                 self._audio.trim_before(round(seconds * config.sample_rate_hertz) * frame_bytes)
+                                decoding = resume.decoding_until if resume.HasField("decoding_until") else None
+                                self._crashes.point(None if decoding is None else decoding.ToNanoseconds() / 1e9)
                                 response.ClearField("resume_point")
                             if response.results or response.speech_event_type:
                                 yield response
@@ -145,13 +195,11 @@ class StreamRelay:
                 except asyncio.CancelledError:
                     if self._client_error is not None and not self._context.cancelled():
                         raise self._client_error from None
-                    if not _moved_off(leaving) or self._context.cancelled() or self.moves >= MAX_MOVES:
+                    if not _moved_off(leaving) or self._context.cancelled():
                         raise
                     # The gateway drains this worker (its host left DNS): resume elsewhere, as after a failure.
-                    self.moves += 1
-                    self._line.fields["moves"] = self.moves
+                    self._moved(handle, "DRAINING", handle.retired, start)
                     exclude = {handle.name}
-                    log.info("stream_moved", worker=handle.name, code="DRAINING", details=handle.retired)
                     continue
                 except grpc.aio.AioRpcError as failed:
                     if self._client_error is not None:
@@ -159,26 +207,37 @@ class StreamRelay:
                     # The worker's own status, even where grpc.aio reports its write race instead.
                     code, details, trailing = await keeper.settle(failed)
                     exc = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
-                    if code not in MOVABLE or self.moves >= MAX_MOVES or self._context.cancelled():
+                    if code not in MOVABLE or self._context.cancelled():
                         raise exc from None
-                    self.moves += 1
-                    self._line.fields["moves"] = self.moves
+                    if error_reason(trailing) != DRAINING and self._crashes.failed(
+                        handle.name, len(self._registry.sorted())
+                    ):
+                        self._line.fields["crash_loop"] = True
+                        log.error("stream_crash_loop", workers=self._crashes.workers, at_s=self._crashes.failed_in)
+                        raise self._crashes.error(self._line.request_id) from None
                     if code == grpc.StatusCode.UNAVAILABLE:
                         handle.mark_unreachable(f"stream failed: {code.name} {details}")
+                    self._moved(handle, code.name, details, start)
                     exclude = {handle.name}
-                    log.warning(
-                        "stream_moved",
-                        worker=handle.name,
-                        code=code.name,
-                        details=details,
-                        replay_bytes=self._audio.end - start,
-                    )
                 finally:
                     leaving.cancel()
                     writer.cancel()
                     call.cancel()
         finally:
             reader.cancel()
+
+    def _moved(self, handle: WorkerHandle, code: str, details: str, start: int) -> None:
+        self.moves += 1
+        self._line.fields["moves"] = self.moves
+        self._on_move(code)
+        log.warning(
+            "stream_moved",
+            worker=handle.name,
+            code=code,
+            details=details,
+            moves=self.moves,
+            replay_bytes=self._audio.end - start,
+        )
 
     async def _worker(self, exclude: set[str]) -> WorkerHandle:
         """A serving worker, preferring one not in `exclude`; waits for one when none serves."""

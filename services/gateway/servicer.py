@@ -179,7 +179,15 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
-            relay = StreamRelay(self._registry, self._dispatch, line, context, self._settings.stream_failover_wait_s)
+            relay = StreamRelay(
+                self._registry,
+                self._dispatch,
+                line,
+                context,
+                self._settings.stream_failover_wait_s,
+                self._settings.stream_crash_loop_failures,
+                on_move=lambda code: self._stats.stream_moves.labels(code).inc(),
+            )
             self._stats.active_streams += 1
             try:
                 with self.streams.held(client):

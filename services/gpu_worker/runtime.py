@@ -94,12 +94,11 @@ class WorkerRuntime:
             if scheduler is not None:
                 scheduler.stream_closed()
 
-    def streams_backlogged(self) -> bool:
-        """Live-stream windows already fill a batch: an interim decode now would only wait."""
+    def interims_welcome(self) -> bool:
+        """No live-stream decode waits in the scheduler: an interim now delays no final by more than itself."""
         if self.transcriber is None:
             return False
-        scheduler = self.transcriber.scheduler
-        return scheduler.queued(Priority.INTERIM) >= scheduler.max_batch
+        return self.transcriber.scheduler.queued(Priority.INTERIM) == 0
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn` on an inference thread once a slot is free.

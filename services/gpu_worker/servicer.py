@@ -21,7 +21,8 @@ from services.gpu_worker.engines.base import DecodeOptions, EngineResult
 from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
 from services.gpu_worker.results import batch_pb, transcribe_response
 from services.gpu_worker.runtime import WorkerRuntime
-from services.gpu_worker.streaming.call import RequestReader, StreamCall, idle_timeout_error
+from services.gpu_worker.streaming.call import StreamCall
+from services.gpu_worker.streaming.reader import RequestReader, idle_timeout_error
 from services.gpu_worker.streaming.session import StreamingSession
 from services.gpu_worker.validation import (
     Limits,
@@ -174,6 +175,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                 words=session.committed_count,
                 longest_decode_s=round(session.longest_decode_s, 2),
                 decode_s=round(session.decode_seconds, 3),
+                interims_skipped=call.interims_skipped,
             )
         self._rt.completed += 1
 

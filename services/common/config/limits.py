@@ -26,6 +26,14 @@ class LimitFields(BaseModel):
         description="How long a stream or a queued call waits for a worker when none is serving (all "
         "restarting), before it fails with UNAVAILABLE `NO_WORKER_SERVING`.",
     )
+    stream_crash_loop_failures: int = Field(
+        3,
+        ge=2,
+        le=100,
+        description="A stream moves to another worker each time its worker fails, as often as that happens; "
+        "it ends with INTERNAL `STREAM_CRASH_LOOP` only when this many workers in a row (at least two "
+        "different ones) died inside the same decode of its audio.",
+    )
     max_message_mb: int = Field(64, ge=1, le=2047, description="Largest gRPC message, in MiB.")
     max_upload_mb: int = Field(
         2048,

@@ -1,11 +1,11 @@
 """The worker's batch scheduler: every window any call wants decoded waits in one queue, and one
 thread decodes them in batches.
 
-Batches are formed by priority (live-stream finals, then live-stream interims, then bulk windows of
-Transcribe and TranscribeWithProgress), oldest first, and filled with windows the engine can decode
-together (equal `Engine.batch_key`), from any call (on a CPU, a stream's batch takes only stream windows). A batch waits at most `window_s` for more windows
-when it is not full. Because a batch is at most `max_batch` windows, a live stream waits for at most one
-batch of a long file, never for the whole file; because streams go first, bulk work never starves them.
+Batches are formed by priority (live-stream windows that may become final, then live-stream interims,
+then bulk windows of Transcribe and TranscribeWithProgress), oldest first, and filled with windows the
+engine can decode together (equal `Engine.batch_key`), from any call, where batching pays (a GPU; see
+`BatchScheduler`). A batch waits at most `window_s` for more windows when it is not full. A live stream's
+decode waits for the batch in progress, never for a queue of them: streams go first.
 
 A window whose decode looks wrong is queued again at the next temperature, on its own, so it never holds
 back the batch it came in. A call's windows that are still queued leave the queue when the call is
@@ -18,7 +18,7 @@ import itertools
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -117,13 +117,16 @@ class BatchStats:
 
 
 class BatchScheduler:
-    """`streams_with_bulk`: whether a batch led by a live stream's window is filled up with bulk windows.
-    On a GPU a batch of sixteen costs about what one window does, so it is. On a CPU the encoder's cost
-    grows with every window in a batch, so a stream's batch holds only stream windows, and while streams
-    are live (a stream is open, or a stream window came in the last `STREAM_RECENT_S`) bulk batches are
-    cut to a quarter of `max_batch`: a stream's decode then waits for a few bulk windows, not for a whole
-    batch of them. An open stream counts even while none of its windows is queued: on a loaded CPU its
-    next decode may come many seconds after the last one, and must not find a full bulk batch running."""
+    """`streams_with_bulk`: whether batching pays on this device. On a GPU a batch of sixteen costs about
+    what one window does, so a batch led by a live stream's window is filled up with other windows (bulk
+    ones included), and a stream's decode waits at most for the batch in progress.
+
+    On a CPU a batch costs what its windows cost one after another, so a batch only makes its first window
+    wait for the others. There, a live stream's window is decoded alone, a window that may become final
+    before any interim, and while streams are live (a stream is open, or a stream window came in the last
+    `STREAM_RECENT_S`) bulk windows are decoded one at a time too: a final then waits for at most one
+    window of other work, never for a batch of them. An open stream counts even while none of its windows
+    is queued: on a loaded CPU its next decode may come many seconds after the last one."""
 
     def __init__(
         self,
@@ -216,16 +219,8 @@ class BatchScheduler:
                 if ready_since is None:
                     ready_since = time.monotonic()
                 head = min(self._queue, key=lambda q: (q.priority, q.seq))
-                lowest = Priority.BULK if self.streams_with_bulk or head.priority == Priority.BULK else Priority.INTERIM
-                mates = sorted(
-                    (q for q in self._queue if q.key == head.key and q.priority <= lowest),
-                    key=lambda q: (q.priority, q.seq),
-                )
                 now = time.monotonic()
-                size = self.max_batch
-                live = self._streams_open > 0 or now - self._stream_seen < STREAM_RECENT_S
-                if head.priority == Priority.BULK and not self.streams_with_bulk and live:
-                    size = max(1, self.max_batch // 4)
+                size, mates = self._mates(head, now)
                 waited = now - head.enqueued
                 if len(mates) < size and waited < self.window_s:
                     self._cond.wait(self.window_s - waited)
@@ -238,6 +233,20 @@ class BatchScheduler:
                 self._queue = [q for q in self._queue if id(q) not in taken]
                 self.stats.windows_queued = len(self._queue)
                 return groups
+
+    def _mates(self, head: _Queued, now: float) -> tuple[int, list[_Queued]]:
+        """How many windows the batch led by `head` may hold, and the queued windows that may join it."""
+        if self.streams_with_bulk:
+            return self.max_batch, self._sorted(q for q in self._queue if q.key == head.key)
+        if head.priority < Priority.BULK:
+            return 1, [head]
+        live = self._streams_open > 0 or now - self._stream_seen < STREAM_RECENT_S
+        bulk = self._sorted(q for q in self._queue if q.key == head.key and q.priority == Priority.BULK)
+        return (1 if live else self.max_batch), bulk
+
+    @staticmethod
+    def _sorted(queued: Iterable[_Queued]) -> list[_Queued]:
+        return sorted(queued, key=lambda q: (q.priority, q.seq))
 
     def _group(self, mates: list[_Queued], head: _Queued, size: int) -> list[list[_Queued]]:
         """The first `size` windows to decode, short bulk windows packed together where that is on."""

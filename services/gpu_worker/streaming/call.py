@@ -1,10 +1,10 @@
-"""One StreamingTranscribe call on a worker: read audio, drive the session, send results and speech events.
+"""One StreamingTranscribe call on a worker: drive the session from the request reader, send results.
 
-Requests are read by a task of their own, ahead of the decoder, so a decode in progress never
-looks like an idle client and the audio that arrived during a decode is taken in one go. Interim
-decodes are skipped while audio is already queued (the stream is behind) or the worker is busy with
-other decodes: the decode rate adapts to the CPU, and the decodes that make finals never wait
-behind interims nobody would see in time.
+The session's deciding decodes (pauses, utterance ends, commits) run in order, one at a time, and are
+never skipped: they make the finals, and a moved stream must make the same ones. Interims are shown
+only while they are cheap: one at a time per stream, decoded while the stream goes on (a final never
+waits for its own stream's interim), and not at all while the stream is behind (a backlog, a replay)
+or while other live-stream decodes wait in the worker's queue. A loaded worker sheds interims first.
 """
 
 from __future__ import annotations
@@ -12,31 +12,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
-import grpc
 import numpy as np
 import structlog
 
 from services.common import audio
 from services.common.audio import SAMPLE_RATE
 from services.common.convert import duration
-from services.common.errors import RequestError, config_twice
 from services.gen import transcription_pb2 as pb
-from services.gpu_worker.engines.base import Word
+from services.gpu_worker.engines.base import EngineResult, Word
 from services.gpu_worker.results import alternative
 from services.gpu_worker.runtime import WorkerRuntime
-from services.gpu_worker.streaming.session import INTERIM, StreamingSession, StreamUpdate
+from services.gpu_worker.streaming.decoded import InterimRequest
+from services.gpu_worker.streaming.reader import DRAINING, Batch, RequestReader, stream_too_long_error
+from services.gpu_worker.streaming.session import FINALIZE, StreamingSession, StreamUpdate
 from services.gpu_worker.streaming.vad import VoiceEvent
 
-#: Largest piece of audio judged before the session may decode: bounds how far a backlog runs ahead.
-SLICE_S = 0.5
 #: Audio after which a resume point goes to the gateway even with nothing else to send, so the audio
 #: it keeps for failover stays short through long silences.
 RESUME_EVERY_S = 5.0
-
-DRAINING = "WORKER_DRAINING"
 
 log = structlog.get_logger()
 
@@ -72,111 +67,6 @@ def event_response(kind: pb.SpeechEventType, sample: int, worker_id: str) -> pb.
     )
 
 
-def slices(samples: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for i in range(0, samples.size, size):
-        yield samples[i : i + size]
-
-
-@dataclass
-class _Batch:
-    """What the reader had queued: audio chunks, then maybe the end of the stream or an error."""
-
-    chunks: list[bytes]
-    ended: bool = False
-    error: RequestError | None = None
-    arrived: list[float] = field(default_factory=list)  # time.monotonic() each chunk came in
-
-
-class RequestReader:
-    """Reads audio requests into a queue on its own task, enforcing the idle timeout."""
-
-    def __init__(
-        self,
-        requests: AsyncIterator[pb.StreamingTranscribeRequest],
-        idle_timeout_s: float,
-        draining: asyncio.Event | None = None,
-        worker_id: str = "",
-    ) -> None:
-        self._requests = requests
-        self._idle = idle_timeout_s
-        self._queue: asyncio.Queue[tuple[bytes, float] | RequestError | None] = asyncio.Queue()
-        self._task = asyncio.create_task(self._read())
-        self._drain_task = asyncio.create_task(self._drain(draining, worker_id)) if draining else None
-
-    async def _drain(self, draining: asyncio.Event, worker_id: str) -> None:
-        await draining.wait()
-        self._task.cancel()
-        # The gateway re-sends this stream's unfinished audio to another worker.
-        self._queue.put_nowait(
-            RequestError(
-                grpc.StatusCode.UNAVAILABLE,
-                DRAINING,
-                f"worker {worker_id} is shutting down: the stream continues on another worker",
-            )
-        )
-
-    async def _read(self) -> None:
-        while True:
-            try:
-                request = await asyncio.wait_for(anext(self._requests), self._idle)
-            except StopAsyncIteration:
-                self._queue.put_nowait(None)
-                return
-            except TimeoutError:
-                self._queue.put_nowait(idle_timeout_error(self._idle))
-                return
-            except grpc.RpcError:
-                # The client went away; the call is over and nothing will read what is queued.
-                self._queue.put_nowait(None)
-                return
-            if request.WhichOneof("streaming_request") != "audio_content":
-                self._queue.put_nowait(config_twice())
-                return
-            self._queue.put_nowait((request.audio_content, time.monotonic()))
-
-    @property
-    def pending(self) -> bool:
-        """More audio is already queued."""
-        return not self._queue.empty()
-
-    async def batch(self) -> _Batch:
-        """Wait for at least one item, then take all that are queued."""
-        items = [await self._queue.get()]
-        while not self._queue.empty():
-            items.append(self._queue.get_nowait())
-        batch = _Batch([])
-        for item in items:
-            if isinstance(item, tuple):
-                batch.chunks.append(item[0])
-                batch.arrived.append(item[1])
-            elif item is None:
-                batch.ended = True
-            else:
-                batch.error = item
-        return batch
-
-    def close(self) -> None:
-        self._task.cancel()
-        if self._drain_task is not None:
-            self._drain_task.cancel()
-
-
-def idle_timeout_error(timeout_s: float) -> RequestError:
-    return RequestError(
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        "STREAM_IDLE_TIMEOUT",
-        f"no audio for {timeout_s:g} s: send audio continuously (silence included) or close the stream",
-    )
-
-
-def stream_too_long_error(max_s: float) -> RequestError:
-    return RequestError(
-        grpc.StatusCode.OUT_OF_RANGE,
-        "STREAM_TOO_LONG",
-        f"the stream passed the {max_s:g} s maximum; results up to there were sent: open a new stream to go on",
-    )
-
-
 class StreamCall:
     """Drives one session from a request reader; `run` yields the responses in order."""
 
@@ -200,95 +90,144 @@ class StreamCall:
         self._marked_at = 0  # stream sample of the last resume point sent
         self._arrivals: deque[tuple[int, float]] = deque()  # (stream sample a chunk ended at, when it came)
         self._detected_wall = 0.0  # when the decision behind the latest decode was taken
+        self._interim: asyncio.Future[EngineResult] | None = None
+        self._interim_request: InterimRequest | None = None
+        self.interims_skipped = 0
         self.done = False  # single_utterance ended the stream
 
     async def run(self, reader: RequestReader) -> AsyncIterator[pb.StreamingTranscribeResponse]:
-        session = self._session
-        while not self.done:
-            batch = await reader.batch()
-            samples = [self._resampler.feed(chunk) for chunk in batch.chunks]
-            end = round(session.total_seconds * SAMPLE_RATE)
-            for piece, arrived in zip(samples, batch.arrived, strict=True):
-                end += piece.size
-                self._arrivals.append((end, arrived))
-            if batch.ended:
-                samples.append(self._resampler.flush())
-            pcm = np.concatenate(samples) if samples else np.zeros(0, dtype=np.float32)
-            room = self._max_samples - round(session.total_seconds * SAMPLE_RATE)
-            too_long = pcm.size > room
-            pcm = pcm[: max(room, 0)]
-            pieces = list(slices(pcm, round(SLICE_S * SAMPLE_RATE)))
-            for i, piece in enumerate(pieces):
-                session.add_audio(piece)
-                # Interim decodes wait while more audio is already here: they would be stale at once.
-                # Audio replayed after a failover is decoded as it was live, so the stream decodes
-                # exactly as it did on its first worker.
-                replaying = round(session.total_seconds * SAMPLE_RATE) <= self._replay_until
-                behind = not replaying and (
-                    i < len(pieces) - 1 or reader.pending or batch.ended or too_long or bool(batch.error)
-                )
-                async for response in self._settle(behind):
-                    yield self._mark(response)
-                if self.done:
-                    return
-            if batch.error is not None and batch.error.reason == DRAINING:
-                raise batch.error  # not finished here: another worker goes on from the last resume point
-            if round(session.total_seconds * SAMPLE_RATE) - self._marked_at >= RESUME_EVERY_S * SAMPLE_RATE:
-                yield self._mark(pb.StreamingTranscribeResponse(worker_id=self._rt.worker_id))
-            if too_long or batch.ended or batch.error is not None:
-                async for response in self._finish():
-                    yield self._mark(response)
-                if too_long:
-                    raise stream_too_long_error(self._max_stream_s)
-                if batch.error is not None:
-                    raise batch.error
-                return
+        reading: asyncio.Task[Batch] | None = asyncio.ensure_future(reader.batch())
+        try:
+            while not self.done and reading is not None:
+                waits: set[asyncio.Future[object]] = {reading}  # type: ignore[arg-type]
+                if self._interim is not None:
+                    waits.add(self._interim)  # type: ignore[arg-type]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if self._interim is not None and self._interim.done():
+                    for response in self._interim_results():
+                        yield self._mark(response)
+                if not reading.done():
+                    continue
+                batch = reading.result()
+                last = batch.ended or batch.error is not None
+                reading = None if last else asyncio.ensure_future(reader.batch())
+                async for response in self._take(batch, reader):
+                    yield response
+        finally:
+            if reading is not None:
+                reading.cancel()
+            if self._interim is not None:
+                self._interim.cancel()
 
-    def _mark(self, response: pb.StreamingTranscribeResponse) -> pb.StreamingTranscribeResponse:
-        """Attach the session's resume point: the gateway then holds no result without the state after it."""
+    async def _take(self, batch: Batch, reader: RequestReader) -> AsyncIterator[pb.StreamingTranscribeResponse]:
+        """Add a batch of audio, make every decode it brings due, and end the stream if the batch ends it."""
+        session = self._session
+        samples = [self._resampler.feed(chunk) for chunk in batch.chunks]
+        end = round(session.total_seconds * SAMPLE_RATE)
+        for piece, arrived in zip(samples, batch.arrived, strict=True):
+            end += piece.size
+            self._arrivals.append((end, arrived))
+        if batch.ended:
+            samples.append(self._resampler.flush())
+        pcm = np.concatenate(samples) if samples else np.zeros(0, dtype=np.float32)
+        room = self._max_samples - round(session.total_seconds * SAMPLE_RATE)
+        too_long = pcm.size > room
+        session.add_audio(pcm[: max(room, 0)])
+        async for response in self._settle():
+            yield self._mark(response)
+        if self.done:
+            return
+        if batch.error is not None and batch.error.reason == DRAINING:
+            raise batch.error  # not finished here: another worker goes on from the last resume point
+        if round(session.total_seconds * SAMPLE_RATE) - self._marked_at >= RESUME_EVERY_S * SAMPLE_RATE:
+            yield self._mark(pb.StreamingTranscribeResponse(worker_id=self._rt.worker_id))
+        if too_long or batch.ended or batch.error is not None:
+            async for response in self._finish():
+                yield self._mark(response)
+            if too_long:
+                raise stream_too_long_error(self._max_stream_s)
+            if batch.error is not None:
+                raise batch.error
+            return
+        replaying = round(session.total_seconds * SAMPLE_RATE) <= self._replay_until
+        self._maybe_interim(behind=reader.pending or replaying)
+
+    def _mark(
+        self, response: pb.StreamingTranscribeResponse, decoding_until: float | None = None
+    ) -> pb.StreamingTranscribeResponse:
+        """Attach the session's resume point: the gateway then holds no result without the state after it.
+        `decoding_until`: the point goes out just before a deciding decode of the audio up to there."""
+        if response.HasField("resume_point"):
+            return response  # marked already, just before a decode
         offset, state = self._session.snapshot()
         response.resume_point.audio_offset.CopyFrom(duration(offset))
         response.resume_point.state = state
+        if decoding_until is not None:
+            response.resume_point.decoding_until.CopyFrom(duration(decoding_until))
         self._marked_at = round(self._session.total_seconds * SAMPLE_RATE)
         return response
 
-    async def _settle(self, behind: bool) -> AsyncIterator[pb.StreamingTranscribeResponse]:
-        """Judge the new audio; finalize ended utterances; decode when due and the audio is caught up."""
+    def _decoding(self, until_s: float) -> pb.StreamingTranscribeResponse:
+        """The point before a deciding decode: a worker that dies inside it is known to have (relay.CrashWatch)."""
+        return self._mark(pb.StreamingTranscribeResponse(worker_id=self._rt.worker_id), until_s)
+
+    async def _settle(self) -> AsyncIterator[pb.StreamingTranscribeResponse]:
+        """Judge the new audio, making each deciding decode where it falls due, until all is judged."""
         session = self._session
         while True:
             for event in session.detect():
                 for response in self._events(event):
                     yield response
-            if not session.closing:
-                break
+            kind = session.pending_decode()
+            if kind is None:
+                return
+            yield self._decoding(session.judged_seconds)
+            # After the point went out: a worker that dies now left the gateway knowing where.
+            log.info("stream_decoding", kind=kind, until_s=round(session.judged_seconds, 3))
             self._detected_wall = time.monotonic()
             for response in self._results(await self._rt.run_for_stream(session.process)):
                 yield response
-            if self._config.single_utterance:
+            if kind == FINALIZE and self._config.single_utterance:
                 self.done = True
                 return
-        kind = session.pending_decode()
-        if kind is None:
-            return
-        if kind == INTERIM and not session.needs_commits and (behind or self._worker_busy()):
-            # Interims are what an overloaded worker sheds first, so finals keep their latency.
-            return
-        self._detected_wall = time.monotonic()
-        for response in self._results(await self._rt.run_for_stream(session.process)):
-            yield response
 
-    def _worker_busy(self) -> bool:
-        return self._rt.streams_backlogged()
+    def _maybe_interim(self, behind: bool) -> None:
+        """Start an interim decode when one is due and cheap: the stream caught up, none of its own in
+        flight, and no other live-stream decode waiting in the worker."""
+        session = self._session
+        if self._interim is not None or not session.interim_due():
+            return
+        if behind or not self._rt.interims_welcome():
+            self.interims_skipped += 1
+            return
+        request = session.prepare_interim()
+        if request is None:
+            return
+        self._interim_request = request
+        self._interim = asyncio.ensure_future(self._rt.run_for_stream(session.decode_interim, request))
+
+    def _interim_results(self) -> list[pb.StreamingTranscribeResponse]:
+        task, request = self._interim, self._interim_request
+        self._interim = self._interim_request = None
+        if task is None or request is None or task.cancelled():
+            return []
+        if task.exception() is not None:
+            log.warning("stream_interim_failed", error=str(task.exception()))
+            return []
+        update = self._session.interim_update(request, task.result())
+        return [] if update is None else self._results(update)
 
     async def _finish(self) -> AsyncIterator[pb.StreamingTranscribeResponse]:
         session = self._session
-        async for response in self._settle(behind=False):
+        async for response in self._settle():
             yield response
         if self.done:
             return
         if session.in_speech:
             for response in self._events(VoiceEvent("end", round(session.total_seconds * SAMPLE_RATE))):
                 yield response
+        yield self._decoding(session.total_seconds)
+        log.info("stream_decoding", kind="finish", until_s=round(session.total_seconds, 3))
         self._detected_wall = time.monotonic()
         for response in self._results(await self._rt.run_for_stream(session.finish)):
             yield response
@@ -310,18 +249,17 @@ class StreamCall:
         return next((t for end, t in self._arrivals if end >= sample), time.monotonic())
 
     def _log_final(self, update: StreamUpdate) -> None:
-        """One line per final: where its latency went, for the streaming benchmark's breakdown."""
+        """One line per final: where its latency went (bench/stream_latency.py reads it)."""
         info = self._session.final_info
         detected = info.get("detected_at", self._session.total_seconds)
         speech_end = info.get("speech_end", detected)
-        heard = self._arrival(detected)
         log.info(
             "stream_final",
             end_s=round(update.final_words[-1].end, 3),
             words=len(update.final_words),
             speech_end_s=round(speech_end, 3),
             audio_in_at=round(self._arrival(speech_end), 4),
-            endpoint_at=round(heard, 4),
+            endpoint_at=round(self._arrival(detected), 4),
             detected_at=round(self._detected_wall, 4),
             sent_at=round(time.monotonic(), 4),
             reused=bool(info.get("reused")),

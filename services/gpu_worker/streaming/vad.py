@@ -10,7 +10,9 @@ and each 32 ms window costs about 0.1 ms of one core, so it runs on the event lo
 from __future__ import annotations
 
 import base64
+from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from faster_whisper.vad import get_vad_model
@@ -108,3 +110,59 @@ class SpeechDetector:
             self.in_speech = False
             return VoiceEvent("end", self.silence_start)
         return None
+
+
+class VoiceTrack:
+    """Voice activity over one stream: windows scored by Silero as audio comes, judged one at a time.
+
+    Scoring runs ahead of judging: the session judges windows only up to where it must decode next, so
+    what it decodes depends on the audio alone, not on how much arrived at once."""
+
+    def __init__(self, config: VadConfig, rate: int = 16_000) -> None:
+        self.config = config
+        self.silero = SileroStream()
+        self.detector = SpeechDetector(config, rate)
+        self.scored: deque[tuple[int, float]] = deque()  # (window start, probability) not judged yet
+        self.judged: deque[tuple[int, float]] = deque()  # judged windows whose audio is still kept
+        self.fed = 0  # samples handed to Silero
+        self.pos = 0  # samples judged: audio up to here is speech or not
+
+    def score(self, audio: np.ndarray) -> None:
+        """Score the whole windows of `audio`, the stream's samples from `fed` on."""
+        whole = audio.size // WINDOW * WINDOW
+        if whole:
+            scores = self.silero.feed(audio[:whole])
+            self.scored.extend((self.fed + i * WINDOW, float(p)) for i, p in enumerate(scores))
+            self.fed += whole
+
+    def judge_next(self) -> VoiceEvent | None:
+        """Judge the next scored window (there must be one)."""
+        start, probability = self.scored.popleft()
+        self.judged.append((start, probability))
+        self.pos = start + WINDOW
+        return self.detector.window(probability, start)
+
+    def forget_before(self, sample: int) -> None:
+        while self.judged and self.judged[0][0] + WINDOW <= sample:
+            self.judged.popleft()
+
+    def state(self) -> dict[str, Any]:
+        d = self.detector
+        return {
+            "silero": self.silero.state(),
+            "in_speech": d.in_speech,
+            "speech_start": d.speech_start,
+            "silence_start": d.silence_start,
+            "scored": list(self.scored),
+            "judged": list(self.judged),
+            "fed": self.fed,
+            "pos": self.pos,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.silero.load_state(state["silero"])
+        d = self.detector
+        d.in_speech, d.speech_start, d.silence_start = state["in_speech"], state["speech_start"], state["silence_start"]
+        self.scored = deque((int(a), float(p)) for a, p in state["scored"])
+        self.judged = deque((int(a), float(p)) for a, p in state["judged"])
+        self.fed, self.pos = int(state["fed"]), int(state["pos"])
