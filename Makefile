@@ -14,11 +14,12 @@ SOAK_CLIENTS ?= 2
 # The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test docs test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
+.PHONY: run test test-fast docs test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
 	@echo "make test   - install, generate stubs, run the test suite (all but the three targets below), docs site included"
+	@echo "make test-fast - the pure and unit tests only (no fleet, no model load), under a minute: run it while you edit"
 	@echo "make docs   - build the documentation site (docs/, mkdocs.yml) strict into site/; .venv/bin/mkdocs serve to preview"
 	@echo "make test-torch - install the torch extra (TORCH_PIN=$(TORCH_PIN)) and run the torch engine's tests"
 	@echo "make test-hosts - workers on three simulated hosts found through DNS (root: network namespaces)"
@@ -87,6 +88,12 @@ deps:
 # Everything, the strict build of the docs site included (tests/test_docs.py).
 test: api $(GEN) deps
 	$(BIN)/python -m pytest
+
+# The modules marked `fast` (pure and unit tests; tests/conftest.py refuses a fast test that starts processes),
+# each test held to FAST_TEST_TIMEOUT_S. `make test` runs them too.
+FAST_TEST_TIMEOUT_S ?= 20
+test-fast: $(GEN)
+	$(BIN)/python -m pytest -m fast --timeout=$(FAST_TEST_TIMEOUT_S) -q
 
 # The documentation site, strict: a broken link or anchor, or a page missing from mkdocs.yml's nav, fails.
 # site/ is git-ignored. NO_MKDOCS_2_WARNING quiets Material's banner about its successor.

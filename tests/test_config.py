@@ -8,6 +8,8 @@ import pytest
 
 from services.common.config import ConfigError, Settings
 
+pytestmark = pytest.mark.fast
+
 
 def test_defaults_are_one_default_worker_on_the_embedded_model(tmp_path: Path) -> None:
     s = Settings.from_env({}, env_file=tmp_path / "none.env")

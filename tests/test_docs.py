@@ -15,6 +15,8 @@ from markdown.extensions.toc import slugify
 
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.fast
+
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 README = ROOT / "README.md"
 
