@@ -63,7 +63,12 @@ class ScriptedFakeEngine:
         raise AssertionError("the buffer is not a slice of the stream")
 
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions, on_segment: object = None, priority: Priority = Priority.BULK
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        on_segment: object = None,
+        priority: Priority = Priority.BULK,
+        encode_s: float | None = None,
     ) -> EngineResult:
         self.calls += 1
         self.longest_s = max(self.longest_s, audio.size / SAMPLE_RATE)

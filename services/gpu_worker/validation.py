@@ -111,6 +111,8 @@ def session_config_from(config: pb.StreamingConfig, settings: Settings) -> Sessi
     )
     return SessionConfig(
         interim_interval_s=settings.stream_interim_interval_s,
+        context_s=settings.stream_context_s,
+        encoder_min_s=settings.stream_encoder_min_seconds,
         interims=config.interim_results,
         vad=vad,
     )

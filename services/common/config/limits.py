@@ -61,6 +61,21 @@ class LimitFields(BaseModel):
         30, ge=0.1, description="A stream with no audio for this long gets DEADLINE_EXCEEDED."
     )
     stream_interim_interval_s: float = Field(1.0, ge=0.1, description="Speech between two interim decodes of a stream.")
+    stream_context_s: float = Field(
+        3.0,
+        ge=0,
+        le=20,
+        description="Final audio a stream's decode keeps before the words not yet final, as context (0 to 20 s); "
+        "the text before it goes in as prompt. Each decode then costs about the open utterance's length.",
+    )
+    stream_encoder_min_seconds: float = Field(
+        10,
+        ge=1,
+        le=30,
+        description="Shortest encoder input of a stream's decode, in seconds (as ENCODER_MIN_SECONDS, for live "
+        "streams): a decode is encoded at its audio's length plus 5 s of silence, rounded up to this or to 15, 20, 25 "
+        "or 30 s. `30` encodes every stream decode at 30 s.",
+    )
     stream_speech_end_timeout_s: float = Field(
         0.5,
         ge=0.1,

@@ -71,6 +71,7 @@ class Decoder(Protocol):
         options: DecodeOptions,
         on_segment: Callable[[Segment], None] | None = None,
         priority: Priority = Priority.BULK,
+        encode_s: float | None = None,
     ) -> EngineResult: ...
 
 
@@ -88,7 +89,9 @@ class Transcriber:
         options: DecodeOptions,
         on_segment: Callable[[Segment], None] | None = None,
         priority: Priority = Priority.BULK,
+        encode_s: float | None = None,
     ) -> EngineResult:
+        """`encode_s`: a single window's encoder input (`WindowJob.encode_s`); None lets the engine choose."""
         if options.single_window:
             windows = [Window(0, min(audio.size, int(WINDOW_SECONDS * SAMPLE_RATE)))] if audio.size else []
         else:
@@ -97,7 +100,13 @@ class Transcriber:
         first = options.temperatures[0] if options.temperatures and not options.single_window else 0.0
 
         def submit(window: Window) -> WindowFuture:
-            job = WindowJob(audio[window.start : window.end], options, first, flexible_prompt=options.single_window)
+            job = WindowJob(
+                audio[window.start : window.end],
+                options,
+                first,
+                flexible_prompt=options.single_window,
+                encode_s=encode_s,
+            )
             return self.scheduler.submit(job, priority, call)
 
         futures = [submit(w) for w in windows]

@@ -29,6 +29,7 @@ from services.common.audio import SAMPLE_RATE
 from services.gpu_worker.batching.scheduler import Priority
 from services.gpu_worker.batching.transcriber import Decoder
 from services.gpu_worker.engines.base import DecodeOptions, EngineResult, Word
+from services.gpu_worker.engines.encoder_length import EncoderLengths
 from services.gpu_worker.streaming.agreement import agreed_prefix, ends_sentence
 from services.gpu_worker.streaming.audio_buffer import AudioBuffer
 from services.gpu_worker.streaming.decoded import RECENT, DecodeContext, InterimRequest, new_words
@@ -65,6 +66,9 @@ class SessionConfig:
     prompt_chars: int = 200
     min_decode_s: float = 0.3
     interims: bool = True  # False: the client asked for no interim results
+    # Shortest encoder input of a stream's decode (STREAM_ENCODER_MIN_SECONDS): a decode of L seconds is
+    # encoded as L plus the engine's margin of silence, rounded up to a bucket (engines/encoder_length.py).
+    encoder_min_s: float = 10.0
     vad: VadConfig = field(default_factory=VadConfig)
 
 
@@ -237,7 +241,8 @@ class StreamingSession:
 
     def decode_interim(self, request: InterimRequest) -> EngineResult:
         """Run an interim's decode (blocking; touches no session state)."""
-        return self._engine.transcribe(request.audio, request.options, priority=Priority.INTERIM)
+        encode_s = self._encode_s(request.audio.size)
+        return self._engine.transcribe(request.audio, request.options, priority=Priority.INTERIM, encode_s=encode_s)
 
     def interim_update(self, request: InterimRequest, result: EngineResult) -> StreamUpdate | None:
         """The interim to show for `request`'s decode, or None when finals have overtaken it."""
@@ -361,6 +366,9 @@ class StreamingSession:
         prompt = (self._base_prompt + " " + gone).strip()[-self.config.prompt_chars :].lstrip()
         return prompt or None
 
+    def _encode_s(self, samples: int) -> float:
+        return EncoderLengths(self.config.encoder_min_s).seconds(samples / SAMPLE_RATE)
+
     def _context(self) -> DecodeContext:
         return DecodeContext(
             tuple(self._committed[-RECENT:]),
@@ -387,7 +395,7 @@ class StreamingSession:
         audio = self._buffer.view(begin, until)
         options = replace(self._options, initial_prompt=self._prompt(begin))
         started = time.perf_counter()
-        result = self._engine.transcribe(audio, options, priority=Priority.FINAL)
+        result = self._engine.transcribe(audio, options, priority=Priority.FINAL, encode_s=self._encode_s(audio.size))
         self.decode_seconds += time.perf_counter() - started
         self.last_timing = dict(result.extra)
         self.decodes += 1
