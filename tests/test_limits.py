@@ -265,7 +265,8 @@ def test_stream_limits_per_client_and_in_total(limited: Process) -> None:
     pcm, rate, _ = read_wav("speech_short.wav")
     stub = transcription_pb2_grpc.TranscriptionServiceStub(channels[TOKEN_A])
     responses = list(stub.StreamingTranscribe(stream_requests(pcm, rate, pace=0), timeout=120))
-    assert "fox" in words_of(" ".join(r.results[0].alternatives[0].transcript for r in responses if r.results))
+    # Streamed: tiny.en hears this synthetic "fox" only at a 30 s encode (tests/test_streaming.py, EXPECTED).
+    assert "dog" in words_of(" ".join(r.results[0].alternatives[0].transcript for r in responses if r.results))
     for channel in channels.values():
         channel.close()
 

@@ -106,7 +106,7 @@ def test_mtls_accepts_a_client_certificate_signed_by_the_ca(mtls_gateway: Proces
         pcm, rate, _ = read_wav("speech_short.wav")
         responses = list(stub.StreamingTranscribe(stream_requests(pcm, rate, pace=0), timeout=120))
     text = " ".join(r.results[0].alternatives[0].transcript for r in responses if r.results and r.results[0].is_final)
-    assert {"quick", "fox"} <= set(words_of(text))
+    assert {"quick", "dog"} <= set(words_of(text))  # streamed: "fox" only at a 30 s encode (test_streaming.EXPECTED)
 
 
 @pytest.mark.parametrize("client", ["no certificate", "certificate from another CA", "plaintext"])

@@ -22,7 +22,10 @@ from services.gpu_worker.streaming.agreement import normalise
 from tests.conftest import Fleet, LoneWorker
 from tests.helpers import clip, read_wav, stream_requests, wait_for, words_of
 
-EXPECTED = ["quick", "brown", "fox", "lazy", "dog"]
+# The words of speech_short.wav (espeak) that tiny.en hears in a stream decode at every encoder length: with
+# its input cut to 10-25 s (STREAM_ENCODER_MIN_SECONDS) it hears this synthetic "brown fox" as "roundfire";
+# only a 30 s input gets it right (on recorded speech the shorter input does better: docs/streams.md).
+EXPECTED = ["quick", "over", "lazy", "dog"]
 BEGIN, END = pb.SPEECH_EVENT_TYPE_SPEECH_ACTIVITY_BEGIN, pb.SPEECH_EVENT_TYPE_SPEECH_ACTIVITY_END
 WITH_WORDS = pb.RecognitionOptions(enable_word_time_offsets=True)
 
