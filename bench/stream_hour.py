@@ -62,13 +62,13 @@ def run(minutes: float, speech: np.ndarray, silence_s: float, stretch_min: float
         started = time.perf_counter()
         decodes, decode_s, words = session.decodes, session.decode_seconds, session.committed_count
         session.add_audio(chunk)
-        while True:
+        while True:  # as the worker does: every deciding decode where it falls due, then an interim
             session.detect()
-            if not session.closing:
+            if session.pending_decode() is None:
                 break
             session.process()
-        if session.decode_due():
-            session.process()
+        if session.interim_due() and (request := session.prepare_interim()) is not None:
+            session.interim_update(request, session.decode_interim(request))
         current = stretches[-1]
         current.chunks += 1
         current.chunk_s += time.perf_counter() - started
