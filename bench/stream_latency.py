@@ -7,11 +7,14 @@ speech (as a live client captured it) to the final's arrival at the client:
 
 - *audio in*: the last speech reaches the worker (100 ms chunks, gateway, worker's reader);
 - *endpoint*: the silence that ends the utterance is heard (the end-of-speech timeout, 0.5 s by default);
-- *stream busy*: the stream's audio waited while its worker was still busy with this stream's earlier decode;
-- *queue*, *batch formation*, *encode*, *decode*, *alignment*: the final's own decode, when it needed one
-  (a final that reuses the pause decode, made while the silence was being heard, needs none);
+- *stream busy*: the stream's audio waited while its worker was still busy with this stream's earlier decode
+  (for a final that reuses the pause decode, made while the silence was being heard: that decode running on);
+- *queue*, *batch formation*, *encode*, *decode*, *alignment*: the final's own decode, when it needed one;
 - *worker other*: the rest of the worker's time (session bookkeeping, the response);
 - *gateway out*: from the worker's send to the client's receipt.
+
+A second table splits the deciding decode each final came from (its own, or the pause decode it reused)
+into the same parts: what the *stream busy* time was spent on.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ from pathlib import Path
 
 from bench.stream_metrics import Received, Utterance, markdown_table, nearest, percentile
 
+DECODE_PARTS = (
+    ("queue_s", "queue (other work first)"),
+    ("form_s", "batch formation"),
+    ("encode_s", "encode"),
+    ("decode_s", "decode"),
+    ("align_s", "alignment"),
+)
 PARTS = (
     ("audio_in", "audio in (chunks, gateway)"),
     ("endpoint", "endpoint (silence heard)"),
@@ -41,6 +51,7 @@ class Breakdown:
     """Per-part seconds of every matched final, and what could not be matched."""
 
     parts: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k, _ in PARTS})
+    decodes: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k, _ in DECODE_PARTS})
     totals: list[float] = field(default_factory=list)
     reused: int = 0
     unmatched: int = 0
@@ -48,6 +59,8 @@ class Breakdown:
     def add(self, other: Breakdown) -> None:
         for k, values in other.parts.items():
             self.parts[k] += values
+        for k, values in other.decodes.items():
+            self.decodes[k] += values
         self.totals += other.totals
         self.reused += other.reused
         self.unmatched += other.unmatched
@@ -105,6 +118,8 @@ def breakdown(utts: list[Utterance], results: list[Received], t0: float, lines: 
         }
         for k, v in values.items():
             out.parts[k].append(v)
+        for k, _ in DECODE_PARTS:
+            out.decodes[k].append(at(k))
         out.totals.append(arrived - spoken)
         out.reused += reused
     return out
@@ -122,6 +137,11 @@ def breakdown_table(b: Breakdown) -> str:
     table = markdown_table(["part", "mean s", "p95 s", "share of mean"], rows)
     note = (
         f"\n\n{len(b.totals)} finals matched ({b.unmatched} not), {b.reused} of them reused the pause decode "
-        "(no decode of their own after the silence)."
+        "(no decode of their own after the silence). The deciding decode each final came from:\n\n"
     )
-    return table + note
+    rows = []
+    for key, name in DECODE_PARTS:
+        values = b.decodes[key]
+        mean = sum(values) / len(values) if values else float("nan")
+        rows.append([name, f"{mean:.3f}", f"{percentile(values, 95):.3f}"])
+    return table + note + markdown_table(["part of that decode", "mean s", "p95 s"], rows)

@@ -14,7 +14,7 @@ from concurrent.futures import CancelledError
 import numpy as np
 import pytest
 
-from services.gpu_worker.batching.scheduler import BatchScheduler, CallToken, Priority
+from services.gpu_worker.batching.scheduler import BatchScheduler, BatchStats, CallToken, Priority
 from services.gpu_worker.engines.base import DecodeOptions, EngineInfo, Segment, WindowJob, WindowResult
 
 pytestmark = pytest.mark.fast
@@ -236,3 +236,12 @@ def test_short_bulk_windows_of_several_calls_are_packed_into_one(engine: Scripte
     assert engine.batches[1:] == [["short", "other options"]] and scheduler.stats.packed_windows == 3
     assert [len(r.segments) for r in results] == [1, 0, 0, 1]
     scheduler.close()
+
+
+def test_busy_fraction_counts_the_recent_decoding_time_only() -> None:
+    stats = BatchStats()
+    stats.busy.extend([(90.0, 95.0), (97.0, 98.5), (99.0, 99.5)])
+    # The last 3 s (97 to 100): 1.5 s and 0.5 s of decoding; the batch that ended at 95 is too old.
+    assert stats.busy_fraction(3.0, now=100.0) == pytest.approx(2.0 / 3.0)
+    assert stats.busy_fraction(10.0, now=100.0) == pytest.approx(7.0 / 10.0)
+    assert BatchStats().busy_fraction(3.0, now=100.0) == 0.0

@@ -33,6 +33,8 @@ log = structlog.get_logger()
 
 #: Threads for live streams' decodes: they wait on the scheduler like calls do, but never for a call's slot.
 _STREAM_THREADS = 64
+#: Share of the last seconds the decode thread may have been busy for a live stream to start an interim.
+INTERIM_BUSY_LIMIT = 0.5
 
 
 class WorkerRuntime:
@@ -95,10 +97,14 @@ class WorkerRuntime:
                 scheduler.stream_closed()
 
     def interims_welcome(self) -> bool:
-        """No live-stream decode waits in the scheduler: an interim now delays no final by more than itself."""
+        """Whether a live stream may start an interim decode now: no live-stream decode waits in the
+        scheduler, and the decode thread was busy less than `INTERIM_BUSY_LIMIT` of the last seconds. A
+        final can still find one interim running, and the busier the worker, the likelier: interims back
+        off first."""
         if self.transcriber is None:
             return False
-        return self.transcriber.scheduler.queued(Priority.INTERIM) == 0
+        scheduler = self.transcriber.scheduler
+        return scheduler.queued(Priority.INTERIM) == 0 and scheduler.stats.busy_fraction() < INTERIM_BUSY_LIMIT
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn` on an inference thread once a slot is free.

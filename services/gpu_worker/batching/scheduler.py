@@ -109,6 +109,15 @@ class BatchStats:
     final_wait_s: float = 0.0
     # Recent (time, windows) pairs for a windows-per-second rate.
     recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
+    # Recent (start, end) of batches, for how busy the decode thread has been lately.
+    busy: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=256))
+
+    def busy_fraction(self, horizon_s: float = 3.0, now: float | None = None) -> float:
+        """The share of the last `horizon_s` the decode thread spent decoding."""
+        now = time.monotonic() if now is None else now
+        since = now - horizon_s
+        batches = tuple(self.busy)  # one copy under the GIL: the decode thread appends meanwhile
+        return sum(max(0.0, end - max(start, since)) for start, end in batches if end > since) / horizon_s
 
     def windows_per_second(self, horizon_s: float = 30.0) -> float:
         now = time.monotonic()
@@ -300,6 +309,7 @@ class BatchScheduler:
                 stats.final_windows += 1
                 stats.final_wait_s += started - q.enqueued
         stats.recent.append((finished, len(jobs)))
+        stats.busy.append((started, finished))
         if len({q.call.id if q.call else -q.seq for q in members}) > 1:
             stats.mixed_batches += 1
         for group, p, result in zip(groups, packs, results, strict=True):

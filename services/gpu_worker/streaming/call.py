@@ -181,6 +181,8 @@ class StreamCall:
             kind = session.pending_decode()
             if kind is None:
                 return
+            # The stream's interim, if still queued, would only delay this decode and be stale after it.
+            self._drop_interim()
             yield self._decoding(session.judged_seconds)
             # After the point went out: a worker that dies now left the gateway knowing where.
             log.info("stream_decoding", kind=kind, until_s=round(session.judged_seconds, 3))
@@ -205,6 +207,10 @@ class StreamCall:
             return
         self._interim_request = request
         self._interim = asyncio.ensure_future(self._rt.run_for_stream(session.decode_interim, request))
+
+    def _drop_interim(self) -> None:
+        if self._interim is not None and not self._interim.done():
+            self._interim.cancel()  # a window still queued leaves the scheduler; one running finishes unseen
 
     def _interim_results(self) -> list[pb.StreamingTranscribeResponse]:
         task, request = self._interim, self._interim_request

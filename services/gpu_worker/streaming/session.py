@@ -228,7 +228,11 @@ class StreamingSession:
         if self._buffer.view(end=until).size < _samples(self.config.min_decode_s):
             return None
         self._shown_to = until
-        begin = self._buffer.start
+        # Only the utterance's words not yet final, without the context: an interim is for the eyes, and
+        # the shorter input costs less where it could delay a final (the text before goes in as prompt).
+        begin = max(self._buffer.start, self._floor, self._detector.speech_start - _samples(self.config.vad.pre_roll_s))
+        if self._committed and self._committed[-1].end * SAMPLE_RATE > begin:
+            begin = min(round(self._committed[-1].end * SAMPLE_RATE), until - _samples(self.config.min_decode_s))
         return InterimRequest(
             self._buffer.view(begin, until).copy(),
             replace(self._options, initial_prompt=self._prompt(begin)),
