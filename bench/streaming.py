@@ -311,7 +311,7 @@ def fleet_sections(
                 "words. *RTF per worker*: decode time / audio time of the streams it served. *end lag*: from the "
                 f"end of a stream's audio to the end of the call; K *keeps up* when every lag is under "
                 f"{KEEPS_UP_LAG_S:g} s and no call failed. *against committed p95*: the regression check of "
-                "K = 1 and 4 against bench/results/streaming_baseline.json (bench/stream_targets.py).\n",
+                "K = 1 and 4 against bench/streaming_baseline.json (bench/stream_targets.py).\n",
                 load.text,
             ]
         if "accuracy" not in skip:
