@@ -64,6 +64,24 @@ async def _unless_disconnected(request: Request, call: asyncio.Future[pb.Transcr
         call.cancel()  # a no-op once it finished; also when this handler itself is cancelled (shutdown)
 
 
+def model_entry(m: pb.ModelInfo) -> dict[str, object]:
+    """One model as OpenAI lists it (id, object, created, owned_by), with what scribe knows besides."""
+    return {
+        "id": m.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "scribe",
+        "default": m.is_default,
+        "description": m.description,
+        "multilingual": m.multilingual,
+        "translation": m.multilingual,
+        "languages": list(m.language_codes),
+        "workers": m.workers,
+        "serving_workers": m.serving_workers,
+        "loaded_workers": m.loaded_workers,
+    }
+
+
 def create_app(settings: Settings, security: ClientSecurity, status_token: str | None) -> FastAPI:
     """`security`: how to reach the gateway (TLS); `status_token`: the token the status page polls with."""
     gateway = Gateway(settings.gateway_address, security)
@@ -96,6 +114,7 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
     async def transcribe(
         request: Request,
         task: str,
+        model: str,
         file: UploadFile,
         language: str | None,
         prompt: str | None,
@@ -137,6 +156,7 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             task=task,
             word_timestamps="word" in granularities,
             initial_prompt=prompt or None,
+            model=model or None,  # the gateway takes whisper-1 and empty for its default model
         )
         call = asyncio.ensure_future(
             gateway.transcribe(
@@ -156,7 +176,7 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             TEXT_WRITERS[response_format](response), media_type=MEDIA_TYPES[response_format], headers=headers
         )
 
-    # `model` is accepted (OpenAI's SDKs require it) but the fleet has one model: GET /v1/models names it.
+    # `model` names one of the fleet's models (GET /v1/models); `whisper-1`, OpenAI's name, means the default.
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(
         request: Request,
@@ -169,7 +189,15 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
     ) -> Response:
         return await transcribe(
-            request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities or []
+            request,
+            "transcribe",
+            model,
+            file,
+            language,
+            prompt,
+            response_format,
+            temperature,
+            timestamp_granularities or [],
         )
 
     @app.post("/v1/audio/translations")
@@ -181,16 +209,25 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         response_format: Annotated[str, Form()] = "json",
         temperature: Annotated[float, Form()] = 0.0,
     ) -> Response:
-        return await transcribe(request, "translate", file, None, prompt, response_format, temperature, [])
+        return await transcribe(request, "translate", model, file, None, prompt, response_format, temperature, [])
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
+    async def listed(request: Request) -> list[dict[str, object]]:
         try:
             config: pb.GetConfigResponse = await gateway.get_config(_token(request))
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
-        model = {"id": config.model, "object": "model", "created": 0, "owned_by": "scribe"}
-        return JSONResponse({"object": "list", "data": [model]})
+        return [model_entry(m) for m in config.models]
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": await listed(request)})
+
+    @app.get("/v1/models/{model_id}")
+    async def one_model(request: Request, model_id: str) -> JSONResponse:
+        for entry in await listed(request):
+            if entry["id"] == model_id:
+                return JSONResponse(entry)
+        raise HttpError(404, f"model {model_id!r} is not served here: GET /v1/models lists them", "model_not_found")
 
     if board is not None:
 

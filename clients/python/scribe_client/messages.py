@@ -31,6 +31,8 @@ class TranscribeOptions:
     vad_filter: bool = False
     #: Text that conditions the decoder: names, jargon, spelling.
     initial_prompt: str | None = None
+    #: Model to decode with (e.g. "tiny.en", "base"); None is the fleet's default.
+    model: str | None = None
 
     def to_pb(self) -> pb.RecognitionOptions:
         if self.task not in _TASKS:
@@ -42,6 +44,7 @@ class TranscribeOptions:
             enable_word_time_offsets=self.word_timestamps,
             vad_filter=self.vad_filter,
             initial_prompt=self.initial_prompt or "",
+            model=self.model or "",
         )
 
 

@@ -101,6 +101,8 @@ def security_from_args(args: argparse.Namespace) -> ClientSecurity:
 def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
     return TranscribeOptions(
         language=args.language,
+        task="translate" if args.translate else "transcribe",
+        model=args.model,
         beam_size=args.beam_size,
         # JSON is the format with words; the others have no place for them.
         word_timestamps=args.words or args.format == "json",
@@ -241,6 +243,7 @@ def status_rows(workers: list[fleet_pb2.Worker], now_s: float | None = None) -> 
     rows = [
         [
             "WORKER",
+            "MODEL",
             "SUPERVISOR",
             "ROUTING",
             "HEALTH AGE",
@@ -275,6 +278,7 @@ def status_rows(workers: list[fleet_pb2.Worker], now_s: float | None = None) -> 
         rows.append(
             [
                 w.name,
+                model_cell(w),
                 fleet_pb2.SupervisorState.Name(w.supervisor_state).removeprefix("SUPERVISOR_STATE_"),
                 routing,
                 health_age(w, now_s),
@@ -293,6 +297,30 @@ def status_rows(workers: list[fleet_pb2.Worker], now_s: float | None = None) -> 
             ]
         )
     return rows
+
+
+def model_cell(w: fleet_pb2.Worker) -> str:
+    """The worker's model, and "(unloaded)" while it has given its memory back (WORKER_IDLE_UNLOAD_S)."""
+    name = w.model or "-"
+    if w.HasField("health") and not w.health_stale:
+        if w.health.model_state == worker_pb2.MODEL_STATE_UNLOADED:
+            return f"{name} (unloaded)"
+        if w.health.model_state == worker_pb2.MODEL_STATE_LOADING:
+            return f"{name} (loading)"
+    return name
+
+
+def models_line(models: list[fleet_pb2.FleetModel]) -> str:
+    """One line for the models: "models tiny.en (default) 2/2 serving, base 1/1 serving, 0 loaded"."""
+    parts = []
+    for m in models:
+        unloaded = m.serving_workers - m.loaded_workers
+        extra = f", {unloaded} unloaded" if unloaded else ""
+        queued = f", {m.queued_requests} queued" if m.queued_requests else ""
+        parts.append(
+            f"{m.name}{' (default)' if m.is_default else ''} {m.serving_workers}/{m.workers} serving{extra}{queued}"
+        )
+    return "models " + "; ".join(parts)
 
 
 def batch_histogram(by_size: list[int]) -> str:
@@ -315,6 +343,8 @@ def stats_line(stats: fleet_pb2.FleetStats) -> str:
 
 def print_status(listed: fleet_pb2.ListWorkersResponse) -> None:
     print(format_table(status_rows(list(listed.workers))))
+    if listed.models:
+        print(models_line(list(listed.models)))
     print(stats_line(listed.stats))
 
 
@@ -349,7 +379,11 @@ def add_transcribe_parser(
     tr.add_argument("--address", help=f"gateway address (default {ENV_ADDRESS})")
     tr.add_argument("--stream", action="store_true", help=stream_help)
     tr.add_argument("--speed", type=float, default=1.0, help="with --stream: times real time (0 = no pacing)")
-    tr.add_argument("--language", help="language code (default: detect)")
+    tr.add_argument(
+        "--language", help="language code, or several separated by commas to detect among (default: detect)"
+    )
+    tr.add_argument("--model", help="model to decode with, e.g. tiny.en or base (default: the fleet's default)")
+    tr.add_argument("--translate", action="store_true", help="translate into English (multilingual models)")
     tr.add_argument("--beam-size", type=int, default=0)
     tr.add_argument("--words", action="store_true", help="ask for word time offsets")
     tr.add_argument("--vad", action="store_true", help="skip non-speech with the VAD filter")
