@@ -39,6 +39,7 @@ STATUS_HTML = Path(__file__).resolve().parent / "static" / "status.html"
 #: Deadline of one Transcribe through HTTP: as long as the longest audio the gateway accepts may take.
 TRANSCRIBE_TIMEOUT_S = 3600.0
 DISCONNECT_CHECK_S = 0.25
+WORKER_HEADER = "x-scribe-worker"
 
 
 def _request_id(request: Request) -> str:
@@ -167,7 +168,8 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             response = await _unless_disconnected(request, call)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
-        headers = {REQUEST_ID_HEADER: response.request_id}
+        # Which worker (and so which model's group) served the call, as gRPC's worker_id says.
+        headers = {REQUEST_ID_HEADER: response.request_id, WORKER_HEADER: response.worker_id}
         if response_format == "json":
             return JSONResponse(json_body(response), headers=headers)
         if response_format == "verbose_json":

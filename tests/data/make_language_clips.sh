@@ -13,14 +13,14 @@ say() {  # say VOICE OUT.wav "text": 16 kHz mono speech
 
 say de "$tmp/de.wav" "Guten Morgen. Heute ist das Wetter sehr schön, und wir gehen am Nachmittag in den Park."
 say es "$tmp/es.wav" "Buenos días. Hoy hace muy buen tiempo, y por la tarde vamos a caminar por el parque."
-say fr "$tmp/fr.wav" "Bonjour à tous. Aujourd'hui il fait très beau, et cet après-midi nous allons au parc."
+say it "$tmp/it.wav" "Buongiorno a tutti. Oggi il tempo è molto bello, e nel pomeriggio andiamo a fare una passeggiata nel parco."
 say en-us "$tmp/en.wav" "Please remember to bring a warm coat tomorrow, because it will be cold at night."
 sox -n -r 16000 -c 1 -b 16 "$tmp/gap.wav" trim 0 4
 
 # Ogg at a low quality keeps each clip small.
 sox "$tmp/de.wav" -C 0 german.ogg
 sox "$tmp/es.wav" -C 0 spanish.ogg
-sox "$tmp/fr.wav" -C 0 french.ogg
+sox "$tmp/it.wav" -C 0 italian.ogg
 # German, 4 s of silence (a window of its own on each side: chunking.MAX_GAP_S is 3 s), then English.
 sox "$tmp/de.wav" "$tmp/gap.wav" "$tmp/en.wav" -C 0 german_then_english.ogg
-ls -l german.ogg spanish.ogg french.ogg german_then_english.ogg
+ls -l german.ogg spanish.ogg italian.ogg german_then_english.ogg
