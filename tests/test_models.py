@@ -201,7 +201,7 @@ def test_language_detection_per_recording_and_per_window(models_fleet: Fleet) ->
         assert {s.language_code for s in response.segments} == {language}
     mixed = transcribe(models_fleet, "german_then_english.ogg", model="base")
     by_language = [(s.language_code, s.text) for s in mixed.segments]
-    assert [code for code, _ in by_language][0] == "de" and by_language[-1][0] == "en", by_language
+    assert by_language[0][0] == "de" and by_language[-1][0] == "en", by_language
     assert "coat" in words_of(by_language[-1][1])
     # Restricted to two languages, the Spanish clip can only be one of them.
     restricted = transcribe(models_fleet, "spanish.ogg", model="base", language_code="fr,de")
