@@ -243,10 +243,10 @@ def status_rows(workers: list[fleet_pb2.Worker], now_s: float | None = None) -> 
     rows = [
         [
             "WORKER",
-            "MODEL",
             "SUPERVISOR",
             "ROUTING",
             "HEALTH AGE",
+            "MODEL",
             "DEVICE",
             "ENGINE",
             "VRAM MiB used/total",
@@ -278,10 +278,10 @@ def status_rows(workers: list[fleet_pb2.Worker], now_s: float | None = None) -> 
         rows.append(
             [
                 w.name,
-                model_cell(w),
                 fleet_pb2.SupervisorState.Name(w.supervisor_state).removeprefix("SUPERVISOR_STATE_"),
                 routing,
                 health_age(w, now_s),
+                model_cell(w),
                 device,
                 h.engine.split(" (")[0] if known and h.engine else "-",
                 vram,
