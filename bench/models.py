@@ -130,6 +130,14 @@ def in_process_unload(model: str) -> tuple[float, float]:
     return int(loaded) / MIB, int(after) / MIB
 
 
+def anon_mib(pid: int) -> float:
+    """The process's private memory (RssAnon): what it gives back, shared libraries left out."""
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("RssAnon:"):
+            return int(row.split()[1]) / 1024
+    return float("nan")
+
+
 def wait_unloaded(bench: Bench, model: str, timeout: float = 60) -> worker_pb2.WorkerHealth:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -155,9 +163,11 @@ def model_section(clips: list[Clip], threads: int, quick: bool) -> tuple[str, di
                 hyps.append(response.transcript)
                 took += seconds
             rtfx = sum(c.seconds for c in clips) / took
-            loaded = bench.health(model).process_rss_bytes / MIB
+            health = bench.health(model)
+            loaded, anon_loaded = health.process_rss_bytes / MIB, anon_mib(health.pid)
             _, warm = bench.transcribe(short.data, model, language_code="en")
-            unloaded = wait_unloaded(bench, model).process_rss_bytes / MIB
+            idle = wait_unloaded(bench, model)
+            unloaded, anon_unloaded = idle.process_rss_bytes / MIB, anon_mib(idle.pid)
             _, first = bench.transcribe(short.data, model, language_code="en")
             reload_s = bench.health(model).model_load_time.ToNanoseconds() / 1e9
             bench.channel.close()
@@ -180,6 +190,7 @@ def model_section(clips: list[Clip], threads: int, quick: bool) -> tuple[str, di
                 model,
                 f"{loaded:.0f}",
                 f"{unloaded:.0f} ({100 * unloaded / loaded:.0f}%)",
+                f"{anon_unloaded:.0f} of {anon_loaded:.0f} ({100 * anon_unloaded / anon_loaded:.0f}%)",
                 f"{in_after:.0f} of {in_loaded:.0f} ({100 * in_after / in_loaded:.0f}%)",
                 f"{reload_s:.2f}",
                 f"{warm:.2f}",
@@ -209,7 +220,9 @@ def model_section(clips: list[Clip], threads: int, quick: bool) -> tuple[str, di
             f"{float(rows[0][2]) / max(0.01, float(rows[1][2])):.1f}x the time of tiny.en for "
             f"{wers['tiny.en'] - wers['base']:+.1f} points of WER in its favour.",
             "### Idle unload (WORKER_IDLE_UNLOAD_S)\n\nRSS of the worker loaded (after the run above), and after it "
-            "gave its model back: the process re-executes itself without the model (same pid). Beside it, freeing "
+            "gave its model back: the process re-executes itself without the model (same pid). RSS counts the shared "
+            "libraries (libpython, gRPC) every worker maps; the private column is what the process alone holds. "
+            "Beside it, freeing "
             "the model inside a running process instead (CTranslate2 unload_model, the engine deleted, gc, "
             "malloc_trim), in a separate process that loaded and decoded the same way. Reload: the load the first "
             "call after the unload waited for; first call: a short clip's wall time then, against the same call "
@@ -219,6 +232,7 @@ def model_section(clips: list[Clip], threads: int, quick: bool) -> tuple[str, di
                     "model",
                     "RSS loaded MiB",
                     "RSS unloaded MiB (of loaded)",
+                    "private (RssAnon) unloaded of loaded MiB",
                     "in-process free: MiB (of loaded)",
                     "reload s",
                     "warm call s",
