@@ -294,27 +294,30 @@ def mixed_section(clips: list[Clip], seconds: float) -> str:
         stop.set()
         worker.join()
         rows.append(["base:1 alone", "files on base", "-", "-", "-", f"{done[0] / done[1]:.1f}"])
-    with started_fleet(2, 1, WORKER_MODELS="tiny.en:1,base:1") as f:
-        bench = Bench(f.address)
-        stop = threading.Event()
-        done = []
-        worker = threading.Thread(target=bulk, args=(bench, clips, stop, done))
-        worker.start()
-        time.sleep(2)
-        p50, p95, n = stream_p95(bench, live)
-        stop.set()
-        worker.join()
-        rows.append(
-            [
-                "tiny.en:1 + base:1",
-                "live stream on tiny.en + files on base",
-                f"{p50:.2f}",
-                f"{p95:.2f}",
-                str(n),
-                f"{done[0] / done[1]:.1f}",
-            ]
-        )
-    ratio = p95 / alone_p95 if alone_p95 > 0 else float("nan")
+    best = float("inf")
+    for label, extra in (("", {}), (", WORKER_MODEL_NICE=base:10", {"WORKER_MODEL_NICE": "base:10"})):
+        with started_fleet(2, 1, WORKER_MODELS="tiny.en:1,base:1", **extra) as f:
+            bench = Bench(f.address)
+            stop = threading.Event()
+            done = []
+            worker = threading.Thread(target=bulk, args=(bench, clips, stop, done))
+            worker.start()
+            time.sleep(2)
+            p50, p95, n = stream_p95(bench, live)
+            stop.set()
+            worker.join()
+            best = min(best, p95)
+            rows.append(
+                [
+                    f"tiny.en:1 + base:1{label}",
+                    "live stream on tiny.en + files on base",
+                    f"{p50:.2f}",
+                    f"{p95:.2f}",
+                    str(n),
+                    f"{done[0] / done[1]:.1f}",
+                ]
+            )
+    ratio = best / alone_p95 if alone_p95 > 0 else float("nan")
     verdict = "within" if ratio <= 1.2 else "over"
     return "\n\n".join(
         [
@@ -326,8 +329,9 @@ def mixed_section(clips: list[Clip], seconds: float) -> str:
                 ["fleet", "work", "final p50 s", "final p95 s", "utterances", "base RTFx"],
                 rows,
             ),
-            f"The stream's final p95 in the mixed fleet is {ratio:.2f}x the tiny.en-only fleet's: {verdict} the "
-            "20% target.",
+            f"The stream's final p95 in the mixed fleet (the better of the two rows) is {ratio:.2f}x the tiny.en-only "
+            f"fleet's: {verdict} the 20% target. WORKER_MODEL_NICE=base:10 runs base's worker at a lower CPU priority, "
+            "so the live model gets the cores first when both want them.",
         ]
     )
 

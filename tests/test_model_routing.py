@@ -32,6 +32,8 @@ def test_worker_models_setting() -> None:
         with pytest.raises(ConfigError, match=why):
             Settings.from_env({"WORKER_MODELS": bad})
     assert Settings.from_env({"WORKER_IDLE_UNLOAD_S": "300"}).worker_idle_unload_s == 300
+    niced = Settings.from_env({"WORKER_MODEL_NICE": "base:10,embedded:0"})
+    assert (niced.model_nice("base"), niced.model_nice("tiny.en"), niced.model_nice("large-v2")) == (10, 0, 0)
 
 
 def test_model_groups_are_copies_of_the_worker_section(tmp_path: Path) -> None:

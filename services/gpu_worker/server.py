@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         worker=f"gpu_worker_{args.process_num:02d}",
     )
     Path(settings.run_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    nice = settings.model_nice(settings.whisper_model)
+    if nice and not args.unloaded:  # an unloaded worker re-executed itself: it is niced already
+        os.nice(nice)  # WORKER_MODEL_NICE: a bulk model leaves the cores to the live one first
     try:
         # A worker host (WORKER_LISTEN) serves each of its workers on TCP, on ports one apart.
         listen = args.listen or settings.worker_tcp(args.process_num) or None

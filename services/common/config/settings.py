@@ -107,6 +107,14 @@ class Settings(SecurityFields, LimitFields, NetworkFields, WorkerFields, BaseSet
         """The names the fleet serves its models under, the default first (`embedded` is served as tiny.en)."""
         return [served_name(name) for name, _ in self.model_counts()]
 
+    def model_nice(self, model: str) -> int:
+        """WORKER_MODEL_NICE for the model served as `model` (0 when it names none)."""
+        for entry in self.worker_model_nice:
+            name, _, value = entry.rpartition(":")
+            if served_name(name) == served_name(model) and value.isdigit():
+                return min(19, int(value))
+        return 0
+
     @property
     def default_model(self) -> str:
         return self.served_models()[0]

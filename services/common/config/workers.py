@@ -50,6 +50,11 @@ class WorkerFields(BaseModel):
         "none. COUNT is 0 to 64 or `auto`. Names: `tiny.en`, `base` (embedded), or any `WHISPER_MODEL` value. "
         "Empty: one model, `WHISPER_MODEL`, on `GPU_SCALE_WORKERS` workers. See docs/models.md.",
     )
+    worker_model_nice: ModelCounts = Field(
+        (),
+        description="CPU priority (Unix nice, 0 to 19) of a model's workers: `MODEL:NICE,...`, e.g. `base:10` so that "
+        "a CPU fleet decoding files on base leaves the cores to tiny.en's live streams first. Empty: all at 0.",
+    )
     worker_idle_unload_s: float = Field(
         0,
         ge=0,
