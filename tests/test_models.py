@@ -161,6 +161,12 @@ def test_http_names_the_model_and_translates_on_the_multilingual_one(models_flee
     ]
     one = json.loads(urllib.request.urlopen(f"http://{models_fleet.http}/v1/models/base", timeout=10).read())
     assert one["id"] == "base" and one["serving_workers"] == 1
+
+    def page_models() -> list[tuple[str, bool, int]]:
+        status = json.loads(urllib.request.urlopen(f"http://{models_fleet.http}/api/status", timeout=10).read())
+        return [(m["name"], m["default"], m["serving"]) for m in status.get("models", [])]
+
+    assert wait_for(lambda: page_models() == [("tiny.en", True, 1), ("base", False, 1)], 10), page_models()
     german = (DATA / "german.ogg").read_bytes()
     status, headers, body = _post(
         models_fleet,
