@@ -295,8 +295,12 @@ def mixed_section(clips: list[Clip], seconds: float) -> str:
         worker.join()
         rows.append(["base:1 alone", "files on base", "-", "-", "-", f"{done[0] / done[1]:.1f}"])
     best = float("inf")
-    for label, extra in (("", {}), (", WORKER_MODEL_NICE=base:10", {"WORKER_MODEL_NICE": "base:10"})):
-        with started_fleet(2, 1, WORKER_MODELS="tiny.en:1,base:1", **extra) as f:
+    runs: tuple[tuple[str, dict[str, str]], ...] = (
+        ("", {}),
+        (", WORKER_MODEL_NICE=base:10", {"WORKER_MODEL_NICE": "base:10"}),
+    )
+    for label, extra in runs:
+        with started_fleet(2, 1, settings=extra, WORKER_MODELS="tiny.en:1,base:1") as f:
             bench = Bench(f.address)
             stop = threading.Event()
             done = []

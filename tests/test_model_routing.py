@@ -34,6 +34,8 @@ def test_worker_models_setting() -> None:
     assert Settings.from_env({"WORKER_IDLE_UNLOAD_S": "300"}).worker_idle_unload_s == 300
     niced = Settings.from_env({"WORKER_MODEL_NICE": "base:10,embedded:0"})
     assert (niced.model_nice("base"), niced.model_nice("tiny.en"), niced.model_nice("large-v2")) == (10, 0, 0)
+    with pytest.raises(ConfigError, match="0 to 19"):
+        Settings.from_env({"WORKER_MODEL_NICE": "base:20"})
 
 
 def test_model_groups_are_copies_of_the_worker_section(tmp_path: Path) -> None:

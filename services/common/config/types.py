@@ -142,6 +142,15 @@ def _model_counts(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _model_nice(values: tuple[str, ...]) -> tuple[str, ...]:
+    """`MODEL:NICE` entries, NICE a Unix nice value from 0 to 19."""
+    for item in values:
+        name, sep, nice = item.rpartition(":")
+        if not sep or not name.strip() or not nice.strip().isdigit() or int(nice) > 19:
+            raise ValueError(f"{item!r}: write MODEL:NICE with NICE from 0 to 19, e.g. base:10")
+    return tuple(item.replace(" ", "") for item in values)
+
+
 def _optional_folder(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else _text(value)
 
@@ -155,6 +164,7 @@ Endpoints = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), A
 Tokens = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_tokens)]
 Folder = Annotated[Path, BeforeValidator(_nonempty), AfterValidator(_resolved)]
 ModelCounts = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_model_counts)]
+ModelNice = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_model_nice)]
 OptionalFolder = Annotated[Path | None, BeforeValidator(_optional_folder), AfterValidator(lambda p: p and _resolved(p))]
 OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none), AfterValidator(_existing_file)]
 Device = Annotated[Literal["auto", "cpu", "cuda"], BeforeValidator(_lower)]

