@@ -21,7 +21,7 @@ import grpc
 import structlog
 
 from services.common.config import Settings
-from services.common.errors import RequestError
+from services.common.errors import RequestError, abort
 from services.common.models.catalogue import lookup, served_name
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc, worker_pb2
@@ -50,6 +50,7 @@ class ModelHolder:
         self.servicer: TranscriptionServicer | None = None
         self.probe: DeviceProbe | None = None  # set when the model is on a GPU
         self.failed: BaseException | None = None
+        self.broken = asyncio.Event()  # a load failed: the worker exits and supervisord starts it afresh
         self._loading: asyncio.Future[None] | None = None
         self._last_active = time.monotonic()
         self._calls = 0
@@ -84,6 +85,7 @@ class ModelHolder:
         except BaseException as exc:
             self.failed = exc
             self.state = worker_pb2.MODEL_STATE_UNLOADED
+            self.broken.set()
             raise
         self.load_seconds = time.perf_counter() - started
         self.state = worker_pb2.MODEL_STATE_LOADED
@@ -152,8 +154,6 @@ class LoadingTranscription(transcription_pb2_grpc.TranscriptionServiceServicer):
         self._holder = holder
 
     async def _refused(self, context: grpc.aio.ServicerContext, err: RequestError) -> None:
-        from services.common.errors import abort
-
         await abort(context, err)
 
     async def Transcribe(self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext) -> Any:

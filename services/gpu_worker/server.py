@@ -123,9 +123,15 @@ async def serve(settings: Settings, process_num: int, listen: str | None, unload
         tasks.append(asyncio.create_task(watch_idle(holder, unload)))
     stopping = asyncio.create_task(stop.wait())
     unloading = asyncio.create_task(unload.wait())
-    await asyncio.wait({stopping, unloading}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (*tasks, stopping, unloading):
+    broken = asyncio.create_task(holder.broken.wait())
+    await asyncio.wait({stopping, unloading, broken}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (*tasks, stopping, unloading, broken):
         task.cancel()
+    if holder.broken.is_set() and not stop.is_set():
+        # Loading the model again for a call failed (the calls got UNAVAILABLE and went elsewhere).
+        log.error("model_load_failed", model=settings.whisper_model, error=str(holder.failed))
+        await server.stop(1)
+        sys.exit(3)
     if not stop.is_set():
         # Idle: nothing in flight (the gateway saw NOT_SERVING for two polls). Close the socket; the
         # caller re-executes the process without the model.
