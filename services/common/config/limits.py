@@ -74,6 +74,14 @@ class LimitFields(BaseModel):
     max_streams_per_client: int = Field(
         16, ge=1, description="Streams one client (token, else certificate, else host) may hold at once."
     )
+    realtime_max_frame_kb: int = Field(
+        1024,
+        ge=16,
+        le=16384,
+        description="Largest WebSocket message `/v1/realtime` takes, in KiB (1024 holds about 16 s of 24 kHz "
+        "PCM in base64). A larger one gets an `error` event and is dropped; one over 4 times this closes the "
+        "socket (1009).",
+    )
     max_decode_ratio: float = Field(
         1000,
         ge=0,
