@@ -61,6 +61,22 @@ async def stream_transcription(
     max_message_bytes: int,
     logprobs: bool,
 ) -> StreamingResponse:
+    if options.language:
+        # The worker checks the language only once the file is decoded, after the 200 went out: check it
+        # first, so an unsupported one is a 400 as without stream=true.
+        try:
+            config = await gateway.get_config(token)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        short = options.language.strip().split("-")[0].split("_")[0].lower()
+        if config.language_codes and short not in config.language_codes:
+            hint = "this model is English-only" if not config.multilingual else "see GET /v1/models"
+            raise HttpError(
+                400,
+                f"language {options.language[:20]!r} is not supported ({hint}); leave it empty to detect the language",
+                "unsupported_language",
+                "language",
+            )
     call = gateway.transcribe_upload(token, request_id)
     writer = asyncio.create_task(_upload(call, file, options.to_pb(), upload_chunk_bytes(max_message_bytes)))
     reports = aiter(call)

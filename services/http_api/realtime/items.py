@@ -128,6 +128,7 @@ class Translator:
         if kind == END and self._vad:
             out += self._stop(self._base_ms + _ms(response.speech_event_offset))
         elif kind == FINALIZED and self._vad:
+            out += self._stop(self._base_ms + _ms(response.speech_event_offset))  # a no-op once stopped
             out += self._complete()
         return out
 
