@@ -168,10 +168,11 @@ def test_server_vad_items_speech_events_deltas_and_completed_in_order() -> None:
     t = Translator(Ids("sess_abc"))
     t.start_stream(base_ms=1000, vad=True, padding_ms=300)
     out = t.feed(event(BEGIN, 0.5))
-    out += t.feed(result("the quick brown", final=False, start=0.5))
-    out += t.feed(result("the quick brown fox.", final=False, start=0.5))
+    out += t.feed(result("the quick brown", final=False, start=0.5))  # nothing agreed yet
+    out += t.feed(result("the quick brown fox.", final=False, start=0.5))  # "the quick brown" agreed
     out += t.feed(result("the quick", final=True, start=0.5))  # agreement commits two words mid-utterance
     out += t.feed(result("brown fox jumps.", final=False, start=1.1))
+    out += t.feed(result("brown fox jumps over", final=False, start=1.1))  # " fox" agreed
     out += t.feed(event(END, 2.5))
     out += t.feed(finalized(result("brown fox jumps over.", final=True, start=1.1)))
     out += t.feed(event(BEGIN, 4.0))
@@ -179,8 +180,7 @@ def test_server_vad_items_speech_events_deltas_and_completed_in_order() -> None:
     out += t.feed(finalized(pb.StreamingTranscribeResponse()))  # an utterance whose end added no words
     assert kinds(out) == [
         "speech_started",
-        "delta",  # "the quick" (the interim's last word is held back)
-        "delta",  # " brown"
+        "delta",  # "the quick brown"
         "delta",  # " fox"
         "speech_stopped",
         "committed",
@@ -191,14 +191,14 @@ def test_server_vad_items_speech_events_deltas_and_completed_in_order() -> None:
         "committed",
         "completed",
     ]
-    first, second = out[0]["item_id"], out[8]["item_id"]
+    first, second = out[0]["item_id"], out[7]["item_id"]
     assert str(first) < str(second)
-    assert out[0]["audio_start_ms"] == 1200 and out[4]["audio_end_ms"] == 3500
+    assert out[0]["audio_start_ms"] == 1200 and out[3]["audio_end_ms"] == 3500
     deltas = "".join(str(e["delta"]) for e in out if e["type"].endswith("delta"))  # type: ignore[attr-defined]
-    completed = out[7]
+    completed = out[6]
     assert completed["transcript"] == "the quick brown fox jumps over." == deltas
-    assert out[5]["previous_item_id"] is None and out[10]["previous_item_id"] == first
-    assert out[11]["transcript"] == "" and out[11]["item_id"] == second
+    assert out[4]["previous_item_id"] is None and out[9]["previous_item_id"] == first
+    assert out[10]["transcript"] == "" and out[10]["item_id"] == second
 
 
 def test_a_revised_interim_pauses_deltas_and_completed_is_authoritative() -> None:
@@ -207,11 +207,12 @@ def test_a_revised_interim_pauses_deltas_and_completed_is_authoritative() -> Non
     t.start_stream(0, vad=True, padding_ms=0)
     out = t.feed(event(BEGIN, 0.0))
     out += t.feed(result("button burg was here", final=False))
+    out += t.feed(result("button burg was here now", final=False))  # "button burg was here" agreed
     out += t.feed(result("Gutenberg was here today", final=False))  # diverges from what was sent
     out += t.feed(event(END, 2.0))
     out += t.feed(finalized(result("Gutenberg was here today.", final=True)))
     deltas = [e for e in out if e["type"].endswith("delta")]  # type: ignore[attr-defined]
-    assert [d["delta"] for d in deltas] == ["button burg was"]
+    assert [d["delta"] for d in deltas] == ["button burg was here"]
     assert out[-1]["transcript"] == "Gutenberg was here today."
     assert [lp["token"] for lp in out[-1]["logprobs"]] == ["Gutenberg", "was", "here", "today."]  # type: ignore[union-attr]
     assert deltas[0]["logprobs"][0]["logprob"] == pytest.approx(-0.6931, abs=1e-3)  # type: ignore[index]
@@ -241,7 +242,7 @@ def test_manual_commit_joins_utterances_and_sends_text_only_after_the_commit() -
     out += t.commit(4000)
     out += t.feed(finalized(result("second one.", final=True, start=2.0)))
     out += t.end()
-    assert kinds(out) == ["committed", "delta", "delta", "completed"]
+    assert kinds(out) == ["committed", "delta", "delta", "completed"]  # finals only, after the commit
     assert out[-1]["transcript"] == "first sentence. second one."
     assert out[-1]["usage"] == {"type": "duration", "seconds": 3.5}
 

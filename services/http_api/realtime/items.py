@@ -5,11 +5,13 @@ SPEECH_ACTIVITY_BEGIN is `input_audio_buffer.speech_started`, SPEECH_ACTIVITY_EN
 then `committed`, and UTTERANCE_FINALIZED (every final result of the utterance sent) is `completed`.
 Without turn detection the client's commit cuts items and the worker's utterances inside one are joined.
 
-Deltas are text that only grows: the concatenation of an item's deltas is always a prefix of what the
-client will have been told. Final words are sent at once; of an interim only the words before its last
-one (Whisper still changes the last word, and ends every interim with a full stop), and only while
-they extend what was sent. When an interim is revised below what was sent, deltas pause until the text
-grows past it again; `completed` always carries the item's final text, which is authoritative.
+Deltas are text that only grows (a delta cannot take back what an earlier one said). Final words are
+sent at once; of an interim only the words on which it agrees with the interim before it, short of
+its last word (Whisper still changes the last word, and ends every interim with a full stop), and only
+while they extend what was sent. Should a later decode still revise a word already sent, deltas pause
+until the text grows past it again, and `completed`, which always carries the item's final text, is
+authoritative. Without turn detection an item's text is sent after its commit, from finals only (the
+stream is then ending, and its finals come quickly), so its deltas always add up to the transcript.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Item:
     end_ms: int | None = None
     finals: list[Word] = field(default_factory=list)
     interim: list[Word] = field(default_factory=list)
+    stable: list[Word] = field(default_factory=list)  # interim words two decodes in a row agreed on
     sent: str = ""  # the deltas so far, concatenated
     committed: bool = False  # input_audio_buffer.committed was sent
     dropped: bool = False  # cleared: nothing more is sent about it
@@ -219,15 +222,21 @@ class Translator:
     def _result_into(self, item: Item, result: pb.StreamingRecognitionResult, words: list[Word]) -> list[Event]:
         if result.is_final:
             item.finals += words
-            item.interim = []
+            item.interim, item.stable = [], []
         else:
+            agreed = 0
+            for before, now in zip(item.interim, words, strict=False):
+                if before.text != now.text:
+                    break
+                agreed += 1
             item.interim = words
+            item.stable = words[: min(agreed, len(words) - 1)]
         if item.dropped or (not self._vad and not item.committed):
             return []  # without VAD an item's text is sent once the client commits it
         return self._grow(item)
 
     def _grow(self, item: Item, final: bool = False) -> list[Event]:
-        words = item.finals if final else item.finals + item.interim[:-1]
+        words = item.finals if final or not self._vad else item.finals + item.stable
         text = text_of(words)
         if len(text) <= len(item.sent) or not text.startswith(item.sent):
             return []
