@@ -64,7 +64,7 @@ class Chromium:
             message = json.loads(self._ws.recv(timeout=60))
             if message.get("id") == call:
                 assert "error" not in message, message
-                return message["result"]  # type: ignore[no-any-return]
+                return message["result"]
 
     def js(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (awaited if it is a promise), run as a user gesture."""

@@ -278,7 +278,7 @@ def test_stream_true_iterates_deltas_then_done_with_the_transcribe_text(serving_
     )
     kinds = [e.type for e in events]
     assert kinds[-1] == "transcript.text.done" and kinds.count("transcript.text.delta") >= 3, kinds
-    deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")  # type: ignore[union-attr]
+    deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")
     done = events[-1].text  # type: ignore[union-attr]
     assert words_of(deltas) == words_of(done)
     assert all(e.logprobs for e in events)  # type: ignore[union-attr]
@@ -324,7 +324,7 @@ def guarded(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 async def _raw(
     address: str, *, origin: str | None = None, token: str | None = None, protocols: list[str] | None = None
-):  # type: ignore[no-untyped-def]
+):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return await websockets.connect(
         f"ws://{address}/v1/realtime?intent=transcription",
@@ -335,7 +335,7 @@ async def _raw(
 
 
 async def _next(ws: Any) -> Event:
-    return json.loads(await asyncio.wait_for(ws.recv(), 10))  # type: ignore[no-any-return]
+    return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
 def test_wrong_token_refused_origin_and_one_session_per_client(guarded: str) -> None:

@@ -35,7 +35,7 @@ def result(text: str, final: bool, start: float = 0.0) -> pb.StreamingTranscribe
     return pb.StreamingTranscribeResponse(results=[pb.StreamingRecognitionResult(alternatives=[alt], is_final=final)])
 
 
-def event(kind: int, at: float) -> pb.StreamingTranscribeResponse:
+def event(kind: pb.SpeechEventType, at: float) -> pb.StreamingTranscribeResponse:
     return pb.StreamingTranscribeResponse(speech_event_type=kind, speech_event_offset=_d(at))
 
 
@@ -194,7 +194,7 @@ def test_server_vad_items_speech_events_deltas_and_completed_in_order() -> None:
     first, second = out[0]["item_id"], out[7]["item_id"]
     assert str(first) < str(second)
     assert out[0]["audio_start_ms"] == 1200 and out[3]["audio_end_ms"] == 3500
-    deltas = "".join(str(e["delta"]) for e in out if e["type"].endswith("delta"))  # type: ignore[attr-defined]
+    deltas = "".join(str(e["delta"]) for e in out if e["type"].endswith("delta"))
     completed = out[6]
     assert completed["transcript"] == "the quick brown fox jumps over." == deltas
     assert out[4]["previous_item_id"] is None and out[9]["previous_item_id"] == first
@@ -211,11 +211,11 @@ def test_a_revised_interim_pauses_deltas_and_completed_is_authoritative() -> Non
     out += t.feed(result("Gutenberg was here today", final=False))  # diverges from what was sent
     out += t.feed(event(END, 2.0))
     out += t.feed(finalized(result("Gutenberg was here today.", final=True)))
-    deltas = [e for e in out if e["type"].endswith("delta")]  # type: ignore[attr-defined]
+    deltas = [e for e in out if e["type"].endswith("delta")]
     assert [d["delta"] for d in deltas] == ["button burg was here"]
     assert out[-1]["transcript"] == "Gutenberg was here today."
-    assert [lp["token"] for lp in out[-1]["logprobs"]] == ["Gutenberg", "was", "here", "today."]  # type: ignore[union-attr]
-    assert deltas[0]["logprobs"][0]["logprob"] == pytest.approx(-0.6931, abs=1e-3)  # type: ignore[index]
+    assert [lp["token"] for lp in out[-1]["logprobs"]] == ["Gutenberg", "was", "here", "today."]
+    assert deltas[0]["logprobs"][0]["logprob"] == pytest.approx(-0.6931, abs=1e-3)
 
 
 def test_clear_drops_the_open_item_but_not_a_committed_one() -> None:
@@ -275,7 +275,7 @@ def test_speaker_labels_become_segment_events() -> None:
     )
     response = SimpleNamespace(results=[labelled], speech_event_type=FINALIZED, speech_event_offset=_d(1.0))
     out = t.feed(event(BEGIN, 0.0)) + t.feed(event(END, 1.0)) + t.feed(response)  # type: ignore[arg-type]
-    segments = [e for e in out if e["type"].endswith("segment")]  # type: ignore[attr-defined]
+    segments = [e for e in out if e["type"].endswith("segment")]
     assert [(s["speaker"], s["text"]) for s in segments] == [("1", "hi there"), ("2", "yes")]
     assert out[-1]["transcript"] == "hi there yes"
 
