@@ -17,6 +17,8 @@ from services.http_api.realtime.items import BEGIN, END, FINALIZED, Ids, Transla
 from services.http_api.realtime.protocol import Append, Problem, SessionUpdate, audio_bytes, parse
 from services.http_api.realtime.session import G711
 
+pytestmark = pytest.mark.fast
+
 
 def _d(seconds: float) -> Duration:
     d = Duration()
