@@ -72,7 +72,10 @@ class LimitFields(BaseModel):
         128, ge=1, description="Streams the gateway carries at once. More get RESOURCE_EXHAUSTED."
     )
     max_streams_per_client: int = Field(
-        16, ge=1, description="Streams one client (token, else certificate, else host) may hold at once."
+        16,
+        ge=1,
+        description="Streams one client (token, else certificate, else host) may hold at once; the HTTP server "
+        "holds realtime WebSocket sessions (`/v1/realtime`) to the same number per token, else per host.",
     )
     realtime_max_frame_kb: int = Field(
         1024,
