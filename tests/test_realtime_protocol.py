@@ -255,6 +255,18 @@ def test_a_commit_with_no_speech_is_acknowledged_with_an_empty_item() -> None:
     assert t.commit(2000) == []
     out = t.end()
     assert kinds(out) == ["committed", "completed"] and out[1]["transcript"] == ""
+    # Committed while the last item, already ended by VAD, waits for its finals: the commit is its own item.
+    t.start_stream(2000, vad=True, padding_ms=0)
+    out = t.feed(event(BEGIN, 0.0)) + t.feed(event(END, 1.0))
+    assert t.commit(4000) == []
+    out += t.feed(finalized(result("hello", final=True))) + t.end()
+    assert kinds(out)[-3:] == ["completed", "committed", "completed"] and out[-1]["transcript"] == ""
+    # Committed mid-speech: the open item is the commit's, no empty one.
+    t.start_stream(4000, vad=True, padding_ms=0)
+    out = t.feed(event(BEGIN, 0.0))
+    t.commit(5000)
+    out += t.feed(event(END, 1.0)) + t.feed(finalized(result("yes", final=True))) + t.end()
+    assert kinds(out) == ["speech_started", "speech_stopped", "committed", "delta", "completed"]
 
 
 def test_speaker_labels_become_segment_events() -> None:

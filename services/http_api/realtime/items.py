@@ -139,7 +139,8 @@ class Translator:
         """The client committed the buffer; the session half-closes the stream after this."""
         if self._vad:
             # The open utterance (if any) ends with the stream; with none, `end` acknowledges the commit.
-            self._commit_acked = self.item is not None and not self.item.dropped
+            item = self.item
+            self._commit_acked = item is not None and not item.dropped and not item.committed
             return []
         item = self._ensure_item(self._base_ms)
         item.committed = True
