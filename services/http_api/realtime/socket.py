@@ -36,9 +36,9 @@ def ws_max_size(settings: Settings) -> int:
     return HARD_FRAME_FACTOR * settings.realtime_max_frame_kb * 1024
 
 
-def _error(problem: Problem, ids: Any = None) -> str:
-    event_id = ids.event() if ids is not None else f"event_{int(time.time() * 1000)}"
-    return json.dumps({"type": "error", "event_id": event_id, "error": problem.error()})
+def _error(problem: Problem) -> str:
+    """An error event outside a session (refused before it began)."""
+    return json.dumps({"type": "error", "event_id": f"event_{time.time_ns():x}", "error": problem.error()})
 
 
 def install(app: FastAPI, settings: Settings, gateway: Gateway) -> None:
