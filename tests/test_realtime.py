@@ -232,6 +232,18 @@ def test_manual_commit_at_16_khz_clear_and_an_empty_commit(serving_fleet: Fleet,
     assert of_type(cleared, "input_audio_buffer.cleared") and not of_type(cleared, "transcription.completed")
     assert [e["error"]["code"] for e in of_type(cleared, "error")] == ["input_audio_buffer_commit_empty"]
 
+    # A new audio format cannot go to the stream that holds the buffer: the buffer is committed first.
+    switched = session(
+        http,
+        pcm,
+        16000,
+        session_update(rate=16000, vad=False),
+        pace=4.0,
+        after=[{"type": "session.update", "session": session_update(rate=24000, vad=False)}],
+    )
+    assert words_of(completed_text(switched))[-3:] == ["the", "lazy", "dog"], switched
+    assert of_type(switched, "session.updated")[-1]["session"]["audio"]["input"]["format"]["rate"] == 24000
+
 
 def _serving_worker(fleet: Fleet) -> str | None:
     busy = [name for name, w in fleet.workers().items() if w.streams]

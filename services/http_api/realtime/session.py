@@ -119,11 +119,17 @@ class RealtimeSession:
     async def _update(self, event: SessionUpdate) -> None:
         updated = cfg.apply(self.settings, event.session, self._fleet, event.event_id)
         changed = updated.stream_key() != self.settings.stream_key()
+        new_format = (updated.encoding, updated.rate) != (self.settings.encoding, self.settings.rate)
         self.settings = updated
         self._translator.logprobs = updated.logprobs
-        if changed and self._current is not None and self._current.vad:
+        current = self._current
+        if current is not None and (new_format or (changed and current.vad)):
             # With server VAD a stream's items end themselves: end this one so the new settings apply now.
-            # Without, buffered audio waits for its commit, and the new settings apply from the next one.
+            # Without, buffered audio waits for its commit and the new settings apply from the next one,
+            # unless the audio format changed: the stream cannot take the new audio, so the buffer is
+            # committed now.
+            if not current.vad and self._pending_ms > 0:
+                current.mark(Mark("commit", round(self.audio_ms)))
             await self._close_current()
         reply = {"type": "session.updated", "event_id": self._translator.ids.event(), "session": self._describe()}
         await self._in_order(reply)
