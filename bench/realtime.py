@@ -119,20 +119,18 @@ async def ws_session(address: str, audio: np.ndarray) -> Run:
                     delay = t0 + (k + 1) * CHUNK_S - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                # The end of the audio: the commit makes the rest final, and the session.updated after it
+                # comes once every item of the committed audio is complete.
+                await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                await ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription"}}))
 
             sender = asyncio.create_task(send())
-            async with asyncio.timeout(len(pcm) / 2 / SAMPLE_RATE + 120):
+            async with asyncio.timeout(len(pcm) / 2 / SAMPLE_RATE + 600):
                 while True:
-                    if sender.done() and spans and len(done) == len(spans):
-                        break
-                    try:
-                        raw = await asyncio.wait_for(ws.recv(), 1.0)
-                    except TimeoutError:
-                        if sender.done() and len(done) == len(spans):
-                            break
-                        continue
-                    event, arrived = json.loads(raw), time.monotonic() - t0
+                    event, arrived = json.loads(await ws.recv()), time.monotonic() - t0
                     kind = event["type"]
+                    if kind == "session.updated":
+                        break
                     if kind == "input_audio_buffer.speech_started":
                         spans[event["item_id"]] = [event["audio_start_ms"] / 1000, float("nan")]
                     elif kind == "input_audio_buffer.speech_stopped":

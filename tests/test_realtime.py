@@ -212,9 +212,15 @@ def test_manual_commit_at_16_khz_clear_and_an_empty_commit(serving_fleet: Fleet,
         16000,
         session_update(rate=16000, vad=False),
         pace=4.0,
-        after=[{"type": "input_audio_buffer.commit"}, {"type": "input_audio_buffer.commit", "event_id": "c2"}],
+        after=[
+            {"type": "input_audio_buffer.commit"},
+            {"type": "input_audio_buffer.commit", "event_id": "c2"},
+            {"type": "session.update", "session": {"type": "transcription"}},
+        ],
     )
     assert not of_type(events, "speech_started")  # turn_detection null: the client cuts items
+    # A session.update after a commit is answered once the committed items are complete: a flush.
+    assert events[-1]["type"] == "session.updated" and of_type(events[:-1], "transcription.completed")
     check_items(events)
     assert words_of(completed_text(events))[-3:] == ["the", "lazy", "dog"], completed_text(events)
     empty = of_type(events, "error")

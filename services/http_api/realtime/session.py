@@ -199,11 +199,15 @@ class RealtimeSession:
         await self._close_current()
 
     async def _in_order(self, event: dict[str, Any]) -> None:
-        """Send `event` after everything about the audio before it."""
-        if self._streams:
-            self._streams[-1].mark(Mark("send", event=event))
-        else:
+        """Send `event` after what was said about the audio before it: after every result of a stream that
+        no longer takes audio (so a commit, then a session.update, is answered once the commit's items are
+        complete), and after the results already in of the one still taking it."""
+        if not self._streams:
             await self._send(event)
+        elif self._streams[-1] is self._current:
+            self._current.mark(Mark("send", event=event))
+        else:
+            self._streams[-1].after.append(event)
 
     async def _emit(self) -> None:
         """Each stream's results, in order, as server events; a failed stream ends the session."""
@@ -238,6 +242,9 @@ class RealtimeSession:
                         break
                 self._streams.popleft()
                 error = ended.error()
+                if error is None:
+                    for event in stream.after:
+                        await self._send(event)
                 if error is not None:
                     http = from_rpc_error(error)
                     problem = Problem(http.message, http.code, type=http.type)

@@ -49,6 +49,7 @@ class Stream:
         self.vad = vad
         self.padding_ms = padding_ms
         self.entries: asyncio.Queue[Entry] = asyncio.Queue()
+        self.after: list[dict[str, Any]] = []  # events to send once every result of the stream is out
         self.writing = True
         self._keeper = StatusKeeper(call)
         self._reader: asyncio.Task[None] | None = None
