@@ -85,10 +85,11 @@ async def _session(
     after: list[dict[str, Any]] | None = None,
     expect_completed: int = 1,
     on_event: Any = None,
+    last: str | None = None,
 ) -> list[Event]:
     """One session with the SDK: update, audio in 100 ms appends at `pace` times real time, then silence,
     then the `after` events; returns every server event until `expect_completed` items completed and each
-    `after` event was answered (or the socket closed)."""
+    `after` event was answered (or, given `last`, an event of that type came after the audio)."""
     client = openai.AsyncOpenAI(base_url=f"http://{address}/v1", api_key=token, max_retries=0)
     events: list[Event] = []
     async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
@@ -122,7 +123,8 @@ async def _session(
                     if sender.done() and event["type"] in ANSWERS:
                         answers += 1
                     completed = sum(e["type"].endswith("transcription.completed") for e in events)
-                    if completed >= expect_completed and sender.done() and answers >= len(after or []):
+                    answered = answers >= len(after or []) if last is None else event["type"] == last
+                    if completed >= expect_completed and sender.done() and answered:
                         break
         finally:
             sender.cancel()
@@ -246,6 +248,7 @@ def test_manual_commit_at_16_khz_clear_and_an_empty_commit(serving_fleet: Fleet,
         session_update(rate=16000, vad=False),
         pace=4.0,
         after=[{"type": "session.update", "session": session_update(rate=24000, vad=False)}],
+        last="session.updated",
     )
     assert words_of(completed_text(switched))[-3:] == ["the", "lazy", "dog"], switched
     assert of_type(switched, "session.updated")[-1]["session"]["audio"]["input"]["format"]["rate"] == 24000
