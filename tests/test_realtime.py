@@ -414,6 +414,24 @@ def test_frames_and_limits_get_error_events_before_closing(guarded: str) -> None
         timeout = await _next(idle)
         assert timeout["error"]["code"] == "session_idle_timeout" and 2.5 < time.monotonic() - started < 6
 
+        # Audio that stops without a commit: it becomes final and its text arrives before the idle error.
+        quiet = await _raw(guarded, token=TOKEN_A)
+        assert (await _next(quiet))["type"] == "session.created"
+        manual = session_update(rate=16000, vad=False)
+        manual.pop("include")
+        await quiet.send(json.dumps({"type": "session.update", "session": manual}))
+        pcm = pcm16k("speech_short.wav")
+        for i in range(0, len(pcm), 6400):
+            await quiet.send(
+                json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i : i + 6400]).decode()})
+            )
+        seen = [await _next(quiet)]
+        while seen[-1]["type"] != "error":
+            seen.append(await _next(quiet))
+        completed = [e for e in seen if e["type"].endswith("transcription.completed")]
+        assert completed and words_of(completed[0]["transcript"])[-2:] == ["lazy", "dog"], seen
+        assert seen[-1]["error"]["code"] == "session_idle_timeout"
+
     asyncio.run(run())
 
 

@@ -171,6 +171,18 @@ class RealtimeSession:
         await stream.open(cfg.stream_config(s))
         return stream
 
+    @property
+    def draining(self) -> bool:
+        """Streams that take no more audio are still sending results: the session waits on the fleet, not
+        on its client."""
+        return any(stream is not self._current for stream in self._streams)
+
+    async def end_audio(self) -> None:
+        """The client stopped sending audio: what it sent becomes final (the idle timeout's first step)."""
+        if self._current is not None and not self._current.vad and self._pending_ms > 0:
+            self._current.mark(Mark("commit", round(self.audio_ms)))
+        await self._close_current()
+
     async def _close_current(self) -> None:
         stream, self._current = self._current, None
         self._pending_ms = 0.0

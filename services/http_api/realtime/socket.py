@@ -30,6 +30,8 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 LIVE_FILES = {"live.js": "text/javascript", "pcm-worklet.js": "text/javascript"}
 #: uvicorn closes the socket (1009) on a frame this many times REALTIME_MAX_FRAME_KB; under it, an error event.
 HARD_FRAME_FACTOR = 4
+#: How often an idle session checks whether its last results are out.
+DRAIN_POLL_S = 0.25
 
 
 def ws_max_size(settings: Settings) -> int:
@@ -183,6 +185,12 @@ def router(settings: Settings, gateway: Gateway) -> APIRouter:
                     ended = session.ended.result()
                     raise ended
                 if not done:
+                    # No audio for STREAM_IDLE_TIMEOUT_S: the audio sent becomes final and its results go
+                    # out, then the session ends. Time spent waiting on the fleet is not the client's.
+                    await session.end_audio()
+                    if session.draining:
+                        last_audio = time.monotonic() - idle_s + DRAIN_POLL_S
+                        continue
                     raise Ended(
                         Problem(
                             f"no audio for {idle_s:g} s (STREAM_IDLE_TIMEOUT_S): send audio continuously, "
