@@ -183,6 +183,15 @@ def test_http_names_the_model_and_translates_on_the_multilingual_one(models_flee
         models_fleet, "/v1/audio/transcriptions", {"model": "whisper-1"}, clip("speech_short.wav"), "a.wav"
     )
     assert status == 200 and headers["x-scribe-worker"] == "gpu_worker_00" and b"lazy" in body.lower()
+    # stream=true (server-sent events) goes to the model too, and refuses an unknown one before the 200.
+    status, _, body = _post(
+        models_fleet, "/v1/audio/transcriptions", {"model": "base", "stream": "true"}, german, "german.ogg"
+    )
+    assert status == 200 and b"morgen" in body.lower(), body
+    status, _, body = _post(
+        models_fleet, "/v1/audio/transcriptions", {"model": "nope", "stream": "true"}, german, "g.ogg"
+    )
+    assert status == 400 and json.loads(body)["error"]["code"] == "unknown_model", body
     status, _, body = _post(models_fleet, "/v1/audio/translations", {"model": "base"}, clip("spanish.ogg"), "es.ogg")
     assert status == 200, body
     english = words_of(json.loads(body)["text"])
