@@ -23,14 +23,39 @@ from services.gpu_worker.speakers.scheduler import SpeakerScheduler
 from services.gpu_worker.speakers.windows import speech_windows
 
 KEEP_S = 60.0
-#: A window at least this similar to a voice heard before is that voice.
-SAME_VOICE = 0.45
-#: A window shorter than this never starts a new voice: too little speech to tell voices apart.
-NEW_VOICE_MIN_S = 1.0
+#: A window at least this similar to a voice heard before is that voice (CAM++ windows of 1.5 s: one
+#: voice 0.55 to 0.9 against its mean print, two voices under 0.5).
+SAME_VOICE = 0.55
+#: A window shorter than this is too little speech to tell voices apart: it takes the most similar voice
+#: and does not change its print.
+SHORT_S = 1.0
+#: A pause between words at least this long ends a stretch of speech to embed (unless that stretch would
+#: be too short to embed well: see `_join_short`).
+PAUSE_S = 0.3
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / max(float(np.linalg.norm(x)), 1e-9)
+
+
+def _join_short(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Join each stretch shorter than SHORT_S to the neighbour across the shorter pause."""
+    runs = list(runs)
+    short = round(SHORT_S * SAMPLE_RATE)
+    i = 0
+    while len(runs) > 1 and i < len(runs):
+        a, b = runs[i]
+        if b - a >= short:
+            i += 1
+            continue
+        before = a - runs[i - 1][1] if i > 0 else None
+        after = runs[i + 1][0] - b if i + 1 < len(runs) else None
+        if after is None or (before is not None and before <= after):
+            runs[i - 1 : i + 1] = [(runs[i - 1][0], b)]
+            i = max(0, i - 1)
+        else:
+            runs[i : i + 2] = [(a, runs[i + 1][1])]
+    return runs
 
 
 class OnlineLabeller:
@@ -49,6 +74,8 @@ class OnlineLabeller:
         self._sums: list[np.ndarray] = [
             np.asarray(r, dtype=np.float64) for r in (references if references is not None else [])
         ]
+        # A voice heard in one window only is weak (see `_assign`).
+        self._strong: list[bool] = [True] * len(self._sums)
         self._unknown = 0  # numbers given to unknown voices so far
 
     @property
@@ -71,7 +98,16 @@ class OnlineLabeller:
         if not words:
             return []
         start, audio = self._slice(words[0].start, words[-1].end)
-        windows = speech_windows([(0, audio.size)])
+        # Windows never cross a pause between words: a new speaker usually starts after one, and a
+        # window holding two voices matches neither.
+        runs: list[tuple[int, int]] = []
+        for word in words:
+            a, b = round(word.start * SAMPLE_RATE) - start, round(word.end * SAMPLE_RATE) - start
+            if runs and a - runs[-1][1] < round(PAUSE_S * SAMPLE_RATE):
+                runs[-1] = (runs[-1][0], max(runs[-1][1], b))
+            else:
+                runs.append((max(0, a), b))
+        windows = speech_windows(_join_short([(a, min(b, audio.size)) for a, b in runs if b > a]))
         if not windows:
             return [self._fallback()] * len(words)
         vectors = self._scheduler.embed([normalised(audio[a:b]) for a, b in windows], Priority.FINAL)
@@ -84,29 +120,38 @@ class OnlineLabeller:
         return out
 
     def _fallback(self) -> str:
-        """The label for speech too short to embed: the last voice heard, or a first one."""
+        """The label for speech too short to embed: the last voice heard, or a first (weak) one."""
         if not self._labels:
-            self._new(np.zeros(self._scheduler.model.info.dimension))
+            self._new(np.zeros(self._scheduler.model.info.dimension), strong=False)
         return self._labels[-1]
 
     def _assign(self, vector: np.ndarray, seconds: float) -> int:
-        if self._sums:
-            similarity = [float(_unit(s) @ vector) if np.any(s) else -1.0 for s in self._sums]
-            best = int(np.argmax(similarity))
-            full = bool(self._max) and len(self._sums) >= self._max
-            if similarity[best] >= SAME_VOICE or full or seconds < NEW_VOICE_MIN_S:
-                self._sums[best] = self._sums[best] + vector
-                return best
-        return self._new(vector)
+        """The voice of one window. A window unlike every voice starts a weak voice: one window may hold the
+        end of one turn and the start of the next, so the voice only counts once a second window matches
+        it; until then the next window unlike every voice replaces it. Short windows never start a voice."""
+        similarity = [float(_unit(s) @ vector) if np.any(s) else -1.0 for s in self._sums]
+        if not self._sums:
+            return self._new(vector, strong=False)
+        best = int(np.argmax(similarity))
+        if seconds < SHORT_S:
+            return best
+        if similarity[best] >= SAME_VOICE:
+            self._sums[best] = self._sums[best] + vector
+            self._strong[best] = True
+            return best
+        weak = [i for i, ok in enumerate(self._strong) if not ok]
+        if weak:
+            self._sums[weak[0]] = np.asarray(vector, dtype=np.float64)
+            return weak[0]
+        if self._max and len(self._sums) >= self._max:
+            return best
+        return self._new(vector, strong=False)
 
-    def _new(self, vector: np.ndarray) -> int:
-        for i, total in enumerate(self._sums):
-            if not np.any(total):  # a voice named for speech too short to embed: this is its first print
-                self._sums[i] = np.asarray(vector, dtype=np.float64)
-                return i
+    def _new(self, vector: np.ndarray, strong: bool) -> int:
         self._unknown += 1
         self._labels.append(str(self._unknown))
         self._sums.append(np.asarray(vector, dtype=np.float64))
+        self._strong.append(strong)
         return len(self._sums) - 1
 
     def snapshot(self) -> bytes:
@@ -115,6 +160,7 @@ class OnlineLabeller:
             {
                 "v": 1,
                 "labels": self._labels,
+                "strong": self._strong,
                 "unknown": self._unknown,
                 "shape": list(sums.shape),
                 "sums": base64.b64encode(sums.tobytes()).decode(),
@@ -133,6 +179,9 @@ class OnlineLabeller:
         if len(labels) != rows:
             raise ValueError("speaker state labels and voices differ in number")
         self._labels, self._sums = labels, [np.array(s) for s in sums]
+        self._strong = [bool(x) for x in state["strong"]]
+        if len(self._strong) != rows:
+            raise ValueError("speaker state strengths and voices differ in number")
         self._unknown = int(state["unknown"])
         self._audio = np.zeros(0, dtype=np.float32)
         self._end = round(audio_offset_s * SAMPLE_RATE)
