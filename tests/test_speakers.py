@@ -164,3 +164,28 @@ def test_a_request_without_diarization_is_unchanged_and_costs_no_embedding(servi
     health = next(iter(serving_fleet.workers().values())).health
     assert health.speaker_model.startswith("CAM++") and health.speaker_model_bytes > 0
     assert isinstance(health.speakers, worker_pb2.SpeakerStats)
+
+
+def test_speaker_work_shows_in_prometheus_and_on_the_status_page(serving_fleet: Fleet) -> None:
+    import json
+    import re
+    import urllib.request
+
+    from tests.helpers import wait_for
+
+    audio, _ = conversation("two_voices")
+    serving_fleet.transcription.Transcribe(pb.TranscribeRequest(audio_content=audio, options=options()), timeout=120)
+
+    def exported() -> float:
+        with urllib.request.urlopen(f"http://{serving_fleet.metrics}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        found = re.findall(r'^scribe_worker_speaker_audio_seconds_total\{worker="[^"]+"\} (\S+)$', text, re.M)
+        return sum(float(v) for v in found)
+
+    assert wait_for(lambda: exported() > 25, 10, 0.25)  # at least this call's 34 s of speech, less its pauses
+
+    def page_rows() -> list[dict[str, object]]:
+        with urllib.request.urlopen(f"http://{serving_fleet.http}/api/status", timeout=5) as answer:
+            return list(json.load(answer)["workers"])
+
+    assert wait_for(lambda: sum(float(str(r.get("speaker_seconds", 0))) for r in page_rows()) > 25, 30, 0.5)

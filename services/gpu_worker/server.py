@@ -108,7 +108,12 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         try:
             # Inside the worker's CUDA_VISIBLE_DEVICES its GPU is index 0, as for the Whisper engine.
             model = await loop.run_in_executor(
-                None, SpeakerModel, settings.cpu_threads_per_worker(), engine.info.device_kind, 0
+                None,
+                SpeakerModel,
+                settings.cpu_threads_per_worker(),
+                engine.info.device_kind,
+                0,
+                settings.speaker_batch_size,
             )
         except Exception as exc:
             log.error("speaker_model_load_failed", error=str(exc))

