@@ -35,6 +35,9 @@ class ScriptedFakeEngine:
     def batch_key(self, job: WindowJob) -> Hashable:
         return (job.options.beam_size, job.temperature)
 
+    def encoder_seconds(self, job: WindowJob) -> float:
+        return 30.0
+
     def decode_batch(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
         self.entered.set()
         self.gate.wait(10)
