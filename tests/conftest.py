@@ -24,6 +24,24 @@ from tests.helpers import ROOT, free_port, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
 
+#: Fixtures that start processes (supervisord, workers, a gateway, dnsmasq). A test marked `fast` (make test-fast)
+#: may not use them, even through another fixture: it belongs in a module without the mark.
+PROCESS_FIXTURES = frozenset({"fleet", "serving_fleet", "small_gateway", "short_stream_worker", "dnsmasq"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a `fast` test that starts processes, so a slow test cannot land in `make test-fast` unseen."""
+    slow = [
+        f"{item.nodeid} uses {', '.join(sorted(PROCESS_FIXTURES & set(item.fixturenames)))}"  # type: ignore[attr-defined]
+        for item in items
+        if item.get_closest_marker("fast") and PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ]
+    if slow:
+        raise pytest.UsageError(
+            "tests marked fast (make test-fast) may not start processes; move them to a module without "
+            "`pytestmark = pytest.mark.fast`:\n  " + "\n  ".join(slow)
+        )
+
 
 @dataclass
 class Fleet:

@@ -17,6 +17,8 @@ import pytest
 from services.gpu_worker.batching.scheduler import BatchScheduler, CallToken, Priority
 from services.gpu_worker.engines.base import DecodeOptions, EngineInfo, Segment, WindowJob, WindowResult
 
+pytestmark = pytest.mark.fast
+
 INFO = EngineInfo("fake", "fake", "cpu", "cpu", "int8", False, ("en",))
 
 
