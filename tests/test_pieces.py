@@ -99,3 +99,16 @@ def test_a_cut_falls_in_the_longest_pause_not_in_a_short_dip_inside_a_word() -> 
     cuts = shard.split_points(audio, 2)
     assert len(cuts) == 1
     assert pause <= cuts[0] <= pause + int(0.6 * SAMPLE_RATE), cuts[0] / SAMPLE_RATE
+
+
+def test_only_idle_serving_workers_take_pieces() -> None:
+    """A busy worker would only queue a piece behind its work: the recording is cut for the idle ones."""
+
+    class W:
+        def __init__(self, serving: bool, idle: bool) -> None:
+            self.serving, self.idle = serving, idle
+
+    assert shard.idle_workers([W(True, True), W(True, False), W(False, True), W(True, True)]) == 2
+    assert shard.idle_workers([W(True, True), W(True, False)]) == 1  # fewer than two: sent whole
+    assert shard.piece_count(600, shard.idle_workers([W(True, True)] * 3)) == 3
+    assert shard.piece_count(45, 3) == 1  # no piece shorter than a window
