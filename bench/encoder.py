@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -111,26 +111,43 @@ def transcriber(engine: WhisperWindowEngine) -> Iterator[Transcriber]:
         scheduler.close()
 
 
-def encode_ms(engine: WhisperWindowEngine, seconds: float, runs: int = 5) -> float:
-    """Median time of the encoder alone for one window of `seconds` of input (batch of one)."""
-    frames = round(seconds * 100)
-    features = engine._features(np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32), frames)[None]
-    engine._encode(features)  # warm-up
-    times = []
+def encode_ms(engine: WhisperWindowEngine, runs: int = 5) -> dict[float, float]:
+    """Median time of the encoder alone for one window of each bucket's input (batch of one), the buckets
+    measured in turn, round after round, so that a change in the machine's load falls on all of them."""
+    features = {
+        b: engine._features(np.zeros(round(b * SAMPLE_RATE), dtype=np.float32), round(b * 100))[None] for b in BUCKETS_S
+    }
+    times: dict[float, list[float]] = {b: [] for b in BUCKETS_S}
+    for f in features.values():
+        engine._encode(f)  # warm-up
     for _ in range(runs):
-        started = time.perf_counter()
-        engine._encode(features)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+        for b, f in features.items():
+            started = time.perf_counter()
+            engine._encode(f)
+            times[b].append(time.perf_counter() - started)
+    return {b: statistics.median(t) * 1000 for b, t in times.items()}
 
 
-def decode_all(engine: WhisperWindowEngine, clips: list[Clip], lengths: EncoderLengths) -> tuple[list[str], float]:
-    """Each clip's transcript (beam 5, as Transcribe decodes it) and the wall seconds they took."""
-    engine.lengths = lengths
+def decode_pairs(
+    engine: WhisperWindowEngine, clips: list[Clip], seconds: float, margin: float
+) -> tuple[list[str], list[str], float, float]:
+    """Each clip's transcript (beam 5, as Transcribe decodes it) at `seconds` and at 30 s, one after the
+    other clip by clip, so that both see the same load; and the wall seconds each length took."""
+    at, full, took_at, took_full = [], [], 0.0, 0.0
     with transcriber(engine) as t:
-        started = time.perf_counter()
-        texts = [t.transcribe(c.audio, DecodeOptions()).text for c in clips]
-        return texts, time.perf_counter() - started
+        for c in clips:
+            for lengths, texts in (
+                (EncoderLengths(seconds, margin), at),
+                (EncoderLengths(WINDOW_SECONDS, margin), full),
+            ):
+                engine.lengths = lengths
+                started = time.perf_counter()
+                texts.append(t.transcribe(c.audio, DecodeOptions()).text)
+                if texts is at:
+                    took_at += time.perf_counter() - started
+                else:
+                    took_full += time.perf_counter() - started
+    return at, full, took_at, took_full
 
 
 def sweep(kind: str, sets: dict[str, list[Clip]], threads: int, margin: float) -> list[Bucket]:
@@ -139,46 +156,26 @@ def sweep(kind: str, sets: dict[str, list[Clip]], threads: int, margin: float) -
         name: [c for c in clips if c.audio.size / SAMPLE_RATE <= WINDOW_SECONDS - margin]
         for name, clips in sets.items()
     }
-    at_30: dict[str, list[str]] = {}
-    wall_30 = {}
-    for name, clips in fits_30.items():
-        at_30[name], wall_30[name] = decode_all(engine, clips, EncoderLengths(WINDOW_SECONDS, margin))
     buckets = []
     for seconds in BUCKETS_S:
         words, wer_at, wer_30 = {}, {}, {}
         wall, wall30, count = 0.0, 0.0, 0
         for name, clips in fits_30.items():
-            picked = [i for i, c in enumerate(clips) if c.audio.size / SAMPLE_RATE + margin <= seconds]
-            if not picked:
+            chosen = [c for c in clips if c.audio.size / SAMPLE_RATE + margin <= seconds]
+            if not chosen:
                 continue
-            chosen = [clips[i] for i in picked]
-            texts, took = (
-                ([at_30[name][i] for i in picked], 0.0)
-                if seconds == WINDOW_SECONDS
-                else decode_all(engine, chosen, EncoderLengths(seconds, margin))
-            )
+            at, full, took_at, took_full = decode_pairs(engine, chosen, seconds, margin)
             refs = [c.text for c in chosen]
             words[name] = sum(len(r.split()) for r in refs)
-            wer_at[name] = wer(refs, texts)
-            wer_30[name] = wer(refs, [at_30[name][i] for i in picked])
-            wall += took if seconds < WINDOW_SECONDS else wall_30[name] * len(picked) / len(clips)
-            wall30 += wall_30[name] * len(picked) / len(clips)
-            count += len(picked)
+            wer_at[name], wer_30[name] = wer(refs, at), wer(refs, full)
+            wall, wall30, count = wall + took_at, wall30 + took_full, count + len(chosen)
         if not count:
             continue
-        bucket = Bucket(
-            kind,
-            seconds,
-            encode_ms(engine, seconds),
-            words,
-            wer_at,
-            wer_30,
-            1000 * wall / count,
-            1000 * wall30 / count,
-        )
+        bucket = Bucket(kind, seconds, 0.0, words, wer_at, wer_30, 1000 * wall / count, 1000 * wall30 / count)
         print(bucket, file=sys.stderr, flush=True)
         buckets.append(bucket)
-    return buckets
+    costs = encode_ms(engine)
+    return [replace(b, encode_ms=costs[b.seconds]) for b in buckets]
 
 
 def chosen_minimum(buckets: list[Bucket], tolerance: float) -> float:
@@ -202,7 +199,7 @@ def markdown(buckets: list[Bucket], sets: dict[str, list[Clip]], tolerance: floa
         + ", ".join(f"{n} ({len(sets[n])} clips)" for n in names)
         + f". Kept: the WER of all sets together within {tolerance} point of the 30 s encode.",
         "",
-        "| Engine | Encoder input s | Encoder ms/window | Decode ms/clip | Decode ms/clip at 30 s | "
+        "| Engine | Encoder input s | Encoder ms/window | Decode ms/clip | Same clips at 30 s, ms/clip | "
         + " | ".join(f"{n}: words, WER % (at 30 s)" for n in names)
         + " | All: WER % (at 30 s) | Kept |",
         "|---|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---|",
@@ -231,12 +228,15 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.3, help="WER points a kept bucket may lose")
     parser.add_argument("--torch-sets", default="recorded", help="sets the (slower) torch engine runs")
     parser.add_argument("--espeak-clips", type=int, default=47)
+    parser.add_argument("--limit", type=int, default=0, help="only the first N recorded clips: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS / "encoder.md")
     args = parser.parse_args()
     if not (args.audio_dir / "manifest.tsv").is_file():
         sys.exit(f"no recorded speech at {args.audio_dir} (expects manifest.tsv): pass --audio-dir")
     threads = len(os.sched_getaffinity(0))
     recorded = load_clips(args.audio_dir)
+    if args.limit:
+        recorded, args.espeak_clips = recorded[: args.limit], min(args.espeak_clips, args.limit)
     makers = {
         "recorded": lambda: recorded,
         "noisy": lambda: noisy(recorded),
