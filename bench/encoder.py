@@ -133,7 +133,9 @@ def decode_pairs(
 ) -> tuple[list[str], list[str], float, float]:
     """Each clip's transcript (beam 5, as Transcribe decodes it) at `seconds` and at 30 s, one after the
     other clip by clip, so that both see the same load; and the wall seconds each length took."""
-    at, full, took_at, took_full = [], [], 0.0, 0.0
+    at: list[str] = []
+    full: list[str] = []
+    took_at, took_full = 0.0, 0.0
     with transcriber(engine) as t:
         for c in clips:
             for lengths, texts in (
