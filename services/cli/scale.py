@@ -101,7 +101,17 @@ def per_worker_bytes(settings: Settings, budget: capacity.Budget) -> int:
         compute = torch_compute_type(settings.whisper_compute_type, budget.kind)
     else:
         compute = resolve_compute_type(settings.whisper_compute_type, budget.kind)
-    return capacity.worker_bytes(budget.kind, compute, model_file_bytes(settings), settings.worker_memory_mb)
+    speakers = settings.speaker_model != "off"
+    on_device = speakers and budget.kind == "cuda" and _onnxruntime_has_cuda()
+    return capacity.worker_bytes(
+        budget.kind, compute, model_file_bytes(settings), settings.worker_memory_mb, speakers, on_device
+    )
+
+
+def _onnxruntime_has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 def resolve_count(settings: Settings, requested: int, running: int = 0, others: int = 0) -> int:

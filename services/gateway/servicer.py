@@ -30,6 +30,7 @@ from services.gateway.routing.configs import ModelConfigs
 from services.gateway.routing.dispatch import MAX_TRIES, Dispatcher
 from services.gateway.routing.models import FleetModels
 from services.gateway.routing.registry import Registry, WorkerHandle
+from services.gateway.speakers.diarize import RecordingSpeakers
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 
@@ -92,11 +93,17 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             line.fields["audio_bytes"] = len(request.audio_content)
             try:
                 model = self._model(request.options, line)
+                speakers = RecordingSpeakers.of(request.options)
                 pieces = await self._shard_plan(request, model)
                 if pieces is None:
                     response = await self._unary(request, context, line, model)
+                    if speakers is not None:
+                        speakers.add(response, 0.0)
                 else:
-                    response = await self._sharded(pieces, context, line, model)
+                    response = await self._sharded(pieces, context, line, model, speakers)
+                if speakers is not None:
+                    speakers.finish(response)
+                    line.fields["speakers"] = len(response.speakers)
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
@@ -133,10 +140,11 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
     async def _shard_plan(
         self, request: pb.TranscribeRequest, model: str
     ) -> list[tuple[float, pb.TranscribeRequest]] | None:
-        """Pieces of a long recording for parallel transcription on its model's workers, or None to send it whole."""
-        serving = self._registry.serving_count(model)
+        """Pieces of a long recording for parallel transcription on its model's idle workers, or None to send it
+        whole."""
+        idle = shard.idle_workers(self._registry.of(model))
         threshold = self._settings.shard_min_seconds
-        if serving < 2 or threshold <= 0:
+        if idle < 2 or threshold <= 0:
             return None
         try:
             if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
@@ -151,7 +159,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         except audio.AudioError:
             return None  # the worker answers with the precise error
         seconds = samples.size / audio.SAMPLE_RATE
-        pieces = shard.piece_count(seconds, serving)
+        pieces = shard.piece_count(seconds, idle)
         # Each piece must also fit in one gRPC message.
         pieces = max(pieces, math.ceil(samples.size * 2 / (0.9 * self._settings.max_message_bytes)))
         if pieces < 2:
@@ -165,10 +173,10 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                     encoding=pb.AUDIO_ENCODING_LINEAR16,
                     sample_rate_hertz=audio.SAMPLE_RATE,
                     audio_channel_count=1,
-                    options=request.options,
+                    options=RecordingSpeakers.piece_options(request.options, index),
                 ),
             )
-            for start, end in itertools.pairwise(bounds)
+            for index, (start, end) in enumerate(itertools.pairwise(bounds))
         ]
 
     async def _sharded(
@@ -177,6 +185,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         context: grpc.aio.ServicerContext,
         line: RequestLine,
         model: str,
+        speakers: RecordingSpeakers | None = None,
     ) -> pb.TranscribeResponse:
         started = time.perf_counter()
         line.fields["pieces"] = len(pieces)
@@ -187,6 +196,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                 ]
         except* (RequestError, grpc.aio.AioRpcError) as failed:
             raise failed.exceptions[0] from None
+        if speakers is not None:
+            for offset, task in tasks:
+                speakers.add(task.result(), offset)
         merged = shard.merge([(offset, task.result()) for offset, task in tasks])
         merged.processing_time.FromNanoseconds(round((time.perf_counter() - started) * 1e9))
         return merged
@@ -241,6 +253,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             line.fields["audio_bytes"] = len(request.request.audio_content)
             try:
                 model = self._model(request.request.options, line)
+                speakers = RecordingSpeakers.of(request.request.options)
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
@@ -263,6 +276,11 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                         try:
                             async for response in call:
                                 final = response.HasField("result")
+                                if speakers is not None:
+                                    speakers.interim(response.segments)
+                                    if final:
+                                        speakers.add(response.result, 0.0)
+                                        speakers.finish(response.result)
                                 if final:
                                     response.result.request_id = line.request_id
                                     line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
@@ -308,6 +326,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                 line.fields["upload_bytes"] = spool.size
                 try:
                     model = self._model(config.options, line)
+                    RecordingSpeakers.of(config.options)
                 except RequestError as err:
                     line.fail(err)
                     await abort(context, err)

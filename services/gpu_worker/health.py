@@ -65,6 +65,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             from services.gpu_worker.results import batch_pb  # loaded with the model: no cost then
 
             health.batch.CopyFrom(batch_pb(engine.scheduler))
+        if rt.speakers is not None:
+            from services.gpu_worker.speakers.stats import speaker_stats_pb  # loaded with the model
+
+            health.speaker_model = rt.speakers.model.info.name
+            health.speaker_model_bytes = rt.speakers.model.info.memory_bytes
+            health.speakers.CopyFrom(speaker_stats_pb(rt.speakers))
         if on_gpu:
             health.gpu_name, health.gpu_uuid = device.gpu_name, device.gpu_uuid
             for field, value in (

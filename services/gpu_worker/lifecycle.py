@@ -117,6 +117,20 @@ class ModelHolder:
             streams_with_bulk=engine.info.device_kind == "cuda",
             pack_short=settings.worker_pack_short and engine.info.device_kind != "cuda",
         )
+        if settings.speaker_model != "off":
+            from services.gpu_worker.speakers.model import SpeakerModel
+            from services.gpu_worker.speakers.scheduler import SpeakerScheduler
+
+            # Inside the worker's CUDA_VISIBLE_DEVICES its GPU is index 0, as for the Whisper engine.
+            speaker_model = SpeakerModel(
+                settings.cpu_threads_per_worker(), engine.info.device_kind, 0, settings.speaker_batch_size
+            )
+            self.runtime.speakers = SpeakerScheduler(speaker_model, settings.speaker_batch_size)
+            log.info(
+                "speaker_model_loaded",
+                model=speaker_model.info.name,
+                memory_mib=speaker_model.info.memory_bytes // 2**20,
+            )
         get_vad_model()  # streams share it; the first should not wait for its load
         if engine.info.device_kind == "cuda":
             # NVML is asked about the GPU the worker was bound to, by the same identifier CUDA got.

@@ -185,5 +185,6 @@ OptionalFolder = Annotated[Path | None, BeforeValidator(_optional_folder), After
 OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none), AfterValidator(_existing_file)]
 Device = Annotated[Literal["auto", "cpu", "cuda"], BeforeValidator(_lower)]
 EngineName = Annotated[Literal["auto", "ctranslate2", "torch"], BeforeValidator(_lower)]
+SpeakerModelName = Annotated[Literal["campplus", "off"], BeforeValidator(_lower)]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
 LogFormat = Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)]

