@@ -14,7 +14,7 @@ import time
 import urllib.request
 
 from prometheus_client import generate_latest
-from scribe_client.cli.main import status_rows
+from scribe_client.cli.status import status_rows
 
 from services.gateway.metrics import GatewayStats
 from services.gateway.routing.dispatch import Dispatcher

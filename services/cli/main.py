@@ -19,11 +19,10 @@ from scribe_client.cli.main import (
     add_security_arguments,
     add_transcribe_parser,
     client_for,
-    format_table,
-    print_status,
     run_transcribe,
     security_from_args,
 )
+from scribe_client.cli.status import format_table, print_status
 from scribe_client.credentials import ClientSecurity, CredentialsError
 
 import services
