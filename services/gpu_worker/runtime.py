@@ -14,17 +14,19 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
 
 from services.common.errors import RequestError
 from services.gen import worker_pb2
-from services.gpu_worker.batching.scheduler import CallToken, Priority
-from services.gpu_worker.batching.transcriber import Transcriber, current_call
 from services.gpu_worker.device import DeviceReport
 from services.gpu_worker.guard import DeviceGuard, is_device_error
+
+if TYPE_CHECKING:  # the batching modules come with the model (numpy, the engine): see `lifecycle`
+    from services.gpu_worker.batching.transcriber import Transcriber
+    from services.gpu_worker.speakers.scheduler import SpeakerScheduler
 
 T = TypeVar("T")
 
@@ -47,6 +49,7 @@ class WorkerRuntime:
         self.concurrency = concurrency
         self.guard = guard or DeviceGuard(min_free_bytes=0)
         self.transcriber: Transcriber | None = None
+        self.speakers: SpeakerScheduler | None = None  # None: SPEAKER_MODEL=off
         self.status: worker_pb2.WorkerStatus = worker_pb2.WORKER_STATUS_STARTING
         self.status_reason = "loading the model"
         self.started = time.monotonic()
@@ -86,15 +89,27 @@ class WorkerRuntime:
     def stream_open(self) -> Iterator[None]:
         """Count a live stream here and in the scheduler, which keeps bulk batches small while it is open."""
         scheduler = self.transcriber.scheduler if self.transcriber is not None else None
+        speakers = self.speakers
         self.streams += 1
-        if scheduler is not None:
-            scheduler.stream_opened()
+        for each in (scheduler, speakers):
+            if each is not None:
+                each.stream_opened()
         try:
             yield
         finally:
             self.streams -= 1
-            if scheduler is not None:
-                scheduler.stream_closed()
+            for each in (scheduler, speakers):
+                if each is not None:
+                    each.stream_closed()
+
+    def require_speakers(self) -> SpeakerScheduler:
+        if self.speakers is None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "SPEAKER_MODEL_OFF",
+                f"worker {self.worker_id} has no speaker model (SPEAKER_MODEL=off): speaker labels are not available",
+            )
+        return self.speakers
 
     def interims_welcome(self) -> bool:
         """Whether a live stream may start an interim decode now: no live-stream decode waits in the
@@ -104,6 +119,8 @@ class WorkerRuntime:
         if self.transcriber is None:
             return False
         scheduler = self.transcriber.scheduler
+        from services.gpu_worker.batching.scheduler import Priority
+
         return scheduler.queued(Priority.INTERIM) == 0 and scheduler.stats.busy_fraction() < INTERIM_BUSY_LIMIT
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
@@ -134,6 +151,9 @@ class WorkerRuntime:
     async def _call(
         self, executor: ThreadPoolExecutor, release: Callable[[], None] | None, fn: Callable[..., T], *args: object
     ) -> T:
+        from services.gpu_worker.batching.scheduler import CallToken
+        from services.gpu_worker.batching.transcriber import current_call
+
         call = CallToken()
         context = contextvars.copy_context()  # the request's log context, and the call's token
         context.run(current_call.set, call)
@@ -145,6 +165,8 @@ class WorkerRuntime:
         except asyncio.CancelledError:
             if self.transcriber is not None:
                 self.transcriber.scheduler.cancel(call)
+            if self.speakers is not None:
+                self.speakers.cancel(call)
             raise
         except RuntimeError as exc:
             if not is_device_error(exc):
@@ -207,6 +229,8 @@ class WorkerRuntime:
     def shutdown(self) -> None:
         if self.transcriber is not None:
             self.transcriber.scheduler.close()
+        if self.speakers is not None:
+            self.speakers.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._stream_executor.shutdown(wait=False, cancel_futures=True)
 

@@ -1,31 +1,35 @@
-"""gRPC servicers of a worker: TranscriptionService and WorkerService."""
+"""The worker's TranscriptionService, once its model is loaded (`lifecycle` hands calls to it)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 
 from services.common import audio
 from services.common.config import Settings
-from services.common.convert import decode_request_audio, duration, limits_pb
+from services.common.convert import decode_request_audio, limits_pb
 from services.common.errors import RequestError, abort, config_not_first
 from services.common.rpclog import RequestLine, request_line
 from services.gen import transcription_pb2 as pb
-from services.gen import transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.gen import transcription_pb2_grpc
 from services.gpu_worker.batching.transcriber import Transcriber
-from services.gpu_worker.device import DeviceProbe, process_rss_bytes
 from services.gpu_worker.engines.base import DecodeOptions, EngineResult
 from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
-from services.gpu_worker.results import batch_pb, transcribe_response
+from services.gpu_worker.results import transcribe_response
 from services.gpu_worker.runtime import WorkerRuntime
+from services.gpu_worker.speakers.embedder import Embeddings, SpeakerJob
+from services.gpu_worker.speakers.online import OnlineLabeller
+from services.gpu_worker.speakers.options import speaker_options
 from services.gpu_worker.streaming.call import StreamCall
 from services.gpu_worker.streaming.reader import RequestReader, idle_timeout_error
 from services.gpu_worker.streaming.session import StreamingSession
 from services.gpu_worker.validation import (
     Limits,
+    check_model,
     check_streaming_encoding,
     check_transcribe_encoding,
     decode_options,
@@ -45,12 +49,20 @@ def limits_from(settings: Settings) -> Limits:
 
 
 def _transcribe_blocking(
-    engine: Transcriber, request: pb.TranscribeRequest, options: DecodeOptions, limits: Limits
-) -> tuple[EngineResult, float]:
+    engine: Transcriber,
+    request: pb.TranscribeRequest,
+    options: DecodeOptions,
+    limits: Limits,
+    speakers: SpeakerJob | None = None,
+) -> tuple[EngineResult, float, Embeddings | None]:
     started = time.perf_counter()
     samples = decode_request_audio(request, limits.max_audio_seconds, limits.max_decode_ratio)
-    result = engine.transcribe(samples, options)
-    return result, time.perf_counter() - started
+    if speakers is None:
+        return engine.transcribe(samples, options), time.perf_counter() - started, None
+    result, embeddings = speakers.run(
+        samples, lambda on_windows: engine.transcribe(samples, options, on_windows=on_windows)
+    )
+    return result, time.perf_counter() - started, embeddings
 
 
 def _invalid_audio(err: audio.AudioError) -> RequestError:
@@ -66,10 +78,16 @@ async def _refuse(context: grpc.aio.ServicerContext, line: RequestLine, err: aud
 
 
 class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer):
-    def __init__(self, runtime: WorkerRuntime, settings: Settings) -> None:
+    def __init__(self, runtime: WorkerRuntime, settings: Settings, model: str, aliases: tuple[str, ...] = ()) -> None:
         self._rt = runtime
         self._settings = settings
         self._limits = limits_from(settings)
+        self._model = model  # the name it is served under (RecognitionOptions.model)
+        self._aliases = aliases
+
+    def _options(self, options: pb.RecognitionOptions, engine: Transcriber) -> DecodeOptions:
+        check_model(options.model, self._model, self._aliases)
+        return decode_options(options, self._limits, engine.info)
 
     async def Transcribe(
         self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
@@ -79,15 +97,32 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             try:
                 engine = self._rt.require_transcriber()
                 check_transcribe_encoding(request.encoding)
-                options = decode_options(request.options, self._limits, engine.info)
-                result, elapsed = await self._rt.run(_transcribe_blocking, engine, request, options, self._limits)
+                options = self._options(request.options, engine)
+                speakers = self._speaker_job(request.options)
+                if speakers is not None:
+                    options = replace(options, word_timestamps=True)  # the gateway labels words
+                result, elapsed, embeddings = await self._rt.run(
+                    _transcribe_blocking, engine, request, options, self._limits, speakers
+                )
             except (audio.AudioError, RequestError) as err:
                 await _refuse(context, line, err)
             self._rt.completed += 1
             line.fields.update(audio_s=round(result.duration, 3), rtfx=round(result.duration / max(elapsed, 1e-6), 1))
             response = transcribe_response(result, elapsed, self._rt.worker_id)
+            if embeddings is not None:
+                response.speaker_embeddings.CopyFrom(embeddings.to_pb())
+                line.fields["speaker_windows"] = len(embeddings.starts)
             response.request_id = line.request_id
             return response
+
+    def _speaker_job(self, options: pb.RecognitionOptions) -> SpeakerJob | None:
+        """The call's speaker work, when it asks for speaker labels (validated here as in the gateway)."""
+        if not options.HasField("diarization_config"):
+            return None
+        speaker = speaker_options(options.diarization_config, "options.diarization_config")
+        return SpeakerJob(
+            self._rt.require_speakers(), speaker, "options.diarization_config", self._limits.max_decode_ratio
+        )
 
     async def TranscribeWithProgress(
         self, request: pb.TranscribeWithProgressRequest, context: grpc.aio.ServicerContext
@@ -98,10 +133,13 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             highest = 0.0
             try:
                 engine = self._rt.require_transcriber()
-                options = decode_options(inner.options, self._limits, engine.info)
+                options = self._options(inner.options, engine)
+                speakers = self._speaker_job(inner.options)
+                if speakers is not None:
+                    options = replace(options, word_timestamps=True)
                 max_s = self._limits.max_audio_seconds
                 events: AsyncIterator[ProgressEvent] = self._rt.stream(
-                    transcribe_with_progress, engine, lambda: decode_request_audio(inner, max_s), options
+                    transcribe_with_progress, engine, lambda: decode_request_audio(inner, max_s), options, speakers
                 )
                 async for event in events:
                     response = progress_pb(event, self._rt.worker_id)
@@ -146,7 +184,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             return
         engine = self._rt.require_transcriber()
         check_streaming_encoding(config)
-        options = decode_options(config.options, self._limits, engine.info)
+        options = self._options(config.options, engine)
         session_config = session_config_from(config, self._settings)
         resampler = audio.PcmResampler(config.sample_rate_hertz, config.audio_channel_count)
         session = StreamingSession(engine, options, session_config)
@@ -161,7 +199,8 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                     f"streaming_config.resume is not usable: {exc}",
                 ) from None
             replay_until = config.resume.replay_until.ToNanoseconds() / 1e9
-        call = StreamCall(self._rt, session, config, resampler, self._limits.max_stream_seconds, replay_until)
+        speakers = await self._stream_speakers(config)
+        call = StreamCall(self._rt, session, config, resampler, self._limits.max_stream_seconds, replay_until, speakers)
         reader = RequestReader(requests, self._limits.stream_idle_timeout_s, self._rt.draining, self._rt.worker_id)
         try:
             async for response in call.run(reader):
@@ -178,6 +217,30 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                 interims_skipped=call.interims_skipped,
             )
         self._rt.completed += 1
+
+    async def _stream_speakers(self, config: pb.StreamingConfig) -> OnlineLabeller | None:
+        """The stream's online speaker labeller, when it asks for labels: from the resume point's state
+        after a failover, else with the known speakers' clips embedded."""
+        if config.HasField("diarization_config"):
+            diarization, field = config.diarization_config, "diarization_config"
+        elif config.options.HasField("diarization_config"):
+            diarization, field = config.options.diarization_config, "options.diarization_config"
+        else:
+            return None
+        job = SpeakerJob(
+            self._rt.require_speakers(), speaker_options(diarization, field), field, self._limits.max_decode_ratio
+        )
+        labeller = OnlineLabeller(job.scheduler, job.options.max_speakers)
+        if config.HasField("resume") and config.resume.speakers:
+            try:
+                labeller.restore(config.resume.speakers, config.resume.audio_offset.ToNanoseconds() / 1e9)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "BAD_RESUME_STATE", f"streaming_config.resume.speakers: {exc}"
+                ) from None
+            return labeller
+        names, references = await self._rt.run_for_stream(job.references)
+        return OnlineLabeller(job.scheduler, job.options.max_speakers, names, references)
 
     async def GetConfig(self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
         with request_line("GetConfig", context) as line:
@@ -198,55 +261,16 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                 encodings=[pb.AUDIO_ENCODING_CONTAINER, pb.AUDIO_ENCODING_LINEAR16],
                 limits=limits_pb(self._settings),
                 worker_count=1,
+                models=[
+                    pb.ModelInfo(
+                        name=self._model,
+                        is_default=True,
+                        description=info.model,
+                        multilingual=info.multilingual,
+                        language_codes=list(info.languages),
+                        workers=1,
+                        serving_workers=1,
+                        loaded_workers=1,
+                    )
+                ],
             )
-
-
-class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, runtime: WorkerRuntime, probe: DeviceProbe, settings: Settings) -> None:
-        self._rt = runtime
-        self.probe = probe
-        self._settings = settings
-
-    def health(self) -> worker_pb2.WorkerHealth:
-        rt = self._rt
-        engine = rt.transcriber
-        device = self.probe.read(rt.pid)
-        on_gpu = engine is not None and engine.info.device_kind == "cuda"
-        health = worker_pb2.WorkerHealth(
-            worker_id=rt.worker_id,
-            process_num=rt.process_num,
-            pid=rt.pid,
-            device_kind=worker_pb2.DEVICE_KIND_CUDA if on_gpu else worker_pb2.DEVICE_KIND_CPU,
-            device_index=self._settings.worker_device_id if on_gpu else 0,
-            process_rss_bytes=process_rss_bytes(),
-            model=engine.info.model if engine else "",
-            compute_type=engine.info.compute_type if engine else "",
-            engine=engine.info.name if engine else "",
-            active_requests=rt.active,
-            queued_requests=rt.queued,
-            max_concurrent_requests=rt.concurrency,
-            status=rt.status,
-            status_reason=rt.status_reason,
-            uptime=duration(time.monotonic() - rt.started),
-            requests_completed=rt.completed,
-            active_streams=rt.streams,
-        )
-        if engine is not None:
-            health.batch.CopyFrom(batch_pb(engine.scheduler))
-        if on_gpu:
-            health.gpu_name, health.gpu_uuid = device.gpu_name, device.gpu_uuid
-            for field, value in (
-                ("vram_total_bytes", device.vram_total),
-                ("vram_used_bytes", device.vram_used),
-                ("vram_free_bytes", device.vram_free),
-                ("vram_process_bytes", device.vram_process),
-                ("gpu_utilization_percent", device.utilization_percent),
-            ):
-                if value is not None:
-                    setattr(health, field, value)
-        return health
-
-    async def GetWorkerHealth(
-        self, request: worker_pb2.GetWorkerHealthRequest, context: grpc.aio.ServicerContext
-    ) -> worker_pb2.GetWorkerHealthResponse:
-        return worker_pb2.GetWorkerHealthResponse(health=self.health())

@@ -43,9 +43,10 @@ class Gateway:
         )
         return response
 
-    async def get_config(self, token: str | None) -> pb.GetConfigResponse:
+    async def get_config(self, token: str | None, model: str = "") -> pb.GetConfigResponse:
+        """GetConfig of `model` (empty: the default model), with every model listed in `models`."""
         response: pb.GetConfigResponse = await self._transcription.GetConfig(
-            pb.GetConfigRequest(), timeout=10, metadata=call_metadata(token)
+            pb.GetConfigRequest(model=model), timeout=10, metadata=call_metadata(token)
         )
         return response
 
@@ -54,3 +55,17 @@ class Gateway:
             fleet_pb2.ListWorkersRequest(), timeout=5, metadata=call_metadata(token)
         )
         return response
+
+    def streaming_transcribe(self, token: str | None, request_id: str | None) -> grpc.aio.StreamStreamCall:
+        """A StreamingTranscribe call: write its config, then audio; read its responses."""
+        call: grpc.aio.StreamStreamCall = self._transcription.StreamingTranscribe(
+            metadata=call_metadata(token, request_id)
+        )
+        return call
+
+    def transcribe_upload(self, token: str | None, request_id: str | None) -> grpc.aio.StreamStreamCall:
+        """A TranscribeUpload call: write its config, then the file's chunks; read progress reports."""
+        call: grpc.aio.StreamStreamCall = self._transcription.TranscribeUpload(
+            metadata=call_metadata(token, request_id)
+        )
+        return call

@@ -39,6 +39,7 @@ def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
         "in_flight": w.in_flight,
         "streams": w.streams,
         "health_stale": w.health_stale,
+        "model_name": w.model,
     }
     if w.HasField("health"):
         h = w.health
@@ -48,6 +49,7 @@ def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
             row.update(
                 status=_state(worker_pb2.WorkerStatus, h.status, "WORKER_STATUS_"),
                 model=h.model,
+                model_state=_state(worker_pb2.ModelState, h.model_state, "MODEL_STATE_"),
                 rss_bytes=h.process_rss_bytes,
                 vram_used_bytes=h.vram_process_bytes if h.HasField("vram_process_bytes") else None,
                 vram_total_bytes=h.vram_total_bytes if h.HasField("vram_total_bytes") else None,
@@ -64,6 +66,9 @@ def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
                     batch_mean=round(h.batch.windows_decoded / batches, 2) if batches else None,
                     windows_queued=h.batch.windows_queued,
                 )
+            if h.speaker_model:
+                # Speaker labels' work: seconds of speech turned into voice embeddings since the worker started.
+                row["speaker_seconds"] = round(h.speakers.audio_seconds_embedded, 1)
     return row
 
 
@@ -127,6 +132,17 @@ class StatusBoard:
             s = self.latest.stats
             body.update(
                 workers=[worker_row(w) for w in self.latest.workers],
+                models=[
+                    {
+                        "name": m.name,
+                        "default": m.is_default,
+                        "workers": m.workers,
+                        "serving": m.serving_workers,
+                        "loaded": m.loaded_workers,
+                        "queued": m.queued_requests,
+                    }
+                    for m in self.latest.models
+                ],
                 queue={"waiting": s.queued_requests, "size": s.queue_size},
                 streams=s.active_streams,
                 requests_ok=s.requests_ok,
@@ -136,4 +152,5 @@ class StatusBoard:
             )
         else:
             body["workers"] = []
+            body["models"] = []
         return body

@@ -34,6 +34,7 @@ from services.gateway.recordings import shard
 from services.gateway.recordings.pieces import SEARCH_S, AudioPiece, Source, iter_pieces
 from services.gateway.routing.dispatch import Dispatcher
 from services.gateway.routing.registry import Registry
+from services.gateway.speakers.diarize import RecordingSpeakers
 from services.gen import transcription_pb2 as pb
 
 log = structlog.get_logger()
@@ -116,15 +117,19 @@ class Pipeline:
         settings: Settings,
         context: grpc.aio.ServicerContext,
         line: RequestLine,
+        model: str | None = None,
     ) -> None:
         self._source = source
+        self._model = model  # every piece goes to a worker of this model
         self._options = options
+        # Speaker labels, when asked for: every piece's voice embeddings are clustered together at the end.
+        self._speakers = RecordingSpeakers.of(options)
         self._registry = registry
         self._dispatch = dispatcher
         self._settings = settings
         self._context = context
         self._line = line
-        serving = [w for w in registry.workers.values() if w.serving]
+        serving = [w for w in registry.of(model) if w.serving]
         self._room = asyncio.Semaphore(max(LOOKAHEAD_PER_WORKER, LOOKAHEAD_PER_WORKER * len(serving)))
         # Pieces of this recording in the fleet queue or on a worker: at most the fleet's slots, so one
         # recording never fills GATEWAY_QUEUE_SIZE by itself; the rest wait here, decoded.
@@ -192,13 +197,16 @@ class Pipeline:
 
     def _progress(self, segments: list[pb.Segment], worker: str) -> pb.TranscribeWithProgressResponse:
         self._advance()
-        return pb.TranscribeWithProgressResponse(
+        report = pb.TranscribeWithProgressResponse(
             segments=segments,
             processed_audio=duration(self._processed_s),
             audio_duration=duration(self._length()),
             progress_percent=self._percent,
             worker_id=worker,
         )
+        if self._speakers is not None:
+            self._speakers.interim(report.segments)  # copies: the final result keeps the words it labels
+        return report
 
     def _length(self) -> float:
         return self._total_s if self._total_s is not None else max(self._declared_s, self._decoded_s)
@@ -216,7 +224,10 @@ class Pipeline:
 
     def _final(self, elapsed_s: float) -> pb.TranscribeWithProgressResponse:
         total = self._length()
-        first = next((p.result for p in self._pieces if p.result is not None), pb.TranscribeResponse())
+        results = [p.result for p in self._pieces if p.result is not None]
+        first = results[0] if results else pb.TranscribeResponse()
+        language = shard.main_language(self._segments, first.language_code)
+        first = next((r for r in results if r.language_code == language), first)
         workers = [w for w in self._workers if w]
         result = pb.TranscribeResponse(
             segments=self._segments,
@@ -228,6 +239,9 @@ class Pipeline:
             worker_id=",".join(workers),
             request_id=self._line.request_id,
         )
+        if self._speakers is not None:
+            self._speakers.finish(result)
+            self._line.fields["speakers"] = len(result.speakers)
         self._line.fields.update(pieces=len(self._pieces), worker=result.worker_id, audio_s=round(total, 3))
         return pb.TranscribeWithProgressResponse(
             processed_audio=duration(total),
@@ -251,6 +265,8 @@ class Pipeline:
         local = piece.start_s + response.processed_audio.ToNanoseconds() / 1e9
         piece.done_s = max(piece.done_s, min(local, piece.seconds))
         if response.HasField("result"):
+            if self._speakers is not None:
+                self._speakers.add(response.result, piece.offset_s + piece.start_s)
             piece.result = pb.TranscribeResponse(
                 language_code=response.result.language_code,
                 language_probability=response.result.language_probability,
@@ -322,7 +338,7 @@ class Pipeline:
                     self._room.release()
                     break
                 self._decoded_s += audio.seconds
-                request = self._request(audio.pcm)
+                request = self._request(audio.pcm, audio.index)
                 self._events.put_nowait(_Decoded(_Piece(audio.index, audio.offset_s, audio.seconds, request)))
                 del audio, request
             self._total_s = self._decoded_s
@@ -343,14 +359,14 @@ class Pipeline:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _request(self, pcm: bytes) -> pb.TranscribeWithProgressRequest:
+    def _request(self, pcm: bytes, index: int) -> pb.TranscribeWithProgressRequest:
         return pb.TranscribeWithProgressRequest(
             request=pb.TranscribeRequest(
                 audio_content=pcm,
                 encoding=pb.AUDIO_ENCODING_LINEAR16,
                 sample_rate_hertz=SAMPLE_RATE,
                 audio_channel_count=1,
-                options=self._options,
+                options=RecordingSpeakers.piece_options(self._options, index),
             )
         )
 
@@ -360,7 +376,7 @@ class Pipeline:
         if not piece.start_s:
             return piece.request
         start = round(piece.start_s * SAMPLE_RATE) * 2
-        return self._request(piece.request.request.audio_content[start:])
+        return self._request(piece.request.request.audio_content[start:], piece.index)
 
     async def _attempt(self, piece: _Piece, attempt: int) -> None:
         """One try of one piece; its reports and its failure go to the event queue."""
@@ -380,7 +396,7 @@ class Pipeline:
 
     async def _on_worker(self, piece: _Piece, attempt: int) -> None:
         metadata = ((REQUEST_ID_HEADER, self._line.request_id),)
-        async with self._dispatch.slot(piece.tried, self._context.time_remaining()) as handle:
+        async with self._dispatch.slot(piece.tried, self._context.time_remaining(), self._model) as handle:
             piece.tried.add(handle.name)
             call = handle.transcription.TranscribeWithProgress(
                 self._piece_request(piece), timeout=self._context.time_remaining(), metadata=metadata

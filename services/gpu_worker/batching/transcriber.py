@@ -19,6 +19,7 @@ from services.gpu_worker.engines.base import (
     EngineResult,
     Segment,
     WindowJob,
+    WindowResult,
     Word,
 )
 
@@ -44,6 +45,7 @@ def _shift(segment: Segment, offset: float, limit: float, index: int) -> Segment
         words=tuple(Word(at(w.start), at(w.end), w.word, w.probability) for w in segment.words),
         avg_logprob=segment.avg_logprob,
         no_speech_prob=segment.no_speech_prob,
+        language=segment.language,
     )
 
 
@@ -60,6 +62,33 @@ def timings(futures: list[WindowFuture]) -> dict[str, float]:
         "align_s": sum(t.align_s for t in done),
         "batch": float(max(t.batch for t in done)),
     }
+
+
+class LanguageTally:
+    """A recording's language: the one most of its speech was decoded in (each window detects its own)."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._weighted: dict[str, float] = {}
+        self._first: tuple[str, float] | None = None
+
+    def add(self, result: WindowResult) -> None:
+        if self._first is None:
+            self._first = (result.language, result.language_probability)
+        speech = sum(max(0.0, s.end - s.start) for s in result.segments)
+        if speech <= 0:
+            return
+        self._seconds[result.language] = self._seconds.get(result.language, 0.0) + speech
+        self._weighted[result.language] = (
+            self._weighted.get(result.language, 0.0) + speech * result.language_probability
+        )
+
+    def result(self, fallback: str) -> tuple[str, float]:
+        """(language, probability averaged over its speech); the first window's without any speech."""
+        if not self._seconds:
+            return self._first or (fallback, 1.0)
+        language = max(self._seconds, key=lambda code: self._seconds[code])
+        return language, self._weighted[language] / self._seconds[language]
 
 
 class Decoder(Protocol):
@@ -90,8 +119,11 @@ class Transcriber:
         on_segment: Callable[[Segment], None] | None = None,
         priority: Priority = Priority.BULK,
         encode_s: float | None = None,
+        on_windows: Callable[[list[Window]], None] | None = None,
     ) -> EngineResult:
-        """`encode_s`: a single window's encoder input (`WindowJob.encode_s`); None lets the engine choose."""
+        """`encode_s`: a single window's encoder input (`WindowJob.encode_s`); None lets the engine choose.
+        `on_windows` is told the windows (with their VAD speech spans) once they are queued, while the
+        scheduler decodes them: speaker embedding uses the same spans, so Silero runs once."""
         if options.single_window:
             windows = [Window(0, min(audio.size, int(WINDOW_SECONDS * SAMPLE_RATE)))] if audio.size else []
         else:
@@ -110,15 +142,21 @@ class Transcriber:
             return self.scheduler.submit(job, priority, call)
 
         futures = [submit(w) for w in windows]
+        if on_windows is not None:
+            try:
+                on_windows(windows)
+            except BaseException:
+                for pending in futures:
+                    pending.cancel()
+                raise
         rests: list[WindowFuture] = []
         segments: list[Segment] = []
-        language, probability = options.language, 1.0
+        heard = LanguageTally()
         try:
             for window, future in zip(windows, futures, strict=True):
                 part, result = window, future.result()  # in audio order: all before it are out
                 for attempt in range(_MAX_RESTS + 1):
-                    if language is None or (options.language is None and not segments):
-                        language, probability = result.language, result.language_probability
+                    heard.add(result)
                     for segment in result.segments:
                         shifted = _shift(segment, part.start / SAMPLE_RATE, part.seconds, len(segments))
                         segments.append(shifted)
@@ -134,9 +172,10 @@ class Transcriber:
         finally:
             for pending in (*futures, *rests):
                 pending.cancel()  # when a callback or a window failed: nobody waits for the others
+        language, probability = heard.result(options.language or self._default_language())
         return EngineResult(
             segments=tuple(segments),
-            language=language or self._default_language(),
+            language=language,
             language_probability=probability,
             duration=audio.size / SAMPLE_RATE,
             extra=timings([*futures, *rests]),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 import structlog
@@ -24,6 +24,7 @@ from services.gen import transcription_pb2 as pb
 from services.gpu_worker.engines.base import EngineResult, Word
 from services.gpu_worker.results import alternative
 from services.gpu_worker.runtime import WorkerRuntime
+from services.gpu_worker.speakers.online import OnlineLabeller
 from services.gpu_worker.streaming.decoded import InterimRequest
 from services.gpu_worker.streaming.reader import DRAINING, Batch, RequestReader, stream_too_long_error
 from services.gpu_worker.streaming.session import FINALIZE, StreamingSession, StreamUpdate
@@ -39,9 +40,15 @@ _EVENT_TYPES = {"begin": pb.SPEECH_EVENT_TYPE_SPEECH_ACTIVITY_BEGIN, "end": pb.S
 
 
 def stream_results(
-    update: StreamUpdate, interim: bool, with_words: bool, language: str, processed_s: float
+    update: StreamUpdate,
+    interim: bool,
+    with_words: bool,
+    language: str,
+    processed_s: float,
+    speakers: Sequence[str] | None = None,
 ) -> list[pb.StreamingRecognitionResult]:
-    """Protobuf results of one session update: the committed words, then the interim tail."""
+    """Protobuf results of one session update: the committed words (one result per speaker when
+    `speakers` labels them), then the interim tail."""
     results = []
 
     def result(words: tuple[Word, ...], final: bool, stability: float) -> pb.StreamingRecognitionResult:
@@ -54,7 +61,17 @@ def stream_results(
             language_code=language,
         )
 
-    if update.final_words:
+    if update.final_words and speakers:
+        start = 0
+        for end in range(1, len(update.final_words) + 1):
+            if end == len(update.final_words) or speakers[end] != speakers[start]:
+                labelled = result(update.final_words[start:end], True, 1.0)
+                labelled.speaker_label = speakers[start]
+                for word in labelled.alternatives[0].words:
+                    word.speaker_label = speakers[start]
+                results.append(labelled)
+                start = end
+    elif update.final_words:
         results.append(result(update.final_words, True, 1.0))
     if interim and update.interim_words:
         results.append(result(update.interim_words, False, update.stability))
@@ -78,9 +95,11 @@ class StreamCall:
         resampler: audio.PcmResampler,
         max_stream_s: float,
         replay_until_s: float = 0.0,
+        speakers: OnlineLabeller | None = None,
     ) -> None:
         self._rt = runtime
         self._session = session
+        self._speakers = speakers
         self._config = config
         self._resampler = resampler
         self._max_samples = round(max_stream_s * SAMPLE_RATE)
@@ -132,7 +151,10 @@ class StreamCall:
         pcm = np.concatenate(samples) if samples else np.zeros(0, dtype=np.float32)
         room = self._max_samples - round(session.total_seconds * SAMPLE_RATE)
         too_long = pcm.size > room
-        session.add_audio(pcm[: max(room, 0)])
+        kept = pcm[: max(room, 0)]
+        session.add_audio(kept)
+        if self._speakers is not None:
+            self._speakers.add_audio(kept)
         async for response in self._settle():
             yield self._mark(response)
         if self.done:
@@ -164,6 +186,8 @@ class StreamCall:
         response.resume_point.state = state
         if decoding_until is not None:
             response.resume_point.decoding_until.CopyFrom(duration(decoding_until))
+        if self._speakers is not None:
+            response.resume_point.speakers = self._speakers.snapshot()
         self._marked_at = round(self._session.total_seconds * SAMPLE_RATE)
         return response
 
@@ -187,7 +211,10 @@ class StreamCall:
             # After the point went out: a worker that dies now left the gateway knowing where.
             log.info("stream_decoding", kind=kind, until_s=round(session.judged_seconds, 3))
             self._detected_wall = time.monotonic()
-            for response in self._results(await self._rt.run_for_stream(session.process)):
+            responses = await self._decode(session.process)
+            if kind == FINALIZE:
+                responses = self._finalized(responses, session.judged_seconds)
+            for response in responses:
                 yield response
             if kind == FINALIZE and self._config.single_utterance:
                 self.done = True
@@ -229,13 +256,15 @@ class StreamCall:
             yield response
         if self.done:
             return
-        if session.in_speech:
+        ended = session.in_speech
+        if ended:
             for response in self._events(VoiceEvent("end", round(session.total_seconds * SAMPLE_RATE))):
                 yield response
         yield self._decoding(session.total_seconds)
         log.info("stream_decoding", kind="finish", until_s=round(session.total_seconds, 3))
         self._detected_wall = time.monotonic()
-        for response in self._results(await self._rt.run_for_stream(session.finish)):
+        results = await self._decode(session.finish)
+        for response in self._finalized(results, session.total_seconds) if ended else results:
             yield response
 
     def _events(self, event: VoiceEvent) -> list[pb.StreamingTranscribeResponse]:
@@ -272,11 +301,34 @@ class StreamCall:
             **{k: round(v, 4) for k, v in info.items() if k.endswith("_s") or k == "batch"},
         )
 
-    def _results(self, update: StreamUpdate) -> list[pb.StreamingTranscribeResponse]:
+    async def _decode(self, step: Callable[[], StreamUpdate]) -> list[pb.StreamingTranscribeResponse]:
+        """Run a session step (a decode) and turn its update into responses, its finals labelled by speaker
+        when the stream asked for that."""
+        update = await self._rt.run_for_stream(step)
+        labels = None
+        if self._speakers is not None and update.final_words:
+            labels = await self._rt.run_for_stream(self._speakers.label, update.final_words)
+        return self._results(update, labels)
+
+    def _finalized(
+        self, responses: list[pb.StreamingTranscribeResponse], at_s: float
+    ) -> list[pb.StreamingTranscribeResponse]:
+        """An ended utterance's final results, the last one marked UTTERANCE_FINALIZED when the client asked:
+        in the same response, so no resume point can fall between the words and the mark. `at_s`: where the
+        end was judged (a position of the audio, so a moved stream marks it at the same offset)."""
+        if not (self._config.enable_voice_activity_events and self._config.enable_utterance_finalized_events):
+            return responses
+        if not responses:
+            responses = [pb.StreamingTranscribeResponse(worker_id=self._rt.worker_id)]
+        responses[-1].speech_event_type = pb.SPEECH_EVENT_TYPE_UTTERANCE_FINALIZED
+        responses[-1].speech_event_offset.CopyFrom(duration(at_s))
+        return responses
+
+    def _results(self, update: StreamUpdate, labels: list[str] | None = None) -> list[pb.StreamingTranscribeResponse]:
         session = self._session
         if update.final_words:
             self._log_final(update)
         results = stream_results(
-            update, self._config.interim_results, self._with_words, session.language, session.total_seconds
+            update, self._config.interim_results, self._with_words, session.language, session.total_seconds, labels
         )
         return [pb.StreamingTranscribeResponse(results=[r], worker_id=self._rt.worker_id) for r in results]
