@@ -331,4 +331,12 @@ class StreamCall:
         results = stream_results(
             update, self._config.interim_results, self._with_words, session.language, session.total_seconds, labels
         )
-        return [pb.StreamingTranscribeResponse(results=[r], worker_id=self._rt.worker_id) for r in results]
+        # A decode's finals (one per speaker when labelled) go out in one response, which carries the
+        # resume point after them all: a worker killed between two responses could otherwise leave the
+        # gateway a state in which the later finals were made but never sent.
+        finals = [r for r in results if r.is_final]
+        out = [pb.StreamingTranscribeResponse(results=finals, worker_id=self._rt.worker_id)] if finals else []
+        out += [
+            pb.StreamingTranscribeResponse(results=[r], worker_id=self._rt.worker_id) for r in results if not r.is_final
+        ]
+        return out
