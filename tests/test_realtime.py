@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import av
 import numpy as np
 import openai
 import pytest
@@ -59,9 +60,13 @@ def pcm16k(name: str) -> bytes:
 
 
 def to_24k(pcm: bytes) -> bytes:
-    x = np.frombuffer(pcm, "<i2").astype(np.float32)
-    n = len(x) * 3 // 2
-    return np.interp(np.arange(n) * 2 / 3, np.arange(len(x)), x).round().astype("<i2").tobytes()
+    """16 kHz LINEAR16 as a 24 kHz client would capture it: band-limited resampling (FFmpeg's, through
+    PyAV). Linear interpolation dulled the espeak voice enough that tiny.en misheard a word of it at the
+    10 s encoder input live streams use (it heard it right only at 30 s)."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=24000)
+    frame = av.AudioFrame.from_ndarray(np.frombuffer(pcm, "<i2").reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = 16000
+    return b"".join(f.to_ndarray().tobytes() for f in [*resampler.resample(frame), *resampler.resample(None)])
 
 
 def session_update(rate: int = 24000, vad: bool = True, **transcription: object) -> dict[str, Any]:
@@ -107,27 +112,51 @@ async def _session(
             for event in after or []:
                 await conn.send(event)  # type: ignore[arg-type]
 
-        sender = asyncio.create_task(send())
-        answers = 0
-        try:
-            async with asyncio.timeout(120):
+        received: asyncio.Queue[Event | None] = asyncio.Queue()
+
+        async def receive() -> None:
+            try:
                 async for parsed in conn:
                     with warnings.catch_warnings():
                         # The SDK types a session as a union without a discriminator and builds the
                         # conversation variant for any session (OpenAI's own too); dumping it warns.
                         warnings.simplefilter("ignore", UserWarning)
-                        event = parsed.to_dict()
-                    events.append(event)
-                    if on_event is not None:
-                        on_event(event)
-                    if sender.done() and event["type"] in ANSWERS:
-                        answers += 1
+                        received.put_nowait(parsed.to_dict())
+            finally:
+                received.put_nowait(None)
+
+        sender = asyncio.create_task(send())
+        receiver = asyncio.create_task(receive())
+        answers = 0
+        last_came = False
+        try:
+            async with asyncio.timeout(120):
+                # The end is checked on each event and when the audio is all sent: every item may be
+                # complete by then, and waiting for one more event would wait for the idle timeout.
+                while True:
+                    getting = asyncio.ensure_future(received.get())
+                    waits: set[asyncio.Future[Any]] = {getting} if sender.done() else {getting, sender}
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if getting.done():
+                        event = getting.result()
+                        if event is None:
+                            await receiver  # the connection's error, if it closed with one
+                            break
+                        events.append(event)
+                        if on_event is not None:
+                            on_event(event)
+                        if sender.done() and event["type"] in ANSWERS:
+                            answers += 1
+                        last_came = sender.done() and event["type"] == last
+                    else:
+                        getting.cancel()
                     completed = sum(e["type"].endswith("transcription.completed") for e in events)
-                    answered = answers >= len(after or []) if last is None else event["type"] == last
+                    answered = answers >= len(after or []) if last is None else last_came
                     if completed >= expect_completed and sender.done() and answered:
                         break
         finally:
             sender.cancel()
+            receiver.cancel()
     return events
 
 
