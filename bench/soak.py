@@ -94,10 +94,12 @@ def idle_gateway(address: str, timeout: float = 30) -> str:
             time.sleep(0.2)
 
 
-def references(address: str, pace: float) -> tuple[list[StreamRun], dict[str, UnaryRun]]:
-    """Each clip once, alone on an undisturbed fleet: what every call under chaos must match."""
+def references(address: str) -> tuple[list[StreamRun], dict[str, UnaryRun]]:
+    """Each clip once, alone on an undisturbed fleet: what every call under chaos must match. The streams
+    are sent as fast as they go (a stream's finals depend on its audio alone, not on its pace): quicker,
+    and the soak's paced streams must then match a run whose worker took the audio in large backlogs."""
     with ScribeClient(address) as client:
-        streams = [stream_once(client, i, pcm, pace, f"soak-reference-{i}") for i, pcm in enumerate(stream_clips())]
+        streams = [stream_once(client, i, pcm, 0, f"soak-reference-{i}") for i, pcm in enumerate(stream_clips())]
         unary = {m: unary_once(client, m, audio, f"soak-reference-{m}") for m, audio in unary_clips().items()}
     broken = [r.error for r in streams if r.error] + [r.error for r in unary.values() if r.error]
     if broken or not all(stream_words(r) for r in streams):
@@ -117,7 +119,7 @@ def run_soak(
 ) -> SoakReport:
     """Soak a running fleet of `workers` workers for `seconds`; the fleet has `workers` serving afterwards."""
     wait_serving(target.address, workers)
-    stream_refs, unary_refs = references(target.address, pace)
+    stream_refs, unary_refs = references(target.address)
     pids = (supervisord_pid(target), process_pid(target, "gateway"))
     sampler = Sampler(pids[1])
     sampler.start()

@@ -72,11 +72,11 @@ class UnaryRun:
 
 
 def paced(pcm: bytes, pace: float, chunk_s: float = 0.1) -> Iterator[bytes]:
-    """100 ms chunks at `pace` times real time, as a microphone would deliver them."""
+    """100 ms chunks at `pace` times real time, as a microphone would deliver them (0: as fast as they go)."""
     step = int(chunk_s * RATE) * 2
     started = time.monotonic()
     for i in range(0, len(pcm), step):
-        delay = started + i / (2 * RATE) / pace - time.monotonic()
+        delay = started + i / (2 * RATE) / pace - time.monotonic() if pace > 0 else 0.0
         if delay > 0:
             time.sleep(delay)
         yield pcm[i : i + step]
