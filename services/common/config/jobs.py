@@ -35,7 +35,9 @@ def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
 def _database_url(value: str) -> str:
     value = value.strip()
     if value and not value.startswith(("postgresql://", "postgresql+psycopg://", "postgres://", "sqlite:///")):
-        raise ValueError("must be postgresql://USER:PASSWORD@HOST/DB (or sqlite:///PATH), or empty for SQLite in RUN_DIR")
+        raise ValueError(
+            "must be postgresql://USER:PASSWORD@HOST/DB (or sqlite:///PATH), or empty for SQLite in RUN_DIR"
+        )
     return value
 
 
@@ -52,7 +54,7 @@ def _webhook_secret(value: str) -> str:
         if not value.startswith("whsec_") or len(raw) < 24:
             raise ValueError(
                 "must be whsec_ and the base64 of 24 to 64 random bytes, e.g. "
-                '`python -c "import base64,os; print(\'whsec_\' + base64.b64encode(os.urandom(32)).decode())"`'
+                "`python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"`"
             )
     return value
 

@@ -3,6 +3,10 @@
 Work waits in the gateway rather than in a worker's own queue, so a worker that dies holds no queued
 audio, a worker that comes back is used at once, and a full queue is refused at the door with
 RESOURCE_EXHAUSTED and a retry delay instead of slowing every client down.
+
+Batch jobs' pieces (`batch=True`) queue here too, below interactive work: a piece takes a free slot only
+while no interactive call waits, is never refused for a full queue (the job runner bounds how many it
+asks for), and waits for a worker however long the fleet is down.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ class Dispatcher:
         self._registry = registry
         self.queue_size = queue_size
         self._wait_s = wait_s  # how long a call waits in the queue while no worker serves at all
-        self.waiting = 0
+        self.waiting = 0  # interactive calls waiting
+        self.batch_waiting = 0  # batch jobs' pieces waiting
         self._changed = asyncio.Condition()
         self._turns = itertools.count()
         self._service_s = 1.0  # moving average of one call's time on a worker, for the retry delay
@@ -82,10 +87,14 @@ class Dispatcher:
         )
 
     @asynccontextmanager
-    async def slot(self, exclude: set[str], timeout: float | None) -> AsyncIterator[WorkerHandle]:
-        """Hold one slot on a worker for the duration of the block."""
-        # Calls already queued go first: a newcomer only takes a free slot when nobody waits.
-        handle = None if self.waiting else free_worker(self._registry.workers.values(), exclude, next(self._turns))
+    async def slot(self, exclude: set[str], timeout: float | None, batch: bool = False) -> AsyncIterator[WorkerHandle]:
+        """Hold one slot on a worker for the duration of the block; `batch` for a batch job's piece."""
+        handle: WorkerHandle | None
+        if batch:
+            handle = await self._wait_batch(exclude)
+        else:
+            # Calls already queued go first: a newcomer only takes a free slot when nobody waits.
+            handle = None if self.waiting else free_worker(self._registry.workers.values(), exclude, next(self._turns))
         if handle is None:
             if self.waiting >= self.queue_size:
                 raise RequestError(
@@ -102,8 +111,23 @@ class Dispatcher:
             yield handle
         finally:
             handle.in_flight -= 1
-            self._service_s = 0.8 * self._service_s + 0.2 * (time.monotonic() - started)
+            if not batch:  # a piece's minutes on a worker say nothing of when an interactive slot frees
+                self._service_s = 0.8 * self._service_s + 0.2 * (time.monotonic() - started)
             await self.notify()
+
+    async def _wait_batch(self, exclude: set[str]) -> WorkerHandle:
+        """A free slot that no interactive call is waiting for."""
+        self.batch_waiting += 1
+        try:
+            async with self._changed:
+                while True:
+                    if not self.waiting:
+                        handle = free_worker(self._registry.workers.values(), exclude, next(self._turns))
+                        if handle is not None:
+                            return handle
+                    await self._changed.wait()
+        finally:
+            self.batch_waiting -= 1
 
     async def _wait(self, exclude: set[str], timeout: float | None) -> WorkerHandle:
         """The next free slot, within `timeout`. While no worker serves at all (every worker restarting,
