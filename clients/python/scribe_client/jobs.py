@@ -33,8 +33,8 @@ FORMATS: dict[str, jpb.OutputFormat] = {
     "vtt": jpb.OUTPUT_FORMAT_VTT,
     "tsv": jpb.OUTPUT_FORMAT_TSV,
 }
-STATES: dict[str, jpb.JobState] = {
-    jpb.JobState.Name(v).removeprefix("JOB_STATE_").lower(): jpb.JobState(v) for v in jpb.JobState.values() if v
+STATES: dict[str, int] = {
+    jpb.JobState.Name(v).removeprefix("JOB_STATE_").lower(): v for v in jpb.JobState.values() if v
 }
 FINISHED = frozenset({jpb.JOB_STATE_SUCCEEDED, jpb.JOB_STATE_FAILED, jpb.JOB_STATE_CANCELLED})
 #: The server's message limit when it is not known: uploads go in chunks well under it.
@@ -105,8 +105,10 @@ def list_request(
     page_size: int = 100,
     page_token: str = "",
 ) -> jpb.ListJobsRequest:
-    values = [STATES[s.lower()] if isinstance(s, str) else jpb.JobState(s) for s in states]
-    return jpb.ListJobsRequest(states=values, labels=dict(labels or {}), page_size=page_size, page_token=page_token)
+    request = jpb.ListJobsRequest(labels=dict(labels or {}), page_size=page_size, page_token=page_token)
+    for state in states:
+        request.states.append(STATES[state.lower()] if isinstance(state, str) else state)  # type: ignore[arg-type]
+    return request
 
 
 def reconnectable(err: grpc.RpcError) -> bool:
