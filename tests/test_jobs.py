@@ -20,7 +20,7 @@ from tests.conftest import TOKEN_A, TOKEN_B, Fleet, Process
 from tests.helpers import DATA, SAID, clip, speech_recording, wer
 from tests.jobs_support import client, job_gateway, reason, wait_state
 
-DONE = {jpb.JOB_STATE_SUCCEEDED, jpb.JOB_STATE_FAILED, jpb.JOB_STATE_CANCELLED}
+DONE: set[int] = {jpb.JOB_STATE_SUCCEEDED, jpb.JOB_STATE_FAILED, jpb.JOB_STATE_CANCELLED}
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,9 @@ def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
             continue
@@ -117,8 +119,7 @@ def test_no_module_much_over_400_lines() -> None:
     long = {
         str(path.relative_to(ROOT)): n
         for path in list(SERVICES.rglob("*.py")) + list((ROOT / "clients/python/scribe_client").rglob("*.py"))
-        if "gen" not in path.relative_to(ROOT).parts
-        and (n := len(path.read_text().splitlines())) > MAX_LINES
+        if "gen" not in path.relative_to(ROOT).parts and (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
 

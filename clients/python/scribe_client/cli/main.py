@@ -379,6 +379,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from scribe_client.cli.jobs import run_jobs
+
+    with client_for(_address(args), security_from_args(args)) as client:
+        return run_jobs(client, args)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from scribe_client.cli.batch import run_batch
+
+    with client_for(_address(args), security_from_args(args)) as client:
+        return run_batch(client, args)
+
+
+def add_job_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], security: argparse.ArgumentParser
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """`jobs` and `batch` (scribe_client.cli.jobs and .batch; `batch` needs rich)."""
+    from scribe_client.cli.jobs import add_jobs_parser
+
+    jobs = add_jobs_parser(sub, security)
+    try:
+        from scribe_client.cli.batch import add_batch_parser
+    except ImportError:  # scribe-client without the [cli] extra: no progress bars, so no batch
+        return jobs, jobs
+    return jobs, add_batch_parser(sub, security)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scribe-client", description="Transcribe audio with a scribe gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -389,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[security], help="table of the gateway's workers")
     status.add_argument("--address", help=f"gateway address (default {ENV_ADDRESS}, else {DEFAULT_ADDRESS})")
     status.set_defaults(func=cmd_status)
+    jobs, batch = add_job_parsers(sub, security)
+    jobs.set_defaults(func=cmd_jobs)
+    batch.set_defaults(func=cmd_batch)
     return parser
 
 
