@@ -23,6 +23,7 @@ from services.common.rpclog import REQUEST_ID_HEADER
 from services.gen import transcription_pb2 as pb
 from services.http_api.errors import HttpError, from_rpc_error
 from services.http_api.gateway import Gateway
+from services.http_api.jobs_routes import jobs_router
 from services.http_api.middleware import RequestLineMiddleware
 from services.http_api.openai_format import (
     GRANULARITIES,
@@ -191,6 +192,8 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             raise from_rpc_error(err) from None
         model = {"id": config.model, "object": "model", "created": 0, "owned_by": "scribe"}
         return JSONResponse({"object": "list", "data": [model]})
+
+    app.include_router(jobs_router(gateway, settings))
 
     if board is not None:
 
