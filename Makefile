@@ -14,13 +14,14 @@ SOAK_CLIENTS ?= 2
 # The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test test-torch test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
+.PHONY: run test test-torch test-hosts test-postgres bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
 	@echo "make test   - install, generate stubs, run the test suite (all but the three targets below)"
 	@echo "make test-torch - install the torch extra (TORCH_PIN=$(TORCH_PIN)) and run the torch engine's tests"
 	@echo "make test-hosts - workers on three simulated hosts found through DNS (root: network namespaces)"
+	@echo "make test-postgres - batch jobs on two gateways sharing a real PostgreSQL server (Debian's postgresql)"
 	@echo "make image  - build the container image with podman from a debootstrapped Debian base (no registry)"
 	@echo "make image-test - run the image (worker host + gateway) and transcribe a clip through it"
 	@echo "make manifests - render deploy/kubernetes (production overlay) and validate it offline"
@@ -93,6 +94,14 @@ test-torch: $(GEN) $(TORCH_STAMP)
 # Three simulated hosts (network namespaces on a bridge, a real dnsmasq): root, about two minutes.
 test-hosts: $(GEN) deps
 	$(BIN)/python -m pytest -m hosts tests/test_hosts.py -s -p no:cacheprovider
+
+# Batch jobs on a real PostgreSQL server shared by two gateways (tests/test_jobs_postgres.py): Debian's
+# postgresql package, initdb'd into a temporary folder and stopped at the end by the tests themselves.
+PG_DEB := postgresql
+test-postgres: $(GEN) deps
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(PG_DEB))
+	$(BIN)/python -m pytest -m postgres tests/test_jobs_postgres.py -p no:cacheprovider
 
 # The container image, built here without a registry: debootstrap makes the Debian base, podman imports
 # it, pip fetches the wheels on this host (its certificates and indexes), and the build runs offline.
@@ -173,6 +182,11 @@ soak: $(GEN)
 
 bench-long: $(GEN)
 	$(BIN)/python -m bench.long $(BENCH_ARGS)
+
+# Batch jobs against 8 Transcribe clients, through two gateway kills, interactive latency under a batch,
+# and 100,000 synthetic rows listed (bench/results/jobs.md; needs ../shared/audio).
+bench-jobs: $(GEN)
+	$(BIN)/python -m bench.jobs $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) services/gen/transcription $(CLIENT)/scribe_client/gen/transcription $(CLIENT)/build run node_modules

@@ -66,7 +66,10 @@ def wait_state(c: ScribeClient, job_id: str, states: set[int], timeout: float = 
 
 
 def decoded_seconds(fleet: Fleet) -> float:
-    """Audio the fleet's workers have decoded since they started (each window once)."""
+    """Audio the fleet's workers have decoded since they started (each window once; long silences are
+    skipped, so a recording counts a little less than its length). Read after a second, so the health
+    reports the gateway holds include every decode before now."""
+    time.sleep(1.0)
     total = 0.0
     for w in fleet.workers().values():
         if w.HasField("health"):

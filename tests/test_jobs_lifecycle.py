@@ -199,7 +199,7 @@ def test_a_gateway_killed_mid_job_resumes_from_its_last_finished_piece(fleet: Fl
         decoded = decoded_seconds(fleet) - before
         # Nothing finished was decoded again: at most the pieces that were on the workers when it died.
         in_flight = 4 * 30.0  # JOB_WORKER_SLOTS=1 on two workers, lookahead: at most ~2-4 pieces of 30 s
-        assert audio_s <= decoded + 1 and decoded <= audio_s + in_flight, (decoded, done_before)
+        assert 0.8 * audio_s <= decoded <= audio_s + in_flight, (decoded, done_before)
         assert abs(result.audio_duration.ToNanoseconds() / 1e9 - audio_s) < 0.1
         starts = [s.start_offset.ToNanoseconds() for s in result.segments]
         assert starts == sorted(starts) and len(set(starts)) == len(starts)
