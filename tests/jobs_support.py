@@ -38,7 +38,7 @@ def job_env(**extra: str) -> dict[str, str]:
         "JOB_WEBHOOK_RETRY_S": "0.3",
         "JOB_POLL_S": "0.2",
         "JOB_LEASE_S": "4",
-        "PIECE_SECONDS": "30",
+        "JOB_PIECE_SECONDS": "30",
         "JOB_SOURCE_DIRS": str(DATA),
     }
     env.update(extra)

@@ -136,6 +136,14 @@ class JobFields(BaseModel):
         description="CIDRs that webhooks and URL sources may reach although they are loopback, private or "
         "link-local (denied by default, so jobs cannot probe the gateway's network), e.g. `10.20.0.0/16`.",
     )
+    job_piece_seconds: float = Field(
+        60,
+        ge=30,
+        le=3600,
+        description="A job's recording is cut at silences into pieces of about this length, each stored as it "
+        "finishes: a job resumes after a gateway restart from its last finished piece. A file no longer than "
+        "this goes to a worker whole.",
+    )
     job_worker_slots: int = Field(
         0,
         ge=0,

@@ -2,7 +2,7 @@
 
 A short recording (no longer than a piece, small enough for one message) goes to a worker whole, as
 uploaded, exactly as a Transcribe of the file would. A longer one is decoded here a piece at a time,
-cut at silences (services.gateway.recordings.pieces) every PIECE_SECONDS as fixed at the job's first run,
+cut at silences (services.gateway.recordings.pieces) every JOB_PIECE_SECONDS as fixed at the job's first run,
 so a resumed run cuts the same pieces: those already stored are skipped, never sent to a worker again.
 Every store write is conditional on this gateway still holding the job; a refused write (the job was
 cancelled, deleted or taken over) ends the run quietly.
@@ -76,9 +76,9 @@ class JobContext:
 
 
 def piece_seconds(settings: Settings) -> float:
-    """PIECE_SECONDS, or less so that a piece (with the cut's search margin) fits in one message."""
+    """JOB_PIECE_SECONDS, or less so that a piece (with the cut's search margin) fits in one message."""
     fits = 0.9 * settings.max_message_bytes / (2 * SAMPLE_RATE) - SEARCH_S
-    return min(settings.piece_seconds, fits)
+    return min(settings.job_piece_seconds, fits)
 
 
 def plan(path: str, spec: jpb.JobSpec, piece_s: float, max_message_bytes: int) -> tuple[bool, float]:

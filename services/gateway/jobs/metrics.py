@@ -24,7 +24,8 @@ from services.gen import fleet_pb2
 from services.gen import jobs_pb2 as jpb
 
 log = structlog.get_logger()
-REFRESH_S = 2.0
+#: How often the store's figures are read (a count by state reads every row: 0.1 s at 100,000 rows).
+REFRESH_S = 5.0
 
 
 class JobMetrics(Collector):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import delete, exists, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from services.gateway.jobs.model import (
@@ -111,10 +111,8 @@ class Records:
                 exists().where(job_labels.c.job_id == jobs.c.id, job_labels.c.key == key, job_labels.c.value == value)
             )
         if after is not None:
-            created, job_id = after
-            query = query.where(
-                or_(jobs.c.created_at < created, and_(jobs.c.created_at == created, jobs.c.id < job_id))
-            )
+            # A row-value comparison: both databases seek the (tenant, state, created_at, id) index to it.
+            query = query.where(tuple_(jobs.c.created_at, jobs.c.id) < tuple_(*after))
         query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
         with self.db.read() as conn:
             return [record(row) for row in conn.execute(query)]
