@@ -66,7 +66,8 @@ def fill(store: JobStore, rows: int, batch: int = 5000) -> None:
                 )
             conn.execute(insert(jobs), chunk)
             conn.execute(
-                insert(job_labels), [{"job_id": r["id"], "key": "batch", "value": str(i % 50)} for i, r in enumerate(chunk)]
+                insert(job_labels),
+                [{"job_id": r["id"], "key": "batch", "value": str(i % 50)} for i, r in enumerate(chunk)],
             )
         if not store.db.sqlite:
             conn.exec_driver_sql("ANALYZE")

@@ -71,7 +71,7 @@ def test_a_long_upload_is_decoded_piece_by_piece(jobs: ScribeClient) -> None:
     job = jobs.jobs.submit(speech_recording(95), labels={"suite": "pieces"})
     final = jobs.jobs.wait(job.id)
     assert final.state == jpb.JOB_STATE_SUCCEEDED, final.error
-    assert final.pieces_total == final.pieces_done >= 3  # PIECE_SECONDS=30
+    assert final.pieces_total == final.pieces_done >= 3  # JOB_PIECE_SECONDS=30
     result = jobs.jobs.result(job.id).result
     assert abs(result.audio_duration.ToNanoseconds() / 1e9 - 95) < 0.1
     starts = [s.start_offset.ToNanoseconds() for s in result.segments]

@@ -35,6 +35,8 @@ from scribe_client.jobs import FORMATS
 STATE_FILE = ".scribe-batch.json"
 LABEL = "scribe-batch"
 POLL_S = 1.0
+#: Jobs looked up one by one per poll when the batch's listing does not show them.
+MAX_GETS = 50
 
 
 @dataclass
@@ -49,10 +51,11 @@ class Item:
     error: str | None = None
 
 
-def request_key(source: Path, fmt: str, options: TranscribeOptions) -> str:
-    """The same file, unchanged, with the same options: the same key (and so the same job)."""
+def request_key(source: Path, fmt: str, options: TranscribeOptions, batch: str) -> str:
+    """The same file, unchanged, with the same options, into the same --out: the same key (and so the
+    same job). A batch into another folder is another batch, with jobs of its own."""
     stat = source.stat()
-    what = [str(source.resolve()), stat.st_size, stat.st_mtime_ns, fmt, repr(options)]
+    what = [str(source.resolve()), stat.st_size, stat.st_mtime_ns, fmt, repr(options), batch]
     return "batch-" + hashlib.sha256(json.dumps(what).encode()).hexdigest()[:40]
 
 
@@ -121,7 +124,7 @@ class Batch:
 
     def prepare(self, paths: list[str]) -> None:
         for source, destination in plan(paths, self.out, self.fmt):
-            item = Item(source, destination, request_key(source, self.fmt, self.options))
+            item = Item(source, destination, request_key(source, self.fmt, self.options, self.labels[LABEL]))
             known = self.state.jobs.get(str(source.resolve()))
             if destination.exists():
                 item.done = item.skipped = True
@@ -140,12 +143,21 @@ class Batch:
     def poll(self) -> None:
         """Every job of this batch, one list call per page; write the results of those that succeeded."""
         jobs = {j.id: j for j in self.client.jobs.list(labels={LABEL: self.labels[LABEL]}, page_size=1000)}
+        unlisted = [i for i in self.items if not i.done and i.job_id is not None and i.job_id not in jobs]
+        for item in unlisted[:MAX_GETS]:  # a job of an older version of this command, without our label
+            try:
+                assert item.job_id is not None
+                jobs[item.job_id] = self.client.jobs.get(item.job_id)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                item.done, item.error = True, "its job was deleted before it finished: run the batch again"
         for item in self.items:
             if item.done or item.job_id is None:
                 continue
             job = jobs.get(item.job_id)
             if job is None:
-                continue  # submitted a moment ago, or expired meanwhile (then found missing below)
+                continue
             item.audio_s = job.audio_duration.ToNanoseconds() / 1e9
             if job.state == jpb.JOB_STATE_SUCCEEDED:
                 answer = self.client.jobs.result(job.id, self.fmt)
