@@ -12,6 +12,7 @@ import grpc
 import pytest
 import srt
 import webvtt
+from google.rpc import error_details_pb2
 from scribe_client import ScribeClient
 from scribe_client.formats import render
 
@@ -19,6 +20,15 @@ from services.gen import jobs_pb2 as jpb
 from tests.conftest import TOKEN_A, TOKEN_B, Fleet, Process
 from tests.helpers import DATA, SAID, clip, speech_recording, wer
 from tests.jobs_support import client, job_gateway, reason, wait_state
+
+
+def reason_of(status: object) -> str | None:
+    for detail in status.details:  # type: ignore[attr-defined]
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return None
+
 
 DONE: set[int] = {jpb.JOB_STATE_SUCCEEDED, jpb.JOB_STATE_FAILED, jpb.JOB_STATE_CANCELLED}
 
@@ -125,6 +135,8 @@ def test_bad_requests_get_clear_statuses(jobs: ScribeClient) -> None:
     failed = jobs.jobs.wait(garbage.id)
     assert failed.state == jpb.JOB_STATE_FAILED
     assert failed.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and failed.error.message
+    # The worker's google.rpc.Status whole, ErrorInfo and all.
+    assert reason_of(failed.error) == "UNDECODABLE_AUDIO"
     with pytest.raises(grpc.RpcError) as no_result:
         jobs.jobs.result(garbage.id)
     assert no_result.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -180,3 +192,15 @@ def test_the_store_is_an_sqlite_file_in_wal_mode(gateway: Process) -> None:
     with sqlite3.connect(database) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] > 0
+
+
+def test_reflection_serves_the_job_service_with_its_comments(fleet: Fleet, gateway: Process) -> None:
+    auth = f"authorization: Bearer {TOKEN_A}"
+    listed = fleet.run("grpcurl", "-plaintext", "-H", auth, gateway.address, "list").stdout.split()
+    assert "transcription.v1.JobService" in listed
+    described = fleet.run(
+        "grpcurl", "-plaintext", "-H", auth, gateway.address, "describe", "transcription.v1.JobService.WatchJob"
+    ).stdout
+    assert "after_version" in described and "After a disconnect" in described
+    job = fleet.run("grpcurl", "-plaintext", "-H", auth, gateway.address, "describe", "transcription.v1.Job").stdout
+    assert "google.rpc.Status error" in job

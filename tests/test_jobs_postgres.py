@@ -114,7 +114,9 @@ def test_a_gateway_killed_mid_job_has_its_job_finished_by_the_other(
         decoded = decoded_seconds(fleet) - before
         assert 0.8 * audio_s <= decoded <= audio_s + 2 * 30.0, decoded  # at most the pieces in flight at the kill
         with psycopg.connect(pg.dsn()) as conn:
-            pieces = conn.execute("SELECT idx, gateway_id FROM job_pieces WHERE job_id = %s ORDER BY idx", (job.id,)).fetchall()
+            pieces = conn.execute(
+                "SELECT idx, gateway_id FROM job_pieces WHERE job_id = %s ORDER BY idx", (job.id,)
+            ).fetchall()
         by = [gw for _, gw in pieces]
         assert [idx for idx, _ in pieces] == list(range(final.pieces_total))  # every piece once
         assert by[0] == gateway_id(doomed) and by[-1] == gateway_id(survivor)

@@ -332,9 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = add_transcribe_parser(sub, security, "stream the file as live audio and print live captions")
     tr.set_defaults(func=cmd_transcribe)
-    jobs, batch = add_job_parsers(sub, security)
-    jobs.set_defaults(func=cmd_jobs)
-    batch.set_defaults(func=cmd_batch)
+    add_job_parsers(sub, security, cmd_jobs, cmd_batch)
     return parser
 
 

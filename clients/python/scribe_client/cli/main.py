@@ -404,17 +404,20 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def add_job_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], security: argparse.ArgumentParser
-) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """`jobs` and `batch` (scribe_client.cli.jobs and .batch; `batch` needs rich)."""
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    security: argparse.ArgumentParser,
+    jobs_command: Callable[[argparse.Namespace], int],
+    batch_command: Callable[[argparse.Namespace], int],
+) -> None:
+    """`jobs` and `batch` (scribe_client.cli.jobs and .batch; `batch` needs rich, the [cli] extra)."""
     from scribe_client.cli.jobs import add_jobs_parser
 
-    jobs = add_jobs_parser(sub, security)
+    add_jobs_parser(sub, security).set_defaults(func=jobs_command)
     try:
         from scribe_client.cli.batch import add_batch_parser
     except ImportError:  # scribe-client without the [cli] extra: no progress bars, so no batch
-        return jobs, jobs
-    return jobs, add_batch_parser(sub, security)
+        return
+    add_batch_parser(sub, security).set_defaults(func=batch_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -427,9 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[security], help="table of the gateway's workers")
     status.add_argument("--address", help=f"gateway address (default {ENV_ADDRESS}, else {DEFAULT_ADDRESS})")
     status.set_defaults(func=cmd_status)
-    jobs, batch = add_job_parsers(sub, security)
-    jobs.set_defaults(func=cmd_jobs)
-    batch.set_defaults(func=cmd_batch)
+    add_job_parsers(sub, security, cmd_jobs, cmd_batch)
     return parser
 
 
