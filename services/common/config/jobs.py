@@ -149,7 +149,8 @@ class JobFields(BaseModel):
         ge=0,
         le=64,
         description="Slots of each worker that job pieces may hold at once; interactive calls and streams always "
-        "go first. `0`: half the worker's `WORKER_CONCURRENCY` (at least 1).",
+        "go first. `0`: half the worker's `WORKER_CONCURRENCY` (at least 1). With several gateways on one set of "
+        "workers, keep their sum under `WORKER_CONCURRENCY`.",
     )
     job_lease_s: float = Field(
         30,

@@ -34,9 +34,9 @@ class JobRunner:
         self._stopping = False
 
     def slots_per_worker(self, capacity: int) -> int:
-        """Slots of a worker that job pieces may hold: JOB_WORKER_SLOTS, else a quarter of its own."""
+        """Slots of a worker that job pieces may hold: JOB_WORKER_SLOTS, else half of its own."""
         configured = self.ctx.settings.job_worker_slots
-        return min(capacity, configured) if configured else max(1, capacity // 4)
+        return min(capacity, configured) if configured else max(1, capacity // 2)
 
     def capacity(self) -> int:
         """Pieces of batch jobs this gateway may have on the workers at once."""
