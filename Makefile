@@ -14,11 +14,13 @@ SOAK_CLIENTS ?= 2
 # The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test test-torch test-hosts test-postgres bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
+.PHONY: run test test-fast docs test-torch test-hosts test-postgres bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
-	@echo "make test   - install, generate stubs, run the test suite (all but the three targets below)"
+	@echo "make test   - install, generate stubs, run the test suite (all but the three targets below), docs site included"
+	@echo "make test-fast - the pure and unit tests only (no fleet, no model load), under a minute: run it while you edit"
+	@echo "make docs   - build the documentation site (docs/, mkdocs.yml) strict into site/; .venv/bin/mkdocs serve to preview"
 	@echo "make test-torch - install the torch extra (TORCH_PIN=$(TORCH_PIN)) and run the torch engine's tests"
 	@echo "make test-hosts - workers on three simulated hosts found through DNS (root: network namespaces)"
 	@echo "make test-postgres - batch jobs on two gateways sharing a real PostgreSQL server (Debian's postgresql)"
@@ -28,7 +30,7 @@ help:
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make api    - buf lint and buf breaking on protos/ (against main; make test runs it)"
 	@echo "make lint   - ruff and mypy"
-	@echo "make config-table - rewrite the README configuration table from the settings model"
+	@echo "make config-table - rewrite the configuration table in docs/configuration.md from the settings model"
 	@echo "make bench  - batched decoding: long recording, short files, batch settings, live streams (needs ../shared/audio)"
 	@echo "make bench-fleet - gateway overhead, worker scaling, one long file sharded (needs ../shared/audio)"
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
@@ -84,8 +86,20 @@ deps:
 	@missing=$$(for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
 	if [ -n "$$missing" ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
 
+# Everything, the strict build of the docs site included (tests/test_docs.py).
 test: api $(GEN) deps
 	$(BIN)/python -m pytest
+
+# The modules marked `fast` (pure and unit tests; tests/conftest.py refuses a fast test that starts processes),
+# each test held to FAST_TEST_TIMEOUT_S. `make test` runs them too.
+FAST_TEST_TIMEOUT_S ?= 20
+test-fast: $(GEN)
+	$(BIN)/python -m pytest -m fast --timeout=$(FAST_TEST_TIMEOUT_S) -q
+
+# The documentation site, strict: a broken link or anchor, or a page missing from mkdocs.yml's nav, fails.
+# site/ is git-ignored. NO_MKDOCS_2_WARNING quiets Material's banner about its successor.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The torch engine for real (tests marked `torch`); .ci/run runs it after `make test`.
 test-torch: $(GEN) $(TORCH_STAMP)
@@ -149,9 +163,9 @@ bench-limits: $(GEN)
 fuzz: $(GEN)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py -q -s --timeout=0
 
-# The README's configuration table, from the descriptions in services/common/config.py.
+# The configuration table of docs/configuration.md, from the descriptions in services/common/config/.
 config-table: $(GEN)
-	$(BIN)/python -m services.cli.config_cmd README.md
+	$(BIN)/python -m services.cli.config_cmd docs/configuration.md
 
 lint: $(GEN)
 	$(BIN)/ruff check services tests bench $(CLIENT)
@@ -189,4 +203,4 @@ bench-jobs: $(GEN)
 	$(BIN)/python -m bench.jobs $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) services/gen/transcription $(CLIENT)/scribe_client/gen/transcription $(CLIENT)/build run node_modules
+	rm -rf $(VENV) site services/gen/transcription $(CLIENT)/scribe_client/gen/transcription $(CLIENT)/build run node_modules

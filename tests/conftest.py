@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,24 @@ from tests.certs import Certs, make_certs
 from tests.helpers import ROOT, free_port, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
+
+#: Fixtures that start processes (supervisord, workers, a gateway, dnsmasq). A test marked `fast` (make test-fast)
+#: may not use them, even through another fixture: it belongs in a module without the mark.
+PROCESS_FIXTURES = frozenset({"fleet", "serving_fleet", "small_gateway", "short_stream_worker", "dnsmasq"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a `fast` test that starts processes, so a slow test cannot land in `make test-fast` unseen."""
+    slow = [
+        f"{item.nodeid} uses {', '.join(sorted(PROCESS_FIXTURES & set(item.fixturenames)))}"  # type: ignore[attr-defined]
+        for item in items
+        if item.get_closest_marker("fast") and PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ]
+    if slow:
+        raise pytest.UsageError(
+            "tests marked fast (make test-fast) may not start processes; move them to a module without "
+            "`pytestmark = pytest.mark.fast`:\n  " + "\n  ".join(slow)
+        )
 
 
 @dataclass
@@ -221,24 +240,18 @@ class LoneWorker:
         return transcription_pb2_grpc.TranscriptionServiceStub(self.channel)
 
 
-@pytest.fixture(scope="module")
-def short_stream_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneWorker]:
-    """A real worker with MAX_STREAM_SECONDS=3: a limit the shared fleet keeps at its default."""
-    home = tmp_path_factory.mktemp("lone-worker")
-    # On its unix socket, in a private RUN_DIR, as supervisord runs workers (TCP would need a token).
+@contextmanager
+def lone_worker(home: Path, number: int, **settings: str) -> Iterator[LoneWorker]:
+    """A real worker process numbered `number`, with `settings` over the defaults, serving on its unix socket
+    in a private RUN_DIR under `home`, as supervisord runs workers (TCP would need a token)."""
     (home / "run").mkdir(mode=0o700)
-    address = f"unix://{home / 'run' / 'worker-90.sock'}"
+    address = f"unix://{home / 'run' / f'worker-{number}.sock'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "SUPERVISOR_"))}
-    env.update(
-        SCRIBE_ENV_FILE=str(home / "no.env"),
-        WHISPER_CPU_THREADS="1",
-        RUN_DIR=str(home / "run"),
-        MAX_STREAM_SECONDS="3",
-        LOG_FORMAT="json",
-    )
+    env.update(SCRIBE_ENV_FILE=str(home / "no.env"), WHISPER_CPU_THREADS="1", RUN_DIR=str(home / "run"))
+    env.update(LOG_FORMAT="json", **settings)
     log = (home / "worker.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.gpu_worker", "--process-num", "90"],
+        [sys.executable, "-m", "services.gpu_worker", "--process-num", str(number)],
         env=env,
         cwd=ROOT,
         stdout=log,
@@ -262,6 +275,13 @@ def short_stream_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
         proc.terminate()
         proc.wait(timeout=40)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def short_stream_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneWorker]:
+    """A real worker with MAX_STREAM_SECONDS=3: a limit the shared fleet keeps at its default."""
+    with lone_worker(tmp_path_factory.mktemp("lone-worker"), 90, MAX_STREAM_SECONDS="3") as worker:
+        yield worker
 
 
 # --- A gateway with a 1 MiB message limit over both workers, for uploads ---------------------------------

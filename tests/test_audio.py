@@ -22,6 +22,8 @@ from services.common.truncation import wav_declared_seconds
 from tests.bad_audio import cut_wav, m4a_bytes, unknown_length_wav
 from tests.helpers import clip, read_wav
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize(
     "name", ["speech_short.wav", "speech_short.flac", "speech_short.ogg", "speech_short_44k_stereo.wav"]

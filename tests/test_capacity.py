@@ -12,6 +12,8 @@ from services.gpu_worker.guard import DeviceGuard, is_device_error
 from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.fast
+
 
 def h100(used_gib: float) -> FakeNvml:
     return FakeNvml([FakeGpu("NVIDIA H100", "GPU-h100", total=80 * GIB, used=int(used_gib * GIB))])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from services.common.audio import SAMPLE_RATE, decode_container
 from services.gpu_worker.batching.chunking import MAX_WINDOW_S, Window, cut_recording, plan_windows, quietest_cut
 from services.gpu_worker.engines.timestamps import split_by_timestamps
 from tests.helpers import clip, read_wav
+
+pytestmark = pytest.mark.fast
 
 SR = SAMPLE_RATE
 

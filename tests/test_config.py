@@ -8,6 +8,8 @@ import pytest
 
 from services.common.config import ConfigError, Settings
 
+pytestmark = pytest.mark.fast
+
 
 def test_defaults_are_one_default_worker_on_the_embedded_model(tmp_path: Path) -> None:
     s = Settings.from_env({}, env_file=tmp_path / "none.env")
@@ -76,12 +78,12 @@ def test_bad_env_stops_the_gateway_with_a_message(tmp_path: Path) -> None:
     assert "GPU_SCALE_WORKERS" in result.stderr
 
 
-def test_every_setting_has_a_description_and_the_readme_table_is_generated_from_them() -> None:
-    from services.cli.config_cmd import markdown_table, readme_with_table
+def test_every_setting_has_a_description_and_the_docs_table_is_generated_from_them() -> None:
+    from services.cli.config_cmd import PAGE, markdown_table, page_with_table
 
     assert all(field.description for field in Settings.model_fields.values())
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert readme_with_table(readme) == readme, "README configuration table is stale: run `make config-table`"
+    page = (Path(__file__).resolve().parent.parent / PAGE).read_text()
+    assert page_with_table(page) == page, f"{PAGE}'s configuration table is stale: run `make config-table`"
     assert "| `HTTP_ADDRESS` | `127.0.0.1:8000` |" in markdown_table()
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from services.gpu_worker.device import DeviceProbe, process_rss_bytes
 from tests.fake_nvml import FakeGpu, FakeNvml
+
+pytestmark = pytest.mark.fast
 
 GIB = 2**30
 

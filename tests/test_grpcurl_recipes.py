@@ -1,6 +1,6 @@
-"""Every command in the README's "grpcurl recipes" section, run as written against the live fleet.
+"""Every command of the docs' "grpcurl recipes" page (docs/calling/grpcurl.md), run as written against the live fleet.
 
-The README is the source: its `$ ` lines (with their `\\` continuations) are run by bash from the
+The page is the source: its `$ ` lines (with their `\\` continuations) are run by bash from the
 repository root, with the documented address and socket path swapped for the test fleet's. Each
 recipe is checked by its heading, and a recipe without a check (or a check without a recipe) fails.
 """
@@ -31,11 +31,11 @@ class Ran:
     stderr: str
 
 
-def recipes(readme: str) -> dict[str, list[str]]:
-    """Heading -> the commands of its first console block, in the grpcurl recipes section."""
-    section = readme.split("### grpcurl recipes", 1)[1].split("\n### ", 1)[0]
+def recipes(page: str) -> dict[str, list[str]]:
+    """Heading -> the commands of its first console block, on the grpcurl recipes page."""
+    section = page.split("# grpcurl recipes", 1)[1]
     found: dict[str, list[str]] = {}
-    for part in section.split("\n#### ")[1:]:
+    for part in section.split("\n## ")[1:]:
         title = part.split("\n", 1)[0].strip()
         block = re.search(r"```console\n(.*?)```", part, re.S)
         assert block, f"recipe {title!r} has no console block"
@@ -130,18 +130,18 @@ CHECKS: dict[str, Callable[[list[Ran]], None]] = {
     "A bad request": check_bad_request,
 }
 FAILS = {"A bad request"}
-README_RECIPES = recipes((ROOT / "README.md").read_text())
+RECIPES = recipes((ROOT / "docs" / "calling" / "grpcurl.md").read_text())
 
 
 def test_every_recipe_has_a_check() -> None:
-    assert set(README_RECIPES) == set(CHECKS)
+    assert set(RECIPES) == set(CHECKS)
 
 
-@pytest.mark.parametrize("title", sorted(README_RECIPES))
-def test_readme_grpcurl_recipe(serving_fleet: Fleet, title: str) -> None:
+@pytest.mark.parametrize("title", sorted(RECIPES))
+def test_documented_grpcurl_recipe(serving_fleet: Fleet, title: str) -> None:
     env = dict(serving_fleet.env, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     runs = []
-    for command in README_RECIPES[title]:
+    for command in RECIPES[title]:
         assert command.startswith(("grpcurl ", "{ ")), command
         live = command.replace(DOC_ADDRESS, serving_fleet.address).replace(
             DOC_SOCKET, str(serving_fleet.run_dir / "worker-00.sock")

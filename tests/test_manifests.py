@@ -1,5 +1,5 @@
 """deploy/kubernetes renders offline (kubectl kustomize, pinned from PyPI), validates with
-`kubernetes-validate --strict`, and the rendered objects say what the README promises."""
+`kubernetes-validate --strict`, and the rendered objects say what docs/kubernetes.md promises."""
 
 from __future__ import annotations
 

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from services.common.audio import SAMPLE_RATE
 from services.gpu_worker.batching.packing import GAP_S, pack, plan, unpack
 from services.gpu_worker.engines.base import DecodeOptions, Segment, WindowJob, WindowResult, Word
+
+pytestmark = pytest.mark.fast
 
 
 def job(seconds: float, **options: object) -> WindowJob:

@@ -11,6 +11,8 @@ from services.gen import transcription_pb2 as pb
 from tests.bad_audio import cut_wav
 from tests.helpers import clip, read_wav, speech_recording
 
+pytestmark = pytest.mark.fast
+
 
 def _speech_with_pauses(seconds: float, pause_every_s: float, seed: int = 1) -> tuple[np.ndarray, list[int]]:
     """Loud noise with a 0.3 s silence every `pause_every_s`; returns the samples and the pauses' middles."""

@@ -20,6 +20,8 @@ from services.gateway.recordings.pieces import Source
 from services.gateway.recordings.pipeline import Pipeline
 from services.gen import transcription_pb2 as pb
 
+pytestmark = pytest.mark.fast
+
 
 def _seconds(value: float) -> dict[str, int]:
     return {"seconds": int(value), "nanos": round((value % 1) * 1e9)}

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pytest
 from google.protobuf import descriptor_pb2
 
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.fast
 
 DESCRIPTORS = ROOT / "services" / "gen" / "transcription" / "descriptors.binpb"
 

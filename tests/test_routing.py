@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.gateway.routing.registry import WorkerHandle, choose_least_loaded
 from services.gen import fleet_pb2, worker_pb2
+
+pytestmark = pytest.mark.fast
 
 
 def handle(

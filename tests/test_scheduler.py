@@ -17,6 +17,8 @@ import pytest
 from services.gpu_worker.batching.scheduler import BatchScheduler, CallToken, Priority
 from services.gpu_worker.engines.base import DecodeOptions, EngineInfo, Segment, WindowJob, WindowResult
 
+pytestmark = pytest.mark.fast
+
 INFO = EngineInfo("fake", "fake", "cpu", "cpu", "int8", False, ("en",))
 
 
@@ -32,6 +34,9 @@ class ScriptedFakeEngine:
 
     def batch_key(self, job: WindowJob) -> Hashable:
         return (job.options.beam_size, job.temperature)
+
+    def encoder_seconds(self, job: WindowJob) -> float:
+        return 30.0
 
     def decode_batch(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
         self.entered.set()

@@ -27,6 +27,8 @@ from services.gpu_worker.streaming.session import SessionConfig, StreamingSessio
 from services.gpu_worker.streaming.vad import WINDOW, SileroStream, SpeechDetector, VadConfig
 from tests.helpers import read_wav
 
+pytestmark = pytest.mark.fast
+
 CLIP_WORDS = 7  # script words per clip, 0.35 s apart from 0.2 s on: all inside the clip's speech
 
 

@@ -29,6 +29,21 @@ Final words never change, so captions can be shown at once. \
 The service cuts its audio buffer at the end of each sentence, which keeps every decode equally fast, even after an hour."
 sox "$tmp/p.wav" -C 0 speech_paragraph.ogg
 
+# Four voices, 3.5 to 16 s: windows of every encoder length bucket (tests/test_encoder_length.py).
+voice() {  # voice OUT.ogg VOICE "text"
+  espeak-ng -v "$2" -s 160 -w "$tmp/raw.wav" "$3"
+  sox "$tmp/raw.wav" -r 16000 -c 1 -b 16 "$tmp/v.wav"
+  sox "$tmp/v.wav" -C 0 "$1"
+}
+voice voice_3s.ogg en-gb "Please send the report to the finance team before noon."
+voice voice_7s.ogg en-us+f3 "The museum opens at nine in the morning, and the guided tours start every half hour \
+until the late afternoon."
+voice voice_10s.ogg en-gb-scotland "Our train left the station ten minutes late because of a signal problem. \
+The conductor apologised and promised that we would still arrive in time for the meeting in the city."
+voice voice_16s.ogg en-us+m3 "The garden behind the old library was planted more than a century ago. \
+Every spring the volunteers clear the paths, repair the wooden benches and plant new flowers along the wall. \
+Visitors are welcome on weekends, and children may feed the ducks in the pond."
+
 # The short sentence in other containers and formats.
 sox speech_short.wav speech_short.flac
 sox speech_short.wav -C 3 speech_short.ogg

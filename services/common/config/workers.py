@@ -66,6 +66,15 @@ class WorkerFields(BaseModel):
     batch_window_ms: int = Field(
         10, ge=0, le=10_000, description="How long a batch that is not full waits for more windows."
     )
+    encoder_min_seconds: float = Field(
+        30,
+        ge=1,
+        le=30,
+        description="Shortest encoder input, in seconds (1 to 30). A window is encoded at its own length plus 5 s of "
+        "silence, rounded up to this or to 15, 20, 25 or 30 s, instead of always at Whisper's 30 s: short files and "
+        "live-stream decodes then cost a short encode. `30` encodes every window at 30 s (faster-whisper's way). "
+        "See docs/encoder.md for the accuracy measured at each length.",
+    )
     worker_pack_short: bool = Field(
         False,
         description="On a CPU worker, decode short files of several calls (up to 12 s each) together in one Whisper "

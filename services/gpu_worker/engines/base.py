@@ -88,12 +88,18 @@ class WindowJob:
     `flexible_prompt` lets the engine shorten the prompt to a fixed bucket of tokens so that windows of
     different live streams batch together (CTranslate2 wants <|startoftranscript|> at the same position
     in every prompt of a batch); bulk windows keep the caller's prompt whole.
+
+    `encode_s` is how many seconds of input the encoder reads for this window (the audio, then
+    silence): None lets the engine choose by the window's length (`Engine.encoder_seconds`, set by
+    ENCODER_MIN_SECONDS); a caller that knows better (a live stream decoding its tail) names it. It is
+    never less than the audio nor more than `WINDOW_SECONDS`.
     """
 
     audio: np.ndarray
     options: DecodeOptions
     temperature: float = 0.0
     flexible_prompt: bool = False
+    encode_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -115,11 +121,17 @@ class Engine(Protocol):
     """A loaded speech model. `decode_batch` blocks; the worker calls it from its batch scheduler's thread.
 
     `batch_key` says which windows may share a batch: windows with equal keys are decoded together by
-    one `decode_batch`, in order, and their results come back in the same order.
+    one `decode_batch`, in order, and their results come back in the same order. The key holds the
+    window's `encoder_seconds`, so a batch's windows share one encoder input length and each decodes as
+    it would alone.
     """
 
     info: EngineInfo
 
     def batch_key(self, job: WindowJob) -> Hashable: ...
+
+    def encoder_seconds(self, job: WindowJob) -> float:
+        """Seconds of input the encoder reads for this window (its audio, then silence)."""
+        ...
 
     def decode_batch(self, jobs: Sequence[WindowJob]) -> list[WindowResult]: ...

@@ -14,6 +14,7 @@ from faster_whisper import WhisperModel
 
 from services.common.config import EMBEDDED_MODEL, Settings
 from services.gpu_worker.engines.base import EngineInfo, WindowJob
+from services.gpu_worker.engines.encoder_length import EncoderLengths
 from services.gpu_worker.engines.whisper_windows import (
     BEST_OF,
     MAX_INITIAL_TIMESTAMP_S,
@@ -88,7 +89,7 @@ class FasterWhisperEngine(WhisperWindowEngine):
             multilingual=self._multilingual,
             languages=languages,
         )
-        super().__init__(self._model, self._multilingual)
+        super().__init__(self._model, self._multilingual, EncoderLengths(settings.encoder_min_seconds))
 
     def _encode(self, features: np.ndarray) -> Any:
         return self._model.encode(features)

@@ -36,6 +36,7 @@ from services.common.config import Settings
 from services.gpu_worker.engines import torch_models
 from services.gpu_worker.engines.base import EngineInfo, WindowJob, WindowResult
 from services.gpu_worker.engines.choice import torch_compute_type
+from services.gpu_worker.engines.encoder_length import EncoderLengths
 from services.gpu_worker.engines.whisper_windows import (
     BEST_OF,
     MAX_INITIAL_TIMESTAMP_S,
@@ -119,7 +120,7 @@ class TorchWhisperEngine(WhisperWindowEngine):
             multilingual=multilingual,
             languages=languages if multilingual else ("en",),
         )
-        super().__init__(host, multilingual)
+        super().__init__(host, multilingual, EncoderLengths(settings.encoder_min_seconds))
         tokenizer = self._tokenizer("transcribe", None)
         self._eot, self._sot, self._no_speech = tokenizer.eot, tokenizer.sot, tokenizer.no_speech
         self._no_timestamps = tokenizer.no_timestamps
@@ -137,7 +138,10 @@ class TorchWhisperEngine(WhisperWindowEngine):
 
     def _encode(self, features: np.ndarray) -> torch.Tensor:
         inputs = torch.from_numpy(features).to(self._device, self._dtype)
-        return self._model.model.encoder(input_features=inputs).last_hidden_state
+        encoder = self._model.model.encoder
+        if inputs.shape[-1] == self._host.feature_extractor.nb_max_frames:
+            return encoder(input_features=inputs).last_hidden_state
+        return encode_at_length(encoder, inputs)
 
     def _decoder_logits(self, encoded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         hidden = self._model.model.decoder(input_ids=tokens, encoder_hidden_states=encoded, use_cache=False)
@@ -277,6 +281,19 @@ class TorchWhisperEngine(WhisperWindowEngine):
         q = attn.q_proj(hidden).view(batch, length, heads, -1).transpose(1, 2)
         k = attn.k_proj(encoded).view(batch, encoded.shape[1], heads, -1).transpose(1, 2)
         return (q.float() @ k.float().transpose(-1, -2)) * (dim // heads) ** -0.5
+
+
+def encode_at_length(encoder: Any, features: torch.Tensor) -> torch.Tensor:
+    """transformers' WhisperEncoder.forward for an input shorter than 30 s: the library refuses any length
+    but 3000 frames and adds all 1500 positional embeddings; here the input's own first positions are
+    added (what CTranslate2 does), with the library's own layers, unchanged and unpatched."""
+    hidden = torch.nn.functional.gelu(encoder.conv1(features))
+    hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    for layer in encoder.layers:
+        out = layer(hidden, None)
+        hidden = out[0] if isinstance(out, tuple) else out  # a tuple in some transformers releases
+    return encoder.layer_norm(hidden)
 
 
 def _capture(into: dict[int, torch.Tensor], layer: int) -> Any:

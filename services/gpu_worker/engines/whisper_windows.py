@@ -25,6 +25,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 
 from services.gpu_worker.engines.base import EngineInfo, Segment, WindowJob, WindowResult, Word
+from services.gpu_worker.engines.encoder_length import EncoderLengths
 from services.gpu_worker.engines.timestamps import split_by_timestamps
 
 log = structlog.get_logger()
@@ -89,9 +90,10 @@ class WhisperWindowEngine(ABC):
 
     info: EngineInfo
 
-    def __init__(self, host: Any, multilingual: bool) -> None:
+    def __init__(self, host: Any, multilingual: bool, lengths: EncoderLengths) -> None:
         self._host = host
         self._multilingual = multilingual
+        self.lengths = lengths  # the encoder-length rule (ENCODER_MIN_SECONDS); benchmarks change it
         self._tokenizer = lru_cache(maxsize=64)(self._make_tokenizer)
         self._suppress = lru_cache(maxsize=64)(self._make_suppress)
 
@@ -126,20 +128,42 @@ class WhisperWindowEngine(ABC):
         tokens = tokens[-(self._host.max_length // 2 - 1) :]
         return bucketed(tokens) if job.flexible_prompt else tokens
 
-    def _features(self, audio: np.ndarray) -> np.ndarray:
-        """Log-mel of one window, its audio padded with silence to 30 s first, as Whisper was trained:
-        padding the spectrogram instead reads as noise to the model, which then stops early."""
+    def _features(self, audio: np.ndarray, frames: int) -> np.ndarray:
+        """Log-mel of one window as `frames` frames, its audio padded with silence first, as Whisper was
+        trained: padding the spectrogram instead reads as noise to the model, which then stops early.
+        (Frames are local and the padding is silence, so these are the first frames of the 30 s window's.)"""
         extractor = self._host.feature_extractor
-        padding = max(0, extractor.n_samples - audio.size)
-        return pad_or_trim(extractor(audio, padding=padding)[..., : extractor.nb_max_frames])
+        padding = max(0, frames * extractor.hop_length - audio.size)
+        return pad_or_trim(extractor(audio, padding=padding)[..., :frames], frames)
+
+    def encoder_seconds(self, job: WindowJob) -> float:
+        return self.lengths.at_least(job.audio.size / self._host.feature_extractor.sampling_rate, job.encode_s)
+
+    def _frames(self, jobs: Sequence[WindowJob]) -> int:
+        """The batch's encoder input in log-mel frames: its longest window's, an even number (the encoder
+        halves it), at most 30 s."""
+        extractor = self._host.feature_extractor
+        seconds = max(self.encoder_seconds(job) for job in jobs)
+        frames = math.ceil(round(seconds * extractor.sampling_rate) / extractor.hop_length)
+        return min(frames + frames % 2, extractor.nb_max_frames)
 
     def batch_key(self, job: WindowJob) -> Hashable:
-        """Windows batch when <|startoftranscript|> sits at one position (same number of prompt tokens)
-        and they decode the same way (beam, temperature, timestamp mode); language and task may differ."""
-        return (len(self._previous(job)), job.options.beam_size, job.temperature, plain(job))
+        """Windows batch when <|startoftranscript|> sits at one position (same number of prompt tokens),
+        they decode the same way (beam, temperature, timestamp mode) and their encoder input is as long:
+        a window's words then never depend on its batch mates, and on a CPU, where each window of a
+        batch costs what it costs alone, a short window never pays for a long one's input. Language and
+        task may differ."""
+        return (len(self._previous(job)), job.options.beam_size, job.temperature, plain(job), self.encoder_seconds(job))
+
+    def _late_timestamps(self, tok: Tokenizer, frames: int) -> list[int]:
+        """Timestamp tokens past the end of the encoder's input: a time the model was not given."""
+        last = tok.timestamp_begin + round(frames / self._host.frames_per_second / self._host.time_precision)
+        full = tok.timestamp_begin + round(self._host.feature_extractor.chunk_length / self._host.time_precision)
+        return list(range(last + 1, full + 1))
 
     def decode_batch(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
-        features = np.stack([self._features(job.audio) for job in jobs])
+        frames_in = self._frames(jobs)
+        features = np.stack([self._features(job.audio, frames_in) for job in jobs])
         encoded = self._encode(features)
         languages = self._languages(jobs, encoded)
         tokenizers = [self._tokenizer(job.options.task, lang) for job, (lang, _) in zip(jobs, languages, strict=True)]
@@ -147,7 +171,10 @@ class WhisperWindowEngine(ABC):
             self._host.get_prompt(tok, previous_tokens=self._previous(job), without_timestamps=plain(job))
             for job, tok in zip(jobs, tokenizers, strict=True)
         ]
-        suppress = list(self._suppress(jobs[0].options.task, languages[0][0]))
+        suppress = [
+            *self._suppress(jobs[0].options.task, languages[0][0]),
+            *self._late_timestamps(tokenizers[0], frames_in),
+        ]
         outputs = self._generate(encoded, prompts, jobs[0], suppress)
         windows: list[list[dict[str, Any]]] = []
         judged: list[tuple[float, bool, float]] = []
@@ -162,7 +189,7 @@ class WhisperWindowEngine(ABC):
                 compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOG_PROB_THRESHOLD
             )
             duration = job.audio.size / self._host.feature_extractor.sampling_rate
-            frames.append(math.ceil(duration) * self._host.frames_per_second)
+            frames.append(min(math.ceil(duration) * self._host.frames_per_second, frames_in))
             parts = [
                 {"seek": 0, "start": part.start, "end": part.end, "tokens": list(part.tokens)}
                 for part in split_by_timestamps(tokens, tok.timestamp_begin, tok.eot, precision, duration)
