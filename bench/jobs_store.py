@@ -130,6 +130,7 @@ def run(rows: int, postgres_url: str | None) -> list[str]:
         folder = Path(tempfile.mkdtemp(prefix="scribe-bench-store-"))
         raw_url = url or f"sqlite:///{folder / 'jobs.db'}"
         store = JobStore(Settings.from_env({"JOBS_DATABASE_URL": raw_url}).jobs_database)
+        store.create_schema()
         started = time.perf_counter()
         fill(store, rows)
         filled_s = time.perf_counter() - started

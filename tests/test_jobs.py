@@ -204,3 +204,21 @@ def test_reflection_serves_the_job_service_with_its_comments(fleet: Fleet, gatew
     assert "after_version" in described and "After a disconnect" in described
     job = fleet.run("grpcurl", "-plaintext", "-H", auth, gateway.address, "describe", "transcription.v1.Job").stdout
     assert "google.rpc.Status error" in job
+
+
+def test_a_job_store_that_does_not_answer_leaves_the_gateway_serving(fleet: Fleet, tmp_path: Path) -> None:
+    """PostgreSQL named but unreachable: interactive calls go on, JobService says UNAVAILABLE with a reason."""
+    from tests.conftest import start_gateway
+    from tests.jobs_support import both_workers, job_env
+
+    nowhere = f"postgresql://scribe@/scribe?host={tmp_path / 'no-server'}"
+    gw = start_gateway(fleet, tmp_path / "gw", job_env(JOBS_DATABASE_URL=nowhere), workers=both_workers(fleet))
+    try:
+        with client(gw, None) as c:
+            assert "fox" in c.transcribe(clip("speech_short.wav")).transcript.lower()
+            with pytest.raises(grpc.RpcError) as down:
+                c.jobs.list_page()
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE and reason(down.value) == "JOB_STORE_UNAVAILABLE"
+        assert '"job_store_unavailable"' in gw.logs()
+    finally:
+        gw.stop()

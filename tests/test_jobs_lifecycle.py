@@ -134,7 +134,7 @@ def test_a_full_spool_refuses_new_uploads_cleanly(fleet: Fleet, tmp_path: Path) 
         with client(gw) as c:
             first = c.jobs.submit(speech_recording(12))  # ~384 kB of WAV
             with pytest.raises(grpc.RpcError) as full:
-                c.jobs.submit(speech_recording(12))
+                c.jobs.submit(speech_recording(12), timeout=5)  # not the 60 s its RetryInfo asks to wait
             assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(full.value) == "JOB_SPOOL_FULL"
             assert "JOB_SPOOL_MAX_GB" in full.value.details()
             assert gw.run_dir is not None

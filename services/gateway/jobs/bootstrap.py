@@ -70,6 +70,20 @@ class Jobs:
 
     def start(self) -> None:
         self.spool.remove_leftovers()
+        self._tasks.append(asyncio.create_task(self._start(), name="job-store"))
+
+    async def _start(self) -> None:
+        """Create the tables (retried while the database is down: the gateway serves interactive calls
+        meanwhile, and JobService answers UNAVAILABLE), then start the loops."""
+        delay = 1.0
+        while True:
+            try:
+                await self.store.run(self.store.create_schema)
+                break
+            except Exception as exc:
+                log.error("job_store_unavailable", error=str(exc.__cause__ or exc), retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
         for name, coro in (
             ("job-runner", self.runner.run()),
             ("job-leases", self.runner.renew()),

@@ -43,6 +43,8 @@ log = structlog.get_logger()
 LOOKAHEAD = 2
 #: Workers one piece tries before its job fails with the last one's UNAVAILABLE.
 MAX_TRIES = 10
+#: Runs a job may start: one that keeps ending with its gateway (a file that crashes it) is failed instead.
+MAX_RUNS = 5
 #: Largest file sent to a worker whole (its bytes are held in memory while it is on the worker).
 WHOLE_MAX_BYTES = 32 * 2**20
 
@@ -157,6 +159,12 @@ class JobRun:
 
     async def _run(self) -> None:
         job, ctx = self.job, self.ctx
+        if job.runs > MAX_RUNS:
+            raise RequestError(
+                grpc.StatusCode.ABORTED,
+                "JOB_RESTARTED_TOO_OFTEN",
+                f"the job was started {job.runs - 1} times and its gateway stopped each time before it finished",
+            )
         path = await self._audio()
         if job.piece_s is None:
             piece_s = piece_seconds(ctx.settings)

@@ -270,9 +270,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             with self._events.watch(request.job_id) as changed:
                 while True:
                     changed.clear()
-                    job = await self._store.run(self._store.get, request.job_id, tenant)
-                    if job is None:
-                        err = _not_found(request.job_id)
+                    try:
+                        job = await self._store.run(self._store.get, request.job_id, tenant)
+                        if job is None:
+                            raise _not_found(request.job_id)
+                    except RequestError as err:
                         line.fail(err)
                         await abort(context, err)
                     if job.version > last:
