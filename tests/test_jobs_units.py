@@ -140,7 +140,7 @@ def test_claims_are_fair_single_and_conditional(tmp_path: Path) -> None:
     now = time.time()
     for i, owner in enumerate(["a"] * 5 + ["b"] * 2):
         store.create(JobRecord(new_job_id(now + i), owner, "", QUEUED, jpb.JobSpec(), now + i, now + i))
-    claimed = []
+    claimed: list[JobRecord] = []
     while (job := store.claim("gw", 30, held=[j.id for j in claimed])) is not None:
         claimed.append(job)
     # The owner with fewer jobs running goes next: b's two are not left for last.
