@@ -222,3 +222,21 @@ def test_a_job_store_that_does_not_answer_leaves_the_gateway_serving(fleet: Flee
         assert '"job_store_unavailable"' in gw.logs()
     finally:
         gw.stop()
+
+
+def test_the_asyncio_client_has_the_same_calls(gateway: Process) -> None:
+    import asyncio
+
+    from scribe_client import AsyncScribeClient
+
+    async def scenario() -> tuple[list[int], str, list[str]]:
+        async with AsyncScribeClient(gateway.address, token=TOKEN_A) as c:
+            job = await c.jobs.submit(clip("speech_short.wav"), labels={"suite": "aio"}, formats=["vtt"])
+            states = [j.state async for j in c.jobs.watch(job.id)]
+            vtt = (await c.jobs.result(job.id, "vtt")).content
+            listed = [j.id async for j in c.jobs.list(labels={"suite": "aio"})]
+            await c.jobs.delete(job.id)
+            return states, vtt, listed
+
+    states, vtt, listed = asyncio.run(scenario())
+    assert states[-1] == jpb.JOB_STATE_SUCCEEDED and vtt.startswith("WEBVTT") and len(listed) == 1
