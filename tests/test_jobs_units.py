@@ -157,3 +157,18 @@ def test_claims_are_fair_single_and_conditional(tmp_path: Path) -> None:
     assert store.cancel(first.id, None).state == jpb.JOB_STATE_CANCELLED  # type: ignore[union-attr]
     assert not store.finish(first.id, "gw", b"", 1.0, 1)  # a cancelled job takes no result
     store.close()
+
+
+def test_a_clean_stop_gives_jobs_back_and_an_unstarted_claim_is_not_a_run(tmp_path: Path) -> None:
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store.create_schema()
+    now = time.time()
+    for i in range(2):
+        store.create(JobRecord(new_job_id(now + i), "o", "", QUEUED, jpb.JobSpec(), now + i, now + i))
+    started, waiting = store.claim("gw", 30), store.claim("gw", 30)
+    assert started is not None and waiting is not None
+    assert store.release("gw", [started.id, waiting.id], unstarted=[waiting.id]) == 2
+    after = {j.id: j for j in store.page("", [QUEUED])}
+    assert after[started.id].runs == 1 and after[waiting.id].runs == 0
+    assert store.release("someone-else", [started.id]) == 0  # only the holder gives a job back
+    store.close()

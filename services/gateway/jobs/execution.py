@@ -44,7 +44,9 @@ LOOKAHEAD = 2
 #: Workers one piece tries before its job fails with the last one's UNAVAILABLE.
 MAX_TRIES = 10
 #: Runs a job may start: one that keeps ending with its gateway (a file that crashes it) is failed instead.
-MAX_RUNS = 5
+#: (A claim a gateway gives back unstarted when it stops cleanly is not a run; one killed before its job
+#: reached a worker is, hence the margin.)
+MAX_RUNS = 10
 #: Largest file sent to a worker whole (its bytes are held in memory while it is on the worker).
 WHOLE_MAX_BYTES = 32 * 2**20
 
@@ -115,6 +117,7 @@ class JobRun:
         self._started = time.monotonic()
         self._done_s = 0.0
         self._done_pieces = 0
+        self.reached_worker = False  # whether a piece of this run went to a worker (a run, for MAX_RUNS)
 
     async def run(self) -> None:
         job, ctx = self.job, self.ctx
@@ -288,6 +291,7 @@ class JobRun:
         for attempt in range(1, MAX_TRIES + 1):
             async with ctx.slots.take(job.owner), ctx.dispatcher.slot(tried, None, batch=True) as handle:
                 tried.add(handle.name)
+                self.reached_worker = True
                 message = await request()
                 ctx.counters.pieces += 1
                 ctx.counters.piece_seconds += seconds

@@ -30,6 +30,7 @@ class JobRunner:
         self.ctx = ctx
         self._registry = registry
         self.runs: dict[str, asyncio.Task[None]] = {}
+        self._jobs: dict[str, JobRun] = {}
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -77,12 +78,13 @@ class JobRunner:
     def _start(self, job: JobRecord) -> None:
         log.info("job_claimed", job_id=job.id, owner=job.owner, run=job.runs)
         self.ctx.changed(job.id)
-        task = asyncio.create_task(JobRun(self.ctx, job).run(), name=f"job-{job.id}")
-        self.runs[job.id] = task
+        run = JobRun(self.ctx, job)
+        task = asyncio.create_task(run.run(), name=f"job-{job.id}")
+        self.runs[job.id], self._jobs[job.id] = task, run
 
         def ended(_: asyncio.Task[None]) -> None:
             if self.runs.get(job.id) is task:
-                del self.runs[job.id]
+                del self.runs[job.id], self._jobs[job.id]
             self.wake()
 
         task.add_done_callback(ended)
@@ -109,9 +111,11 @@ class JobRunner:
         """Stop every run and give the jobs back to the queue, so another gateway resumes them at once."""
         self._stopping = True
         ids = list(self.runs)
+        unstarted = [job_id for job_id, run in self._jobs.items() if not run.reached_worker]
         for task in list(self.runs.values()):
             task.cancel()
         await asyncio.gather(*self.runs.values(), return_exceptions=True)
         if ids:
-            released = await self.ctx.store.run(self.ctx.store.release, self.ctx.gateway_id, ids)
+            store = self.ctx.store
+            released = await store.run(store.release, self.ctx.gateway_id, ids, unstarted)
             log.info("jobs_released", jobs=released)

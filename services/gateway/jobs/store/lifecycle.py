@@ -106,20 +106,30 @@ class Lifecycle:
             conn.execute(update(jobs).where(held).values(lease_until=now + lease_s))
             return set(conn.execute(select(jobs.c.id).where(held)).scalars())
 
-    def release(self, gateway_id: str, job_ids: Iterable[str], now: float | None = None) -> int:
+    def release(
+        self, gateway_id: str, job_ids: Iterable[str], unstarted: Iterable[str] = (), now: float | None = None
+    ) -> int:
         """Give running jobs back to the queue (a gateway stopping cleanly): another gateway resumes them
-        at once from their last finished piece."""
-        ids = list(job_ids)
+        at once from their last finished piece. `unstarted` jobs never reached a worker: their claim is
+        not counted as a run."""
+        ids, fresh = list(job_ids), set(unstarted)
         if not ids:
             return 0
         now = time.time() if now is None else now
+        released = 0
         with self.db.write() as conn:
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id.in_(ids), jobs.c.state == RUNNING, jobs.c.gateway_id == gateway_id)
-                .values(state=QUEUED, lease_until=None, updated_at=now, version=jobs.c.version + 1)
-            )
-        return int(result.rowcount or 0)
+            for group, runs in (
+                ([i for i in ids if i not in fresh], jobs.c.runs),
+                ([i for i in ids if i in fresh], jobs.c.runs - 1),
+            ):
+                if group:
+                    result = conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id.in_(group), jobs.c.state == RUNNING, jobs.c.gateway_id == gateway_id)
+                        .values(state=QUEUED, lease_until=None, runs=runs, updated_at=now, version=jobs.c.version + 1)
+                    )
+                    released += int(result.rowcount or 0)
+        return released
 
     def update_run(self, job_id: str, gateway_id: str, **values: object) -> bool:
         """Set columns of a job this gateway holds (its plan, its fetched audio); False when it no longer does."""
