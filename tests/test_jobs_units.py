@@ -165,7 +165,8 @@ def test_a_clean_stop_gives_jobs_back_and_an_unstarted_claim_is_not_a_run(tmp_pa
     now = time.time()
     for i in range(2):
         store.create(JobRecord(new_job_id(now + i), "o", "", QUEUED, jpb.JobSpec(), now + i, now + i))
-    started, waiting = store.claim("gw", 30), store.claim("gw", 30)
+    started = store.claim("gw", 30)
+    waiting = store.claim("gw", 30, held=[started.id] if started else [])
     assert started is not None and waiting is not None
     assert store.release("gw", [started.id, waiting.id], unstarted=[waiting.id]) == 2
     after = {j.id: j for j in store.page("", [QUEUED])}
