@@ -11,6 +11,7 @@ cancelled, deleted or taken over) ends the run quietly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -255,7 +256,9 @@ class JobRun:
                         log.warning("job_piece_moved", piece=piece.index, was=done.offset_s, now=piece.offset_s)
                     group.create_task(self._piece(piece, room, finished))
         finally:
-            pieces.close()
+            # Still running in its thread after a cancel (ValueError): it closes when collected.
+            with contextlib.suppress(ValueError):
+                pieces.close()
         await self._finish([finished[i] for i in sorted(finished)], total_s, pieces_total=count)
 
     async def _piece(self, piece: AudioPiece, room: asyncio.Semaphore, finished: dict[int, PieceRecord]) -> None:
