@@ -14,7 +14,7 @@ SOAK_CLIENTS ?= 2
 # The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test test-fast docs test-torch test-hosts test-postgres bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-limits bench-clients soak fuzz clean help
+.PHONY: run test test-fast docs test-torch test-hosts test-postgres bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-realtime bench-limits bench-clients soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -39,6 +39,7 @@ help:
 	@echo "make bench-http - time the HTTP (OpenAI-compatible) layer adds to a Transcribe of a 10 s clip, vs gRPC"
 	@echo "make bench-long - one 60-minute recording on 1 and N workers, four at once (needs ../shared/audio; BENCH_ARGS=--minutes 2 for a smoke run)"
 	@echo "make soak   - streams and calls while workers are killed, scaled and restarted (SOAK_MINUTES=$(SOAK_MINUTES), SOAK_STREAMS=$(SOAK_STREAMS), SOAK_CLIENTS=$(SOAK_CLIENTS); bench/results/soak.md)"
+	@echo "make bench-realtime - the realtime WebSocket against gRPC streams, K=1,4,8 (needs ../shared/audio; bench/results/realtime.md)"
 	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
 # scribe-grpc-client (clients/python) first: the server depends on it.
@@ -189,6 +190,9 @@ bench-http: $(GEN)
 
 bench-stream: $(GEN)
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
+
+bench-realtime: $(GEN)
+	$(BIN)/python -m bench.realtime $(BENCH_ARGS)
 
 # Loopback only: a throwaway fleet in a temporary folder. `make test` runs a 90 s version (tests/test_soak.py).
 soak: $(GEN)

@@ -15,6 +15,8 @@ from services.gpu_worker.streaming.vad import VadConfig
 
 DEFAULT_BEAM_SIZE = 5
 SPEECH_END_TIMEOUT_RANGE_S = (0.1, 10.0)
+VAD_THRESHOLD_RANGE = (0.05, 0.95)
+SPEECH_START_PADDING_MAX_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,26 @@ def session_config_from(config: pb.StreamingConfig, settings: Settings) -> Sessi
                 f"speech_end_timeout {speech_end:g} s is outside {low:g} s to {high:g} s; "
                 "leave it unset for the server default",
             )
+    threshold = config.vad_threshold or settings.stream_vad_threshold
+    if not VAD_THRESHOLD_RANGE[0] <= threshold <= VAD_THRESHOLD_RANGE[1]:
+        raise _invalid(
+            "VAD_THRESHOLD_OUT_OF_RANGE",
+            f"vad_threshold {threshold:g} is outside {VAD_THRESHOLD_RANGE[0]:g} to {VAD_THRESHOLD_RANGE[1]:g}; "
+            "leave it 0 for the server default",
+        )
+    padding = VadConfig.pre_roll_s
+    if config.HasField("speech_start_padding"):
+        padding = config.speech_start_padding.ToNanoseconds() / 1e9
+        if not 0 <= padding <= SPEECH_START_PADDING_MAX_S:
+            raise _invalid(
+                "SPEECH_START_PADDING_OUT_OF_RANGE",
+                f"speech_start_padding {padding:g} s is outside 0 s to {SPEECH_START_PADDING_MAX_S:g} s",
+            )
     vad = VadConfig(
-        threshold=settings.stream_vad_threshold,
+        threshold=threshold,
         speech_end_s=speech_end,
         # Pre-roll never reaches back past the pause that ended the previous utterance.
-        pre_roll_s=min(VadConfig.pre_roll_s, speech_end),
+        pre_roll_s=min(padding, speech_end),
     )
     return SessionConfig(
         interim_interval_s=settings.stream_interim_interval_s,

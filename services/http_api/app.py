@@ -33,7 +33,9 @@ from services.http_api.openai_format import (
     json_body,
     verbose_json_body,
 )
+from services.http_api.realtime.socket import install as install_realtime
 from services.http_api.status import StatusBoard
+from services.http_api.streamed import STREAM_FORMATS, stream_transcription
 
 log = structlog.get_logger()
 STATUS_HTML = Path(__file__).resolve().parent / "static" / "status.html"
@@ -93,6 +95,7 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         return JSONResponse(err.body(), status_code=400)
 
     app.add_middleware(RequestLineMiddleware, max_message_mb=settings.max_message_mb)
+    install_realtime(app, settings, gateway)  # /v1/realtime, /live, CORS for HTTP_ALLOWED_ORIGINS
 
     async def transcribe(
         request: Request,
@@ -168,7 +171,19 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         response_format: Annotated[str, Form()] = "json",
         temperature: Annotated[float, Form()] = 0.0,
         timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+        stream: Annotated[bool, Form()] = False,
+        include: Annotated[list[str] | None, Form(alias="include[]")] = None,
     ) -> Response:
+        if stream:  # server-sent events (services/http_api/streamed.py)
+            if response_format not in STREAM_FORMATS:
+                raise HttpError(400, "stream=true takes response_format json or text", "invalid_value", "stream")
+            logprobs = "logprobs" in (include or [])
+            options = TranscribeOptions(
+                language=language or None, word_timestamps=logprobs, initial_prompt=prompt or None
+            )
+            return await stream_transcription(
+                gateway, file, options, _token(request), _request_id(request), settings.max_message_bytes, logprobs
+            )
         return await transcribe(
             request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities or []
         )

@@ -60,3 +60,17 @@ class Gateway:
             fleet_pb2.ListWorkersRequest(), timeout=5, metadata=call_metadata(token)
         )
         return response
+
+    def streaming_transcribe(self, token: str | None, request_id: str | None) -> grpc.aio.StreamStreamCall:
+        """A StreamingTranscribe call: write its config, then audio; read its responses."""
+        call: grpc.aio.StreamStreamCall = self._transcription.StreamingTranscribe(
+            metadata=call_metadata(token, request_id)
+        )
+        return call
+
+    def transcribe_upload(self, token: str | None, request_id: str | None) -> grpc.aio.StreamStreamCall:
+        """A TranscribeUpload call: write its config, then the file's chunks; read progress reports."""
+        call: grpc.aio.StreamStreamCall = self._transcription.TranscribeUpload(
+            metadata=call_metadata(token, request_id)
+        )
+        return call

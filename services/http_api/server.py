@@ -16,6 +16,7 @@ from services.common.config import ConfigError, Settings
 from services.common.logging import configure_logging
 from services.common.tls import transport_mode
 from services.http_api.app import create_app
+from services.http_api.realtime.socket import ws_max_size
 
 log = structlog.get_logger()
 
@@ -54,4 +55,5 @@ def main() -> None:
         ssl_ca_certs=str(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_client_ca_file else ssl.CERT_NONE,
         timeout_graceful_shutdown=20,
+        ws_max_size=ws_max_size(settings),  # REALTIME_MAX_FRAME_KB: frames up to 4 times it get an error event
     )

@@ -72,7 +72,18 @@ class LimitFields(BaseModel):
         128, ge=1, description="Streams the gateway carries at once. More get RESOURCE_EXHAUSTED."
     )
     max_streams_per_client: int = Field(
-        16, ge=1, description="Streams one client (token, else certificate, else host) may hold at once."
+        16,
+        ge=1,
+        description="Streams one client (token, else certificate, else host) may hold at once; the HTTP server "
+        "holds realtime WebSocket sessions (`/v1/realtime`) to the same number per token, else per host.",
+    )
+    realtime_max_frame_kb: int = Field(
+        1024,
+        ge=16,
+        le=16384,
+        description="Largest WebSocket message `/v1/realtime` takes, in KiB (1024 holds about 16 s of 24 kHz "
+        "PCM in base64). A larger one gets an `error` event and is dropped; one over 4 times this closes the "
+        "socket (1009).",
     )
     max_decode_ratio: float = Field(
         1000,

@@ -14,6 +14,7 @@ from services.common.config.types import (
     LogFormat,
     LogLevel,
     OptionalAddress,
+    Origins,
 )
 
 
@@ -72,6 +73,13 @@ class NetworkFields(BaseModel):
         True,
         description="Serve the live status page at `/` and `/api/status` of `HTTP_ADDRESS` (no token needed, "
         "see Security). `false` turns it off.",
+    )
+    http_allowed_origins: Origins = Field(
+        (),
+        description="Comma-separated origins (`scheme://host[:port]`) of web pages allowed to use the HTTP API "
+        "from a browser: the realtime WebSocket (`/v1/realtime`) and CORS for `/v1/*`. A page served by this "
+        "server itself (`/live`) and clients that send no `Origin` (SDKs, curl) are always allowed; `*` allows "
+        "every origin. Empty: only those.",
     )
     log_level: LogLevel = Field("info", description="`debug`, `info`, `warning` or `error`.")
     log_format: LogFormat = Field(

@@ -95,6 +95,21 @@ def _tokens(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
+def _origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for item in values:
+        if item == "*":
+            out.append(item)
+            continue
+        origin = item.rstrip("/").lower()
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(
+                f"{item!r} is not an origin: write scheme://host[:port] (e.g. https://captions.example.com) or *"
+            )
+        out.append(origin)
+    return tuple(out)
+
+
 def _blank_is_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else _text(value)
 
@@ -125,6 +140,7 @@ Address = Annotated[str, BeforeValidator(_text), AfterValidator(_host_port)]
 OptionalAddress = Annotated[str, BeforeValidator(_text), AfterValidator(_optional_host_port)]
 Endpoints = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_endpoints)]
 Tokens = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_tokens)]
+Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_origins)]
 Folder = Annotated[Path, BeforeValidator(_nonempty), AfterValidator(_resolved)]
 OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none), AfterValidator(_existing_file)]
 Device = Annotated[Literal["auto", "cpu", "cuda"], BeforeValidator(_lower)]

@@ -248,7 +248,7 @@ class StreamCall:
                     yield response
             if not session.closing:
                 break
-            for response in self._results(await self._rt.run_for_stream(session.process)):
+            for response in self._finalized(self._results(await self._rt.run_for_stream(session.process))):
                 yield response
             if self._config.single_utterance:
                 self.done = True
@@ -271,10 +271,12 @@ class StreamCall:
             yield response
         if self.done:
             return
-        if session.in_speech:
+        ended = session.in_speech
+        if ended:
             for response in self._events(VoiceEvent("end", round(session.total_seconds * SAMPLE_RATE))):
                 yield response
-        for response in self._results(await self._rt.run_for_stream(session.finish)):
+        results = self._results(await self._rt.run_for_stream(session.finish))
+        for response in self._finalized(results) if ended else results:
             yield response
 
     def _events(self, event: VoiceEvent) -> list[pb.StreamingTranscribeResponse]:
@@ -285,6 +287,17 @@ class StreamCall:
         if event.kind == "end" and self._config.single_utterance:
             out.append(event_response(pb.SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE, event.sample, worker_id))
         return out
+
+    def _finalized(self, responses: list[pb.StreamingTranscribeResponse]) -> list[pb.StreamingTranscribeResponse]:
+        """An ended utterance's final results, the last one marked UTTERANCE_FINALIZED when the client asked:
+        in the same response, so no resume point can fall between the words and the mark."""
+        if not (self._config.enable_voice_activity_events and self._config.enable_utterance_finalized_events):
+            return responses
+        if not responses:
+            responses = [pb.StreamingTranscribeResponse(worker_id=self._rt.worker_id)]
+        responses[-1].speech_event_type = pb.SPEECH_EVENT_TYPE_UTTERANCE_FINALIZED
+        responses[-1].speech_event_offset.CopyFrom(duration(self._session.total_seconds))
+        return responses
 
     def _results(self, update: StreamUpdate) -> list[pb.StreamingTranscribeResponse]:
         session = self._session
