@@ -232,7 +232,7 @@ def test_the_asyncio_client_has_the_same_calls(gateway: Process) -> None:
     async def scenario() -> tuple[list[int], str, list[str]]:
         async with AsyncScribeClient(gateway.address, token=TOKEN_A) as c:
             job = await c.jobs.submit(clip("speech_short.wav"), labels={"suite": "aio"}, formats=["vtt"])
-            states = [j.state async for j in c.jobs.watch(job.id)]
+            states = [int(j.state) async for j in c.jobs.watch(job.id)]
             vtt = (await c.jobs.result(job.id, "vtt")).content
             listed = [j.id async for j in c.jobs.list(labels={"suite": "aio"})]
             await c.jobs.delete(job.id)
