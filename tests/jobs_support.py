@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import os
 import signal
 import threading
@@ -19,8 +20,8 @@ from scribe_client import ScribeClient
 
 from services.gen import jobs_pb2 as jpb
 from services.gen import worker_pb2
-from tests.conftest import TOKEN_A, Fleet, Process, start_gateway
-from tests.helpers import DATA, wait_for
+from tests.conftest import TOKEN_A, Fleet, Process, spawn, start_gateway
+from tests.helpers import DATA, free_port, wait_for
 
 SECRET = "whsec_" + base64.b64encode(b"scribe-test-webhook-secret-0123456789").decode()
 WORKERS_BOTH = "gpu_worker_00", "gpu_worker_01"
@@ -84,6 +85,24 @@ def busy(fleet: Fleet) -> int:
         for w in fleet.workers().values()
         if w.HasField("health") and w.health.status == worker_pb2.WORKER_STATUS_SERVING
     )
+
+
+def gateway_id(gateway: Process) -> str:
+    """JOB_GATEWAY_ID as the gateway logged it."""
+    for line in gateway.logs().splitlines():
+        if '"jobs_ready"' in line:
+            return str(json.loads(line)["gateway_id"])
+    raise AssertionError(gateway.logs())
+
+
+def idle_gateway(fleet: Fleet, folder: Path, env: dict[str, str]) -> Process:
+    """A gateway whose only worker never answers: it takes jobs in but never claims one."""
+    address = f"127.0.0.1:{free_port()}"
+    nowhere = f"unix://{folder / 'no-worker.sock'}"
+    gateway = spawn(fleet, folder, "services.gateway", {**env, "GATEWAY_ADDRESS": address, "STATIC_WORKERS": nowhere})
+    assert wait_for(lambda: '"jobs_ready"' in gateway.logs(), 60, 0.1), gateway.logs()
+    assert wait_for(lambda: '"gateway_listening"' in gateway.logs(), 60, 0.1), gateway.logs()
+    return gateway
 
 
 def kill9(gateway: Process) -> None:

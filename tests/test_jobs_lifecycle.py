@@ -21,6 +21,8 @@ from tests.jobs_support import (
     busy,
     client,
     decoded_seconds,
+    gateway_id,
+    idle_gateway,
     job_env,
     job_gateway,
     kill9,
@@ -152,29 +154,35 @@ def test_a_full_spool_refuses_new_uploads_cleanly(fleet: Fleet, tmp_path: Path) 
 
 
 def test_two_tokens_jobs_interleave(fleet: Fleet, tmp_path: Path) -> None:
-    # One worker slot for jobs: the order in which jobs start is the order the runner chose them.
-    gw = start_gateway(
-        fleet,
-        tmp_path / "fair",
-        job_env(AUTH_TOKENS=f"{TOKEN_A},{TOKEN_B}", JOB_WORKER_SLOTS="1"),
-        workers=f"unix://{fleet.run_dir / 'worker-00.sock'}",
+    """Client A queues eight jobs, then client B three; they run alternately until B's are done."""
+    shared = job_env(
+        AUTH_TOKENS=f"{TOKEN_A},{TOKEN_B}",
+        JOB_WORKER_SLOTS="1",  # one piece at a time: the order jobs start in is the order they were chosen
+        JOBS_DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",  # two gateways on one host share one file
+        JOB_SPOOL_DIR=str(tmp_path / "spool"),
     )
+    # Everything is queued through a gateway that runs nothing, before the one that runs jobs starts.
+    front = idle_gateway(fleet, tmp_path / "front", shared)
+    runner = None
     try:
-        with client(gw, TOKEN_A) as a, client(gw, TOKEN_B) as b:
+        with client(front, TOKEN_A) as a, client(front, TOKEN_B) as b:
             many = [a.jobs.submit(clip("speech_short.wav"), labels={"who": "a"}) for _ in range(8)]
             few = [b.jobs.submit(clip("speech_short.wav"), labels={"who": "b"}) for _ in range(3)]
+            runner = start_gateway(
+                fleet, tmp_path / "runner", shared, workers=f"unix://{fleet.run_dir / 'worker-00.sock'}"
+            )
             finished = [
                 wait_state(x, j.id, {jpb.JOB_STATE_SUCCEEDED})
                 for x, j in [(a, j) for j in many] + [(b, j) for j in few]
             ]
-            order = [j.spec.labels["who"] for j in sorted(finished, key=lambda j: j.start_time.ToNanoseconds())]
-            # First come first served would run all eight of A's before B's three.
-            assert order.index("b") <= 3, order
-            assert max(i for i, who in enumerate(order) if who == "b") < max(
-                i for i, who in enumerate(order) if who == "a"
-            ), order
+        order = "".join(j.spec.labels["who"] for j in sorted(finished, key=lambda j: j.start_time.ToNanoseconds()))
+        # First come first served would be aaaaaaaabbb.
+        assert order == "ababab" + "a" * 5, order
+        assert {j.gateway_id for j in finished} == {gateway_id(runner)}
     finally:
-        gw.stop()
+        front.stop()
+        if runner is not None:
+            runner.stop()
 
 
 def test_a_gateway_killed_mid_job_resumes_from_its_last_finished_piece(fleet: Fleet, tmp_path: Path) -> None:

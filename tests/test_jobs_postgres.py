@@ -7,7 +7,6 @@ both poll, and a gateway killed mid-job has its job finished by the other from i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,19 @@ import psycopg
 import pytest
 
 from services.gen import jobs_pb2 as jpb
-from tests.conftest import Fleet, Process, spawn, start_gateway
-from tests.helpers import clip, free_port, speech_recording, wait_for
-from tests.jobs_support import both_workers, client, decoded_seconds, job_env, kill9, until, wait_state
+from tests.conftest import Fleet, start_gateway
+from tests.helpers import clip, speech_recording
+from tests.jobs_support import (
+    both_workers,
+    client,
+    decoded_seconds,
+    gateway_id,
+    idle_gateway,
+    job_env,
+    kill9,
+    until,
+    wait_state,
+)
 from tests.postgres import Postgres, postgres_server
 
 pytestmark = pytest.mark.postgres
@@ -37,23 +46,6 @@ def shared(pg: Postgres, tmp_path: Path) -> dict[str, str]:
     spool = tmp_path / "spool"
     spool.mkdir()
     return job_env(JOBS_DATABASE_URL=pg.url, JOB_SPOOL_DIR=str(spool), JOB_LEASE_S="3", JOB_WORKER_SLOTS="1")
-
-
-def gateway_id(gateway: Process) -> str:
-    for line in gateway.logs().splitlines():
-        if '"jobs_ready"' in line:
-            return str(json.loads(line)["gateway_id"])
-    raise AssertionError(gateway.logs())
-
-
-def idle_gateway(fleet: Fleet, folder: Path, env: dict[str, str]) -> Process:
-    """A gateway whose only worker never answers: it takes jobs in but never claims one."""
-    address = f"127.0.0.1:{free_port()}"
-    nowhere = f"unix://{folder / 'no-worker.sock'}"
-    gateway = spawn(fleet, folder, "services.gateway", {**env, "GATEWAY_ADDRESS": address, "STATIC_WORKERS": nowhere})
-    assert wait_for(lambda: '"jobs_ready"' in gateway.logs(), 60, 0.1), gateway.logs()
-    assert wait_for(lambda: '"gateway_listening"' in gateway.logs(), 60, 0.1), gateway.logs()
-    return gateway
 
 
 def test_a_job_submitted_to_one_gateway_is_claimed_by_the_other(
