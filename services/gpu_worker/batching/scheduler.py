@@ -2,8 +2,8 @@
 thread decodes them in batches.
 
 Batches are formed by priority (live-stream finals, then live-stream interims, then bulk windows of
-Transcribe and TranscribeWithProgress, then the pieces of batch jobs, which the gateway marks), oldest first, and filled with windows the engine can decode
-together (equal `Engine.batch_key`), from any call (on a CPU, a stream's batch takes only stream windows). A batch waits at most `window_s` for more windows
+Transcribe and TranscribeWithProgress, then the pieces of batch jobs, which the gateway marks), oldest
+first, and filled with windows the engine can decode together (equal `Engine.batch_key`), from any call (on a CPU, a stream's batch takes only stream windows). A batch waits at most `window_s` for more windows
 when it is not full. Because a batch is at most `max_batch` windows, a live stream waits for at most one
 batch of a long file, never for the whole file; because streams go first, bulk work never starves them.
 
