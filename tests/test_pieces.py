@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container, decode_linear16
+from services.gateway.recordings import shard
 from services.gateway.recordings.pieces import SEARCH_S, Cutter, Source, iter_pieces
 from services.gen import transcription_pb2 as pb
 from tests.bad_audio import cut_wav
@@ -84,3 +85,30 @@ def test_a_truncated_recording_raises_after_its_pieces_and_before_its_last() -> 
     assert info.value.reason == "TRUNCATED_AUDIO"
     assert "declares 100.00 s" in info.value.message and "only 80.00 s" in info.value.message
     assert len(pieces) >= 1 and sum(p.seconds for p in pieces) < 80 - 1
+
+
+def test_a_cut_falls_in_the_longest_pause_not_in_a_short_dip_inside_a_word() -> None:
+    """A 40 ms closure (the silence of a "t") right at the ideal point, a 0.6 s pause 5 s away: the cut goes
+    in the pause, where no word is, even though the closure is quieter."""
+    rng = np.random.default_rng(3)
+    audio = rng.integers(-8000, 8000, 60 * SAMPLE_RATE).astype(np.int16)
+    closure = 30 * SAMPLE_RATE
+    audio[closure : closure + int(0.04 * SAMPLE_RATE)] = 0
+    pause = 35 * SAMPLE_RATE
+    audio[pause : pause + int(0.6 * SAMPLE_RATE)] = rng.integers(-30, 30, int(0.6 * SAMPLE_RATE))
+    cuts = shard.split_points(audio, 2)
+    assert len(cuts) == 1
+    assert pause <= cuts[0] <= pause + int(0.6 * SAMPLE_RATE), cuts[0] / SAMPLE_RATE
+
+
+def test_only_idle_serving_workers_take_pieces() -> None:
+    """A busy worker would only queue a piece behind its work: the recording is cut for the idle ones."""
+
+    class W:
+        def __init__(self, serving: bool, idle: bool) -> None:
+            self.serving, self.idle = serving, idle
+
+    assert shard.idle_workers([W(True, True), W(True, False), W(False, True), W(True, True)]) == 2
+    assert shard.idle_workers([W(True, True), W(True, False)]) == 1  # fewer than two: sent whole
+    assert shard.piece_count(600, shard.idle_workers([W(True, True)] * 3)) == 3
+    assert shard.piece_count(45, 3) == 1  # no piece shorter than a window

@@ -72,3 +72,24 @@ def test_typescript_client_streams_44k_stereo_and_reports_errors(
     refused = run_node(typescript_example, str(odd_rate), "--address", serving_fleet.address, "--speed", "0")
     assert refused.returncode == 1 and "error: InvalidArgument: " in refused.stderr, refused.stderr
     assert "12000" in refused.stderr, refused.stderr
+
+
+def test_typescript_client_prints_speaker_labels(
+    serving_fleet: Fleet, typescript_example: Path, tmp_path: Path
+) -> None:
+    from tests.speakers_data import conversation, pcm16
+
+    audio, _ = conversation("two_voices")
+    wav_path = tmp_path / "two_voices.wav"
+    with wave.open(str(wav_path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(pcm16(audio))
+    result = run_node(
+        typescript_example, str(wav_path), "--address", serving_fleet.address, "--speed", "3", "--speakers"
+    )
+    assert result.returncode == 0, result.stderr
+    finals = [line.split("] ", 1)[1] for line in result.stdout.splitlines() if line.startswith("final")]
+    assert finals and all(line.startswith("Speaker ") for line in finals), result.stdout
+    assert {line.split(":")[0] for line in finals} >= {"Speaker 1", "Speaker 2"}, result.stdout

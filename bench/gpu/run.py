@@ -9,7 +9,8 @@ GPU_SCALE_WORKERS=auto starts as many workers as fit and says why; (3) aggregate
 1, 2 and 4 workers at batch 1 and at the best batch of a sweep, many files at once, on the embedded
 tiny.en (WER checked against what the clips say) and on a synthetic large-v2-shaped model (random
 weights, a fixed number of tokens per window); (4) a worker pushed past its VRAM by another process
-turns NOT_SERVING with the reason, recovers when the memory comes back, and nothing crashes.
+turns NOT_SERVING with the reason, recovers when the memory comes back, and nothing crashes; (5) the
+encoder's cost and the WER of the committed clips at each encoder input length (bench/gpu/buckets.py).
 
 `--device cpu` rehearses every step on a machine without a GPU, at tiny sizes; the NVML steps then say
 that they have nothing to compare.
@@ -32,6 +33,7 @@ import grpc
 
 from bench.fleet import ROOT, Fleet, fleet, wav_bytes
 from bench.gpu import synthetic
+from bench.gpu.buckets import step_buckets
 from bench.stream_metrics import wer
 from services.common.audio import SAMPLE_RATE, decode_container
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
@@ -251,7 +253,9 @@ def main() -> None:
     parser.add_argument("--shape", default="large-v2", choices=sorted(synthetic.SHAPES))
     parser.add_argument("--tokens", type=int, default=100, help="tokens the synthetic model decodes per window")
     parser.add_argument("--out", type=Path, help="report (default bench/results/gpu.md, or gpu_rehearsal_cpu.md)")
-    parser.add_argument("--steps", default="vram,auto,guard,synthetic,tiny", help="which steps, run in this order")
+    parser.add_argument(
+        "--steps", default="vram,auto,guard,buckets,synthetic,tiny", help="which steps, run in this order"
+    )
     args = parser.parse_args()
     out = args.out or ROOT / "bench" / "results" / ("gpu.md" if args.device == "cuda" else "gpu_rehearsal_cpu.md")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -313,7 +317,18 @@ def main() -> None:
         report.add("\n## VRAM guard\n")
         step_guard(report, env, args.device)
 
-    known = {"vram": vram, "auto": auto, "tiny": tiny, "synthetic": synthetic_model, "guard": guard}
+    def buckets() -> None:
+        report.add("\n## Encoder input length (ENCODER_MIN_SECONDS buckets, torch engine in-process, tiny.en)\n")
+        step_buckets(report.add, args.device, max(batches), report.left)
+
+    known = {
+        "vram": vram,
+        "auto": auto,
+        "tiny": tiny,
+        "synthetic": synthetic_model,
+        "guard": guard,
+        "buckets": buckets,
+    }
     for step in args.steps.split(","):
         fn = known[step]
         if report.left() < 30:

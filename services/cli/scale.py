@@ -93,7 +93,17 @@ def per_worker_bytes(settings: Settings, budget: capacity.Budget) -> int:
     else:
         path, _ = resolve_model(settings.whisper_model)
         compute = resolve_compute_type(settings.whisper_compute_type, budget.kind)
-    return capacity.worker_bytes(budget.kind, compute, capacity.model_bytes(path), settings.worker_memory_mb)
+    speakers = settings.speaker_model != "off"
+    on_device = speakers and budget.kind == "cuda" and _onnxruntime_has_cuda()
+    return capacity.worker_bytes(
+        budget.kind, compute, capacity.model_bytes(path), settings.worker_memory_mb, speakers, on_device
+    )
+
+
+def _onnxruntime_has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 def resolve_count(settings: Settings, requested: int, running: int = 0) -> int:

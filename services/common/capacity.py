@@ -17,6 +17,10 @@ GIB = 2**30
 _WEIGHT_SCALE = {"float16": 1.0, "bfloat16": 1.0, "int8_float16": 0.55, "int8": 0.55, "float32": 2.0}
 CUDA_OVERHEAD = 700 * MIB  # CUDA context, cuBLAS/cuDNN workspaces and decoding buffers per process
 CPU_OVERHEAD = 250 * MIB  # interpreter, CTranslate2, onnxruntime (VAD), audio buffers
+# The speaker model (CAM++ on onnxruntime, SPEAKER_MODEL=campplus): measured 105 to 160 MiB of resident memory
+# per worker at batch sizes 1 to 16 on a CPU (health reports each worker's own figure). It runs in host memory
+# unless onnxruntime has CUDA, so it counts against a GPU's memory only then.
+SPEAKER_BYTES = 150 * MIB
 # Free memory left aside for other processes and allocator fragmentation.
 RESERVE_FRACTION = 0.10
 
@@ -41,15 +45,23 @@ def model_bytes(model_dir: str | None) -> int | None:
     return None
 
 
-def worker_bytes(kind: str, compute_type: str, weights_on_disk: int | None, override_mb: int = 0) -> int:
-    """Estimated memory of one worker on its device."""
+def worker_bytes(
+    kind: str,
+    compute_type: str,
+    weights_on_disk: int | None,
+    override_mb: int = 0,
+    speakers: bool = False,
+    speakers_on_device: bool = False,
+) -> int:
+    """Estimated memory of one worker on its device; `speakers`: it loads the speaker model, which is on
+    the GPU only when `speakers_on_device` (onnxruntime with CUDA)."""
     if override_mb:
         return override_mb * MIB
     weights = weights_on_disk if weights_on_disk is not None else 3 * GIB  # large-v2 in fp16 when unknown
     scale = _WEIGHT_SCALE.get(compute_type, 1.0)
     if kind == "cuda":
-        return int(weights * scale) + CUDA_OVERHEAD
-    return int(weights * scale) + CPU_OVERHEAD
+        return int(weights * scale) + CUDA_OVERHEAD + (SPEAKER_BYTES if speakers and speakers_on_device else 0)
+    return int(weights * scale) + CPU_OVERHEAD + (SPEAKER_BYTES if speakers else 0)
 
 
 def fitting_workers(budget: Budget, per_worker: int, running: int = 0, by_cores: bool = False) -> int:

@@ -7,6 +7,7 @@ from google.protobuf import duration_pb2
 
 from services.common import audio
 from services.common.config import Settings
+from services.common.config.speakers import MAX_KNOWN_SPEAKERS, MAX_SPEAKER_COUNT
 from services.gen import transcription_pb2 as pb
 
 
@@ -24,6 +25,8 @@ def limits_pb(settings: Settings) -> pb.Limits:
         max_beam_size=settings.max_beam_size,
         max_initial_prompt_chars=settings.max_initial_prompt_chars,
         stream_idle_timeout=duration(settings.stream_idle_timeout_s),
+        max_speaker_count=MAX_SPEAKER_COUNT,
+        max_known_speakers=MAX_KNOWN_SPEAKERS,
     )
 
 

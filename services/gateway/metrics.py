@@ -112,6 +112,35 @@ class FleetCollector(Collector):
             wait.add_metric([w.name], batch.queue_wait_seconds_total)
             mixed.add_metric([w.name], batch.mixed_batches)
         yield from (sizes, queued, rate, decoded, wait, mixed)
+        yield from self._speakers()
+
+    def _speakers(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        """The workers' speaker-embedding schedulers (speaker labels), as their last health report gave them."""
+        seconds = CounterMetricFamily(
+            "scribe_worker_speaker_audio_seconds",
+            "Seconds of speech the worker turned into voice embeddings for speaker labels",
+            labels=["worker"],
+        )
+        windows = CounterMetricFamily(
+            "scribe_worker_speaker_windows", "Stretches of speech the worker embedded", labels=["worker"]
+        )
+        busy = CounterMetricFamily(
+            "scribe_worker_speaker_busy_seconds",
+            "Seconds the worker spent running its speaker model",
+            labels=["worker"],
+        )
+        memory = GaugeMetricFamily(
+            "scribe_worker_speaker_model_bytes", "Memory the worker's speaker model takes", labels=["worker"]
+        )
+        for w in self._registry.sorted():
+            if w.health is None or not w.health.speaker_model or w.health_staleness():
+                continue
+            stats = w.health.speakers
+            seconds.add_metric([w.name], stats.audio_seconds_embedded)
+            windows.add_metric([w.name], stats.windows_embedded)
+            busy.add_metric([w.name], stats.busy_seconds_total)
+            memory.add_metric([w.name], w.health.speaker_model_bytes)
+        yield from (seconds, windows, busy, memory)
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)

@@ -28,6 +28,7 @@ from services.gateway.recordings.upload import Spool
 from services.gateway.relay import StreamRelay
 from services.gateway.routing.dispatch import MAX_TRIES, Dispatcher
 from services.gateway.routing.registry import Registry, WorkerHandle
+from services.gateway.speakers.diarize import RecordingSpeakers
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from services.gen import transcription_pb2 as pb
 
@@ -79,11 +80,17 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         with request_line("Transcribe", context, self._stats.observe) as line:
             line.fields["audio_bytes"] = len(request.audio_content)
             try:
+                speakers = RecordingSpeakers.of(request.options)
                 pieces = await self._shard_plan(request)
                 if pieces is None:
                     response = await self._unary(request, context, line)
+                    if speakers is not None:
+                        speakers.add(response, 0.0)
                 else:
-                    response = await self._sharded(pieces, context, line)
+                    response = await self._sharded(pieces, context, line, speakers)
+                if speakers is not None:
+                    speakers.finish(response)
+                    line.fields["speakers"] = len(response.speakers)
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
@@ -118,9 +125,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
 
     async def _shard_plan(self, request: pb.TranscribeRequest) -> list[tuple[float, pb.TranscribeRequest]] | None:
         """Pieces of a long recording for parallel transcription, or None to send it whole."""
-        serving = sum(1 for w in self._registry.workers.values() if w.serving)
+        idle = shard.idle_workers(self._registry.workers.values())
         threshold = self._settings.shard_min_seconds
-        if serving < 2 or threshold <= 0:
+        if idle < 2 or threshold <= 0:
             return None
         try:
             if request.encoding == pb.AUDIO_ENCODING_LINEAR16:
@@ -135,7 +142,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         except audio.AudioError:
             return None  # the worker answers with the precise error
         seconds = samples.size / audio.SAMPLE_RATE
-        pieces = shard.piece_count(seconds, serving)
+        pieces = shard.piece_count(seconds, idle)
         # Each piece must also fit in one gRPC message.
         pieces = max(pieces, math.ceil(samples.size * 2 / (0.9 * self._settings.max_message_bytes)))
         if pieces < 2:
@@ -149,14 +156,18 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                     encoding=pb.AUDIO_ENCODING_LINEAR16,
                     sample_rate_hertz=audio.SAMPLE_RATE,
                     audio_channel_count=1,
-                    options=request.options,
+                    options=RecordingSpeakers.piece_options(request.options, index),
                 ),
             )
-            for start, end in itertools.pairwise(bounds)
+            for index, (start, end) in enumerate(itertools.pairwise(bounds))
         ]
 
     async def _sharded(
-        self, pieces: list[tuple[float, pb.TranscribeRequest]], context: grpc.aio.ServicerContext, line: RequestLine
+        self,
+        pieces: list[tuple[float, pb.TranscribeRequest]],
+        context: grpc.aio.ServicerContext,
+        line: RequestLine,
+        speakers: RecordingSpeakers | None = None,
     ) -> pb.TranscribeResponse:
         started = time.perf_counter()
         line.fields["pieces"] = len(pieces)
@@ -165,6 +176,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                 tasks = [(offset, group.create_task(self._unary(piece, context, line))) for offset, piece in pieces]
         except* (RequestError, grpc.aio.AioRpcError) as failed:
             raise failed.exceptions[0] from None
+        if speakers is not None:
+            for offset, task in tasks:
+                speakers.add(task.result(), offset)
         merged = shard.merge([(offset, task.result()) for offset, task in tasks])
         merged.processing_time.FromNanoseconds(round((time.perf_counter() - started) * 1e9))
         return merged
@@ -214,6 +228,11 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
     ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
         with request_line("TranscribeWithProgress", context, self._stats.observe) as line:
             line.fields["audio_bytes"] = len(request.request.audio_content)
+            try:
+                speakers = RecordingSpeakers.of(request.request.options)
+            except RequestError as err:
+                line.fail(err)
+                await abort(context, err)
             source = await self._split_source(request.request)
             if source is not None:
                 async for report in self._pipelined(source, request.request.options, context, line):
@@ -233,6 +252,11 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                         try:
                             async for response in call:
                                 final = response.HasField("result")
+                                if speakers is not None:
+                                    speakers.interim(response.segments)
+                                    if final:
+                                        speakers.add(response.result, 0.0)
+                                        speakers.finish(response.result)
                                 if final:
                                     response.result.request_id = line.request_id
                                     line.fields["audio_s"] = round(response.audio_duration.ToNanoseconds() / 1e9, 3)
@@ -276,6 +300,11 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                     line.fail(err)
                     await abort(context, err)
                 line.fields["upload_bytes"] = spool.size
+                try:
+                    RecordingSpeakers.of(config.options)
+                except RequestError as err:
+                    line.fail(err)
+                    await abort(context, err)
                 source = Source(spool.path, config.encoding, config.sample_rate_hertz, config.audio_channel_count)
                 async for report in self._pipelined(source, config.options, context, line):
                     yield pb.TranscribeUploadResponse(progress=report)

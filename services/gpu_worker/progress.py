@@ -19,6 +19,7 @@ from services.gen import transcription_pb2 as pb
 from services.gpu_worker.batching.transcriber import Transcriber
 from services.gpu_worker.engines.base import DecodeOptions, EngineResult, Segment
 from services.gpu_worker.results import segment_pb, transcribe_response
+from services.gpu_worker.speakers.embedder import Embeddings, SpeakerJob
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class SegmentDone:
 class Finished:
     result: EngineResult
     elapsed_s: float
+    embeddings: Embeddings | None = None
 
 
 ProgressEvent = Started | SegmentDone | Finished
@@ -48,14 +50,24 @@ def transcribe_with_progress(
     engine: Transcriber,
     decode: Callable[[], np.ndarray],
     options: DecodeOptions,
+    speakers: SpeakerJob | None = None,
 ) -> None:
     """Blocking: decode the audio with `decode`, transcribe it, and emit each step."""
     started = time.perf_counter()
     samples = decode()
     audio_s = samples.size / SAMPLE_RATE
     emit(Started(audio_s))
-    result = engine.transcribe(samples, options, on_segment=lambda s: emit(SegmentDone(s, audio_s)))
-    emit(Finished(result, time.perf_counter() - started))
+
+    def transcribe(on_windows: Callable[..., None] | None = None) -> EngineResult:
+        return engine.transcribe(
+            samples, options, on_segment=lambda s: emit(SegmentDone(s, audio_s)), on_windows=on_windows
+        )
+
+    if speakers is None:
+        emit(Finished(transcribe(), time.perf_counter() - started))
+        return
+    result, embeddings = speakers.run(samples, transcribe)
+    emit(Finished(result, time.perf_counter() - started, embeddings))
 
 
 def percent(done_s: float, total_s: float) -> float:
@@ -82,10 +94,13 @@ def progress_pb(event: ProgressEvent, worker_id: str) -> pb.TranscribeWithProgre
             progress_percent=percent(done, event.audio_s),
             worker_id=worker_id,
         )
+    result = transcribe_response(event.result, event.elapsed_s, worker_id)
+    if event.embeddings is not None:
+        result.speaker_embeddings.CopyFrom(event.embeddings.to_pb())
     return pb.TranscribeWithProgressResponse(
         processed_audio=duration(event.result.duration),
         audio_duration=duration(event.result.duration),
         progress_percent=100.0,
-        result=transcribe_response(event.result, event.elapsed_s, worker_id),
+        result=result,
         worker_id=worker_id,
     )

@@ -25,6 +25,7 @@ from services.gpu_worker.batching.scheduler import CallToken, Priority
 from services.gpu_worker.batching.transcriber import Transcriber, current_call
 from services.gpu_worker.device import DeviceReport
 from services.gpu_worker.guard import DeviceGuard, is_device_error
+from services.gpu_worker.speakers.scheduler import SpeakerScheduler
 
 T = TypeVar("T")
 
@@ -45,6 +46,7 @@ class WorkerRuntime:
         self.concurrency = concurrency
         self.guard = guard or DeviceGuard(min_free_bytes=0)
         self.transcriber: Transcriber | None = None
+        self.speakers: SpeakerScheduler | None = None  # None: SPEAKER_MODEL=off
         self.status: worker_pb2.WorkerStatus = worker_pb2.WORKER_STATUS_STARTING
         self.status_reason = "loading the model"
         self.started = time.monotonic()
@@ -84,15 +86,27 @@ class WorkerRuntime:
     def stream_open(self) -> Iterator[None]:
         """Count a live stream here and in the scheduler, which keeps bulk batches small while it is open."""
         scheduler = self.transcriber.scheduler if self.transcriber is not None else None
+        speakers = self.speakers
         self.streams += 1
-        if scheduler is not None:
-            scheduler.stream_opened()
+        for each in (scheduler, speakers):
+            if each is not None:
+                each.stream_opened()
         try:
             yield
         finally:
             self.streams -= 1
-            if scheduler is not None:
-                scheduler.stream_closed()
+            for each in (scheduler, speakers):
+                if each is not None:
+                    each.stream_closed()
+
+    def require_speakers(self) -> SpeakerScheduler:
+        if self.speakers is None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "SPEAKER_MODEL_OFF",
+                f"worker {self.worker_id} has no speaker model (SPEAKER_MODEL=off): speaker labels are not available",
+            )
+        return self.speakers
 
     def streams_backlogged(self) -> bool:
         """Live-stream windows already fill a batch: an interim decode now would only wait."""
@@ -140,6 +154,8 @@ class WorkerRuntime:
         except asyncio.CancelledError:
             if self.transcriber is not None:
                 self.transcriber.scheduler.cancel(call)
+            if self.speakers is not None:
+                self.speakers.cancel(call)
             raise
         except RuntimeError as exc:
             if not is_device_error(exc):
@@ -202,6 +218,8 @@ class WorkerRuntime:
     def shutdown(self) -> None:
         if self.transcriber is not None:
             self.transcriber.scheduler.close()
+        if self.speakers is not None:
+            self.speakers.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._stream_executor.shutdown(wait=False, cancel_futures=True)
 

@@ -30,6 +30,8 @@ from services.gpu_worker.engines.loading import load_engine
 from services.gpu_worker.guard import DeviceGuard
 from services.gpu_worker.runtime import WorkerRuntime
 from services.gpu_worker.servicer import TranscriptionServicer, WorkerServicer
+from services.gpu_worker.speakers.model import SpeakerModel
+from services.gpu_worker.speakers.scheduler import SpeakerScheduler
 
 log = structlog.get_logger()
 SERVICES = (
@@ -102,6 +104,23 @@ async def serve(settings: Settings, process_num: int, listen: str | None) -> Non
         pack_short=settings.worker_pack_short and engine.info.device_kind != "cuda",
     )
     runtime.transcriber = Transcriber(scheduler)
+    if settings.speaker_model != "off":
+        try:
+            # Inside the worker's CUDA_VISIBLE_DEVICES its GPU is index 0, as for the Whisper engine.
+            model = await loop.run_in_executor(
+                None,
+                SpeakerModel,
+                settings.cpu_threads_per_worker(),
+                engine.info.device_kind,
+                0,
+                settings.speaker_batch_size,
+            )
+        except Exception as exc:
+            log.error("speaker_model_load_failed", error=str(exc))
+            await server.stop(0)
+            sys.exit(3)
+        runtime.speakers = SpeakerScheduler(model, settings.speaker_batch_size)
+        log.info("speaker_model_loaded", model=model.info.name, memory_mib=model.info.memory_bytes // 2**20)
     await loop.run_in_executor(None, get_vad_model)  # streams share it; the first should not wait for its load
     if engine.info.device_kind == "cuda":
         # NVML is asked about the GPU the worker was bound to, by the same identifier CUDA got.

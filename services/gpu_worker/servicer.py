@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 
@@ -22,6 +23,10 @@ from services.gpu_worker.engines.base import DecodeOptions, EngineResult
 from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
 from services.gpu_worker.results import batch_pb, transcribe_response
 from services.gpu_worker.runtime import WorkerRuntime
+from services.gpu_worker.speakers.embedder import Embeddings, SpeakerJob
+from services.gpu_worker.speakers.online import OnlineLabeller
+from services.gpu_worker.speakers.options import speaker_options
+from services.gpu_worker.speakers.stats import speaker_stats_pb
 from services.gpu_worker.streaming.call import RequestReader, StreamCall, idle_timeout_error
 from services.gpu_worker.streaming.session import StreamingSession
 from services.gpu_worker.validation import (
@@ -45,12 +50,20 @@ def limits_from(settings: Settings) -> Limits:
 
 
 def _transcribe_blocking(
-    engine: Transcriber, request: pb.TranscribeRequest, options: DecodeOptions, limits: Limits
-) -> tuple[EngineResult, float]:
+    engine: Transcriber,
+    request: pb.TranscribeRequest,
+    options: DecodeOptions,
+    limits: Limits,
+    speakers: SpeakerJob | None = None,
+) -> tuple[EngineResult, float, Embeddings | None]:
     started = time.perf_counter()
     samples = decode_request_audio(request, limits.max_audio_seconds, limits.max_decode_ratio)
-    result = engine.transcribe(samples, options)
-    return result, time.perf_counter() - started
+    if speakers is None:
+        return engine.transcribe(samples, options), time.perf_counter() - started, None
+    result, embeddings = speakers.run(
+        samples, lambda on_windows: engine.transcribe(samples, options, on_windows=on_windows)
+    )
+    return result, time.perf_counter() - started, embeddings
 
 
 def _invalid_audio(err: audio.AudioError) -> RequestError:
@@ -89,14 +102,31 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                 engine = self._rt.require_transcriber()
                 check_transcribe_encoding(request.encoding)
                 options = decode_options(request.options, self._limits, engine.info)
-                result, elapsed = await self._rt.run(_transcribe_blocking, engine, request, options, self._limits)
+                speakers = self._speaker_job(request.options)
+                if speakers is not None:
+                    options = replace(options, word_timestamps=True)  # the gateway labels words
+                result, elapsed, embeddings = await self._rt.run(
+                    _transcribe_blocking, engine, request, options, self._limits, speakers
+                )
             except (audio.AudioError, RequestError) as err:
                 await _refuse(context, line, err)
             self._rt.completed += 1
             line.fields.update(audio_s=round(result.duration, 3), rtfx=round(result.duration / max(elapsed, 1e-6), 1))
             response = transcribe_response(result, elapsed, self._rt.worker_id)
+            if embeddings is not None:
+                response.speaker_embeddings.CopyFrom(embeddings.to_pb())
+                line.fields["speaker_windows"] = len(embeddings.starts)
             response.request_id = line.request_id
             return response
+
+    def _speaker_job(self, options: pb.RecognitionOptions) -> SpeakerJob | None:
+        """The call's speaker work, when it asks for speaker labels (validated here as in the gateway)."""
+        if not options.HasField("diarization_config"):
+            return None
+        speaker = speaker_options(options.diarization_config, "options.diarization_config")
+        return SpeakerJob(
+            self._rt.require_speakers(), speaker, "options.diarization_config", self._limits.max_decode_ratio
+        )
 
     async def TranscribeWithProgress(
         self, request: pb.TranscribeWithProgressRequest, context: grpc.aio.ServicerContext
@@ -109,9 +139,12 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             try:
                 engine = self._rt.require_transcriber()
                 options = decode_options(inner.options, self._limits, engine.info)
+                speakers = self._speaker_job(inner.options)
+                if speakers is not None:
+                    options = replace(options, word_timestamps=True)
                 max_s = self._limits.max_audio_seconds
                 events: AsyncIterator[ProgressEvent] = self._rt.stream(
-                    transcribe_with_progress, engine, lambda: decode_request_audio(inner, max_s), options
+                    transcribe_with_progress, engine, lambda: decode_request_audio(inner, max_s), options, speakers
                 )
                 async for event in events:
                     response = progress_pb(event, self._rt.worker_id)
@@ -171,7 +204,8 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                     f"streaming_config.resume is not usable: {exc}",
                 ) from None
             replay_until = config.resume.replay_until.ToNanoseconds() / 1e9
-        call = StreamCall(self._rt, session, config, resampler, self._limits.max_stream_seconds, replay_until)
+        speakers = await self._stream_speakers(config)
+        call = StreamCall(self._rt, session, config, resampler, self._limits.max_stream_seconds, replay_until, speakers)
         reader = RequestReader(requests, self._limits.stream_idle_timeout_s, self._rt.draining, self._rt.worker_id)
         try:
             async for response in call.run(reader):
@@ -187,6 +221,30 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                 decode_s=round(session.decode_seconds, 3),
             )
         self._rt.completed += 1
+
+    async def _stream_speakers(self, config: pb.StreamingConfig) -> OnlineLabeller | None:
+        """The stream's online speaker labeller, when it asks for labels: from the resume point's state
+        after a failover, else with the known speakers' clips embedded."""
+        if config.HasField("diarization_config"):
+            diarization, field = config.diarization_config, "diarization_config"
+        elif config.options.HasField("diarization_config"):
+            diarization, field = config.options.diarization_config, "options.diarization_config"
+        else:
+            return None
+        job = SpeakerJob(
+            self._rt.require_speakers(), speaker_options(diarization, field), field, self._limits.max_decode_ratio
+        )
+        labeller = OnlineLabeller(job.scheduler, job.options.max_speakers)
+        if config.HasField("resume") and config.resume.speakers:
+            try:
+                labeller.restore(config.resume.speakers, config.resume.audio_offset.ToNanoseconds() / 1e9)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "BAD_RESUME_STATE", f"streaming_config.resume.speakers: {exc}"
+                ) from None
+            return labeller
+        names, references = await self._rt.run_for_stream(job.references)
+        return OnlineLabeller(job.scheduler, job.options.max_speakers, names, references)
 
     async def GetConfig(self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
         with request_line("GetConfig", context) as line:
@@ -242,6 +300,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         if engine is not None:
             health.batch.CopyFrom(batch_pb(engine.scheduler))
+        if rt.speakers is not None:
+            health.speaker_model = rt.speakers.model.info.name
+            health.speaker_model_bytes = rt.speakers.model.info.memory_bytes
+            health.speakers.CopyFrom(speaker_stats_pb(rt.speakers))
         if on_gpu:
             health.gpu_name, health.gpu_uuid = device.gpu_name, device.gpu_uuid
             for field, value in (

@@ -21,6 +21,7 @@ from services.common.auth import bearer_token
 from services.common.config import Settings
 from services.common.rpclog import REQUEST_ID_HEADER
 from services.gen import transcription_pb2 as pb
+from services.http_api.diarized import diarized_json_body, known_speakers
 from services.http_api.errors import HttpError, from_rpc_error
 from services.http_api.gateway import Gateway
 from services.http_api.jobs_routes import jobs_router
@@ -106,6 +107,8 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         response_format: str,
         temperature: float,
         granularities: list[str],
+        speakers: bool = False,
+        known: dict[str, bytes] | None = None,
     ) -> Response:
         if response_format not in RESPONSE_FORMATS:
             raise HttpError(
@@ -141,6 +144,8 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             task=task,
             word_timestamps="word" in granularities,
             initial_prompt=prompt or None,
+            speakers=speakers or response_format == "diarized_json",
+            known_speakers=known or {},
         )
         call = asyncio.ensure_future(
             gateway.transcribe(
@@ -156,6 +161,8 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             return JSONResponse(json_body(response), headers=headers)
         if response_format == "verbose_json":
             return JSONResponse(verbose_json_body(response, task, granularities), headers=headers)
+        if response_format == "diarized_json":
+            return JSONResponse(diarized_json_body(response), headers=headers)
         return PlainTextResponse(
             TEXT_WRITERS[response_format](response), media_type=MEDIA_TYPES[response_format], headers=headers
         )
@@ -171,9 +178,14 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         response_format: Annotated[str, Form()] = "json",
         temperature: Annotated[float, Form()] = 0.0,
         timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+        known_speaker_names: Annotated[list[str] | None, Form(alias="known_speaker_names[]")] = None,
+        known_speaker_references: Annotated[list[str] | None, Form(alias="known_speaker_references[]")] = None,
+        # OpenAI's diarizing model wants it for audio over 30 s; scribe cuts at silences whatever it says.
+        chunking_strategy: Annotated[str | None, Form()] = None,
         stream: Annotated[bool, Form()] = False,
         include: Annotated[list[str] | None, Form(alias="include[]")] = None,
     ) -> Response:
+        known = known_speakers(known_speaker_names or [], known_speaker_references or [])
         if stream:  # server-sent events (services/http_api/streamed.py)
             if response_format not in STREAM_FORMATS:
                 raise HttpError(400, "stream=true takes response_format json or text", "invalid_value", "stream")
@@ -185,7 +197,16 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
                 gateway, file, options, _token(request), _request_id(request), settings.max_message_bytes, logprobs
             )
         return await transcribe(
-            request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities or []
+            request,
+            "transcribe",
+            file,
+            language,
+            prompt,
+            response_format,
+            temperature,
+            timestamp_granularities or [],
+            speakers="diarize" in model,
+            known=known,
         )
 
     @app.post("/v1/audio/translations")

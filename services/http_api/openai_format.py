@@ -3,7 +3,8 @@
 text, srt and vtt are the CLI's writers (scribe_client.formats); json is {"text", "usage"}; verbose_json
 is OpenAI's {"task", "language", "duration", "text", "segments", "words", "usage"}. Segments carry id,
 start, end, text, avg_logprob and no_speech_prob; OpenAI's seek, tokens, temperature and
-compression_ratio are left out because the gateway does not report them.
+compression_ratio are left out because the gateway does not report them. diarized_json is in
+services.http_api.diarized.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from scribe_client.formats import milliseconds, to_srt, to_txt, to_vtt
 
 from services.gen import transcription_pb2 as pb
 
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 GRANULARITIES = ("segment", "word")
 TEXT_WRITERS = {"text": to_txt, "srt": to_srt, "vtt": to_vtt}
 MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}

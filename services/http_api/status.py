@@ -64,6 +64,9 @@ def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
                     batch_mean=round(h.batch.windows_decoded / batches, 2) if batches else None,
                     windows_queued=h.batch.windows_queued,
                 )
+            if h.speaker_model:
+                # Speaker labels' work: seconds of speech turned into voice embeddings since the worker started.
+                row["speaker_seconds"] = round(h.speakers.audio_seconds_embedded, 1)
     return row
 
 

@@ -5,6 +5,10 @@ Times come from the segments' offsets, rounded to the millisecond. The JSON has 
  "segments": [{"id", "start", "end", "text", "avg_logprob", "no_speech_probability",
                "words": [{"word", "start", "end", "probability"}]}]}
 (words are filled when the call asked for word time offsets; the CLI does for --format json).
+
+With speaker labels (diarization_config), each segment and word has "speaker" and the JSON lists
+"speakers": [{"speaker", "speaking_time"}]; text, SRT and TSV put "Speaker 1: " before each segment's text
+(a known speaker's name instead: "Alice: "), and WebVTT gives each cue a voice tag, <v Speaker 1>.
 """
 
 from __future__ import annotations
@@ -40,14 +44,25 @@ def _spoken(response: pb.TranscribeResponse) -> list[pb.Segment]:
     return [s for s in response.segments if s.text.strip()]
 
 
+def speaker_name(label: str) -> str:
+    """How a speaker label reads: "Speaker 1" for a number, a known speaker's name as it is."""
+    return f"Speaker {label}" if label.isdigit() else label
+
+
+def _said(segment: pb.Segment) -> str:
+    """A segment's text on one line, after its speaker when it has one."""
+    text = _cue_text(segment.text)
+    return f"{speaker_name(segment.speaker_label)}: {text}" if segment.speaker_label else text
+
+
 def to_txt(response: pb.TranscribeResponse) -> str:
-    return "\n".join(_cue_text(s.text) for s in _spoken(response)) + "\n"
+    return "\n".join(_said(s) for s in _spoken(response)) + "\n"
 
 
 def to_srt(response: pb.TranscribeResponse) -> str:
     cues = [
         f"{i}\n{timestamp(milliseconds(s.start_offset), ',')} --> {timestamp(milliseconds(s.end_offset), ',')}\n"
-        f"{_cue_text(s.text)}\n"
+        f"{_said(s)}\n"
         for i, s in enumerate(_spoken(response), start=1)
     ]
     return "\n".join(cues)
@@ -58,10 +73,15 @@ def _vtt_escape(text: str) -> str:
     return _cue_text(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _voice(segment: pb.Segment) -> str:
+    # A voice span's annotation ends at ">" and may not hold a line break: escaped like cue text.
+    return f"<v {_vtt_escape(speaker_name(segment.speaker_label))}>" if segment.speaker_label else ""
+
+
 def to_vtt(response: pb.TranscribeResponse) -> str:
     cues = [
         f"{timestamp(milliseconds(s.start_offset), '.')} --> {timestamp(milliseconds(s.end_offset), '.')}\n"
-        f"{_vtt_escape(s.text)}\n"
+        f"{_voice(s)}{_vtt_escape(s.text)}\n"
         for s in _spoken(response)
     ]
     return "WEBVTT\n\n" + "\n".join(cues)
@@ -71,8 +91,14 @@ def _seconds(d: duration_pb2.Duration) -> float:
     return milliseconds(d) / 1000
 
 
+def _with_speaker(item: dict[str, object], label: str) -> dict[str, object]:
+    if label:
+        item["speaker"] = label
+    return item
+
+
 def to_dict(response: pb.TranscribeResponse) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "text": response.transcript,
         "language": response.language_code,
         "language_probability": round(response.language_probability, 4),
@@ -80,26 +106,37 @@ def to_dict(response: pb.TranscribeResponse) -> dict[str, object]:
         "worker_id": response.worker_id,
         "request_id": response.request_id,
         "segments": [
-            {
-                "id": s.id,
-                "start": _seconds(s.start_offset),
-                "end": _seconds(s.end_offset),
-                "text": s.text,
-                "avg_logprob": round(s.avg_logprob, 4),
-                "no_speech_probability": round(s.no_speech_probability, 4),
-                "words": [
-                    {
-                        "word": w.word,
-                        "start": _seconds(w.start_offset),
-                        "end": _seconds(w.end_offset),
-                        "probability": round(w.probability, 4),
-                    }
-                    for w in s.words
-                ],
-            }
+            _with_speaker(
+                {
+                    "id": s.id,
+                    "start": _seconds(s.start_offset),
+                    "end": _seconds(s.end_offset),
+                    "text": s.text,
+                    "avg_logprob": round(s.avg_logprob, 4),
+                    "no_speech_probability": round(s.no_speech_probability, 4),
+                    "words": [
+                        _with_speaker(
+                            {
+                                "word": w.word,
+                                "start": _seconds(w.start_offset),
+                                "end": _seconds(w.end_offset),
+                                "probability": round(w.probability, 4),
+                            },
+                            w.speaker_label,
+                        )
+                        for w in s.words
+                    ],
+                },
+                s.speaker_label,
+            )
             for s in response.segments
         ],
     }
+    if response.speakers:
+        out["speakers"] = [
+            {"speaker": p.speaker_label, "speaking_time": _seconds(p.speaking_time)} for p in response.speakers
+        ]
+    return out
 
 
 def to_json(response: pb.TranscribeResponse) -> str:
@@ -110,7 +147,7 @@ def to_tsv(response: pb.TranscribeResponse) -> str:
     """Start and end in integer milliseconds, then the text (the layout of Whisper's own TSV)."""
     rows = ["start\tend\ttext"]
     rows += [
-        f"{milliseconds(s.start_offset)}\t{milliseconds(s.end_offset)}\t{_cue_text(s.text).replace(chr(9), ' ')}"
+        f"{milliseconds(s.start_offset)}\t{milliseconds(s.end_offset)}\t{_said(s).replace(chr(9), ' ')}"
         for s in _spoken(response)
     ]
     return "\n".join(rows) + "\n"

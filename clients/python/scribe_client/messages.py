@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scribe_client.gen import transcription_pb2 as pb
@@ -31,11 +31,23 @@ class TranscribeOptions:
     vad_filter: bool = False
     #: Text that conditions the decoder: names, jargon, spelling.
     initial_prompt: str | None = None
+    #: Speaker labels ("who spoke when") on every segment and word, and the speakers found; on a stream,
+    #: on every final. Setting min_speakers, max_speakers or known_speakers turns them on too.
+    speakers: bool = False
+    #: Bounds on the number of speakers; 0 lets the audio decide (at most 10).
+    min_speakers: int = 0
+    max_speakers: int = 0
+    #: Voices to label by name: name -> a 2 to 30 s recording of that person alone (path or bytes); up to 4.
+    known_speakers: Mapping[str, Audio] = field(default_factory=dict)
+
+    @property
+    def wants_speakers(self) -> bool:
+        return self.speakers or bool(self.min_speakers or self.max_speakers or self.known_speakers)
 
     def to_pb(self) -> pb.RecognitionOptions:
         if self.task not in _TASKS:
             raise ValueError(f"task must be one of {', '.join(_TASKS)}, got {self.task!r}")
-        return pb.RecognitionOptions(
+        options = pb.RecognitionOptions(
             language_code=self.language or "",
             task=_TASKS[self.task],
             beam_size=self.beam_size,
@@ -43,6 +55,18 @@ class TranscribeOptions:
             vad_filter=self.vad_filter,
             initial_prompt=self.initial_prompt or "",
         )
+        if self.wants_speakers:
+            options.diarization_config.CopyFrom(
+                pb.SpeakerDiarizationConfig(
+                    min_speaker_count=self.min_speakers,
+                    max_speaker_count=self.max_speakers,
+                    known_speakers=[
+                        pb.KnownSpeaker(name=name, audio_content=audio_bytes(clip))
+                        for name, clip in self.known_speakers.items()
+                    ],
+                )
+            )
+        return options
 
 
 def audio_bytes(audio: Audio) -> bytes:

@@ -6,9 +6,10 @@
 // (@connectrpc/connect-node, HTTP/2) calls the gateway with them. A renamed field or a wrong type is a
 // compile error here, not a runtime surprise.
 //
-//   node dist/stream_wav.js FILE.wav [--address HOST:PORT] [--speed N] [--token T] [--tls-ca CA.pem]
+//   node dist/stream_wav.js FILE.wav [--address HOST:PORT] [--speed N] [--speakers] [--token T] [--tls-ca CA.pem]
 //
 // --speed 1 (the default) sends the audio in real time, like a microphone; 0 sends it at once.
+// --speakers asks for speaker labels (diarizationConfig): each final is printed after its speaker.
 import { readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 
@@ -25,12 +26,14 @@ import {
 } from "./gen/transcription/v1/transcription_pb.js";
 
 const CHUNK_SECONDS = 0.1;
-const USAGE = "usage: stream_wav.js FILE.wav [--address HOST:PORT] [--speed N] [--token T] [--tls-ca CA.pem]";
+const USAGE =
+  "usage: stream_wav.js FILE.wav [--address HOST:PORT] [--speed N] [--speakers] [--token T] [--tls-ca CA.pem]";
 
 interface Args {
   file: string;
   address: string;
   speed: number;
+  speakers: boolean;
   token?: string;
   tlsCa?: string;
 }
@@ -45,7 +48,11 @@ class UsageError extends Error {}
 
 function parseArgs(argv: string[]): Args {
   let file: string | undefined;
-  const args: Omit<Args, "file"> = { address: process.env.GATEWAY_ADDRESS ?? "127.0.0.1:50051", speed: 1 };
+  const args: Omit<Args, "file"> = {
+    address: process.env.GATEWAY_ADDRESS ?? "127.0.0.1:50051",
+    speed: 1,
+    speakers: false,
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = (): string => {
@@ -55,6 +62,7 @@ function parseArgs(argv: string[]): Args {
     };
     if (arg === "--address") args.address = value();
     else if (arg === "--speed") args.speed = Number(value());
+    else if (arg === "--speakers") args.speakers = true;
     else if (arg === "--token") args.token = value();
     else if (arg === "--tls-ca") args.tlsCa = value();
     else if (file === undefined) file = arg;
@@ -98,7 +106,7 @@ function readWav(file: string): Wav {
 }
 
 // The config first, then LINEAR16 chunks of CHUNK_SECONDS, paced at `speed` times real time.
-async function* requests(wav: Wav, speed: number): AsyncGenerator<StreamingTranscribeRequest> {
+async function* requests(wav: Wav, speed: number, speakers: boolean): AsyncGenerator<StreamingTranscribeRequest> {
   yield create(StreamingTranscribeRequestSchema, {
     streamingRequest: {
       case: "streamingConfig",
@@ -107,6 +115,8 @@ async function* requests(wav: Wav, speed: number): AsyncGenerator<StreamingTrans
         sampleRateHertz: wav.sampleRate,
         audioChannelCount: wav.channels,
         interimResults: true,
+        // Present turns speaker labels on; empty lets the audio decide how many speakers there are.
+        diarizationConfig: speakers ? {} : undefined,
       },
     },
   });
@@ -143,11 +153,14 @@ function client(args: Args) {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const wav = readWav(args.file);
-  for await (const response of client(args).streamingTranscribe(requests(wav, args.speed))) {
+  for await (const response of client(args).streamingTranscribe(requests(wav, args.speed, args.speakers))) {
     for (const result of response.results) {
       const text = result.alternatives[0]?.transcript ?? "";
       const end = seconds(result.resultEndOffset).toFixed(2);
-      if (result.isFinal) console.log(`final   [${end} s] ${text}`);
+      // A known speaker's label is its name; other voices are numbered "1", "2", ... as they are first heard.
+      const label = result.speakerLabel;
+      const who = label === "" ? "" : /^\d+$/.test(label) ? `Speaker ${label}: ` : `${label}: `;
+      if (result.isFinal) console.log(`final   [${end} s] ${who}${text}`);
       else console.log(`interim [${end} s] ${text} (stability ${result.stability.toFixed(2)})`);
     }
   }

@@ -18,6 +18,7 @@ from services.common.config.jobs import JobFields
 from services.common.config.limits import LimitFields
 from services.common.config.network import NetworkFields
 from services.common.config.security import SecurityFields
+from services.common.config.speakers import SpeakerFields
 from services.common.config.types import token_problem
 from services.common.config.workers import WorkerFields
 
@@ -48,9 +49,9 @@ class _MappingEnvSource(EnvSettingsSource):
 
 
 # pydantic collects the fields of the last base first: this order puts workers first in `scribe config` and the table.
-class Settings(JobFields, SecurityFields, LimitFields, NetworkFields, WorkerFields, BaseSettings):
+class Settings(JobFields, SpeakerFields, SecurityFields, LimitFields, NetworkFields, WorkerFields, BaseSettings):
     """scribe's configuration: one field per variable, with its default and meaning (the fields live in
-    one module per concern: workers, network, limits, security, jobs)."""
+    one module per concern: workers, network, limits, security, speakers, jobs)."""
 
     model_config = SettingsConfigDict(
         frozen=True, extra="ignore", case_sensitive=False, validate_default=True, allow_inf_nan=False

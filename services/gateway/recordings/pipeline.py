@@ -34,6 +34,7 @@ from services.gateway.recordings import shard
 from services.gateway.recordings.pieces import SEARCH_S, AudioPiece, Source, iter_pieces
 from services.gateway.routing.dispatch import Dispatcher
 from services.gateway.routing.registry import Registry
+from services.gateway.speakers.diarize import RecordingSpeakers
 from services.gen import transcription_pb2 as pb
 
 log = structlog.get_logger()
@@ -119,6 +120,8 @@ class Pipeline:
     ) -> None:
         self._source = source
         self._options = options
+        # Speaker labels, when asked for: every piece's voice embeddings are clustered together at the end.
+        self._speakers = RecordingSpeakers.of(options)
         self._registry = registry
         self._dispatch = dispatcher
         self._settings = settings
@@ -192,13 +195,16 @@ class Pipeline:
 
     def _progress(self, segments: list[pb.Segment], worker: str) -> pb.TranscribeWithProgressResponse:
         self._advance()
-        return pb.TranscribeWithProgressResponse(
+        report = pb.TranscribeWithProgressResponse(
             segments=segments,
             processed_audio=duration(self._processed_s),
             audio_duration=duration(self._length()),
             progress_percent=self._percent,
             worker_id=worker,
         )
+        if self._speakers is not None:
+            self._speakers.interim(report.segments)  # copies: the final result keeps the words it labels
+        return report
 
     def _length(self) -> float:
         return self._total_s if self._total_s is not None else max(self._declared_s, self._decoded_s)
@@ -228,6 +234,9 @@ class Pipeline:
             worker_id=",".join(workers),
             request_id=self._line.request_id,
         )
+        if self._speakers is not None:
+            self._speakers.finish(result)
+            self._line.fields["speakers"] = len(result.speakers)
         self._line.fields.update(pieces=len(self._pieces), worker=result.worker_id, audio_s=round(total, 3))
         return pb.TranscribeWithProgressResponse(
             processed_audio=duration(total),
@@ -251,6 +260,8 @@ class Pipeline:
         local = piece.start_s + response.processed_audio.ToNanoseconds() / 1e9
         piece.done_s = max(piece.done_s, min(local, piece.seconds))
         if response.HasField("result"):
+            if self._speakers is not None:
+                self._speakers.add(response.result, piece.offset_s + piece.start_s)
             piece.result = pb.TranscribeResponse(
                 language_code=response.result.language_code,
                 language_probability=response.result.language_probability,
@@ -322,7 +333,7 @@ class Pipeline:
                     self._room.release()
                     break
                 self._decoded_s += audio.seconds
-                request = self._request(audio.pcm)
+                request = self._request(audio.pcm, audio.index)
                 self._events.put_nowait(_Decoded(_Piece(audio.index, audio.offset_s, audio.seconds, request)))
                 del audio, request
             self._total_s = self._decoded_s
@@ -343,14 +354,14 @@ class Pipeline:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _request(self, pcm: bytes) -> pb.TranscribeWithProgressRequest:
+    def _request(self, pcm: bytes, index: int) -> pb.TranscribeWithProgressRequest:
         return pb.TranscribeWithProgressRequest(
             request=pb.TranscribeRequest(
                 audio_content=pcm,
                 encoding=pb.AUDIO_ENCODING_LINEAR16,
                 sample_rate_hertz=SAMPLE_RATE,
                 audio_channel_count=1,
-                options=self._options,
+                options=RecordingSpeakers.piece_options(self._options, index),
             )
         )
 
@@ -360,7 +371,7 @@ class Pipeline:
         if not piece.start_s:
             return piece.request
         start = round(piece.start_s * SAMPLE_RATE) * 2
-        return self._request(piece.request.request.audio_content[start:])
+        return self._request(piece.request.request.audio_content[start:], piece.index)
 
     async def _attempt(self, piece: _Piece, attempt: int) -> None:
         """One try of one piece; its reports and its failure go to the event queue."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
+from typing import Protocol
 
 import av
 import numpy as np
@@ -35,8 +37,25 @@ def container_duration(data: bytes | str | os.PathLike[str]) -> float | None:
     return None
 
 
+class _Worker(Protocol):
+    @property
+    def serving(self) -> bool: ...
+    @property
+    def idle(self) -> bool: ...
+
+
+def idle_workers(workers: Iterable[_Worker]) -> int:
+    """Serving workers with no call and no stream: what a sharded `Transcribe` can use.
+
+    Sharding gains only where a piece runs on compute that would otherwise wait: a busy worker already
+    keeps its share of the device busy, and a piece sent to it only queues behind its work while the
+    cut still costs a little accuracy at each edge. So a recording is cut into one piece per idle
+    worker, and sent whole when fewer than two are idle."""
+    return sum(1 for w in workers if w.serving and w.idle)
+
+
 def piece_count(duration_s: float, workers: int) -> int:
-    """One piece per worker, but never pieces shorter than a Whisper window."""
+    """One piece per (idle) worker, but never pieces shorter than a Whisper window."""
     return max(1, min(workers, int(duration_s // MIN_PIECE_S)))
 
 
@@ -57,12 +76,28 @@ def split_points(audio: np.ndarray, pieces: int, search_s: float = 8.0) -> list[
 
 
 def quietest_point(energy: np.ndarray, lo: int, hi: int) -> int | None:
-    """Sample offset at the middle of the quietest frame in [lo, hi) (frame indices, clamped so that
-    neither side of the cut is empty); None when the range is empty."""
+    """Sample offset at the middle of the longest quiet stretch in [lo, hi) (frame indices, clamped so
+    that neither side of the cut is empty); None when the range is empty.
+
+    A frame is quiet when its energy is near the range's quietest (within a tenth of the way to the
+    median). The longest such stretch is a pause between sentences, where a cut changes no word: the
+    single quietest 20 ms frame may be the closure of a "t" inside a word, and a piece that starts
+    there loses the word (measured: docs/encoder.md, sharding)."""
     lo, hi = max(1, lo), min(len(energy) - 1, hi)
     if hi <= lo:
         return None
-    return (lo + int(np.argmin(energy[lo:hi]))) * FRAME + FRAME // 2
+    span = energy[lo:hi]
+    floor = float(span.min())
+    quiet = span <= floor + 0.1 * (float(np.median(span)) - floor)
+    best, best_len, run_start = 0, 0, -1
+    for i, q in enumerate([*quiet.tolist(), False]):
+        if q and run_start < 0:
+            run_start = i
+        elif not q and run_start >= 0:
+            if i - run_start > best_len:
+                best, best_len = run_start, i - run_start
+            run_start = -1
+    return (lo + best + best_len // 2) * FRAME + FRAME // 2
 
 
 def pcm16(audio: np.ndarray) -> bytes:

@@ -78,7 +78,10 @@ class Transcriber:
         options: DecodeOptions,
         on_segment: Callable[[Segment], None] | None = None,
         priority: Priority = Priority.BULK,
+        on_windows: Callable[[list[Window]], None] | None = None,
     ) -> EngineResult:
+        """`on_windows` is told the windows (with their VAD speech spans) once they are queued, while the
+        scheduler decodes them: speaker embedding uses the same spans, so Silero runs once."""
         if options.single_window:
             windows = [Window(0, min(audio.size, int(WINDOW_SECONDS * SAMPLE_RATE)))] if audio.size else []
         else:
@@ -93,6 +96,13 @@ class Transcriber:
             return self.scheduler.submit(job, priority, call)
 
         futures = [submit(w) for w in windows]
+        if on_windows is not None:
+            try:
+                on_windows(windows)
+            except BaseException:
+                for pending in futures:
+                    pending.cancel()
+                raise
         rests: list[Future[WindowResult]] = []
         segments: list[Segment] = []
         language, probability = options.language, 1.0

@@ -10,7 +10,7 @@ behind interims nobody would see in time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +24,7 @@ from services.gen import transcription_pb2 as pb
 from services.gpu_worker.engines.base import Word
 from services.gpu_worker.results import alternative
 from services.gpu_worker.runtime import WorkerRuntime
+from services.gpu_worker.speakers.online import OnlineLabeller
 from services.gpu_worker.streaming.session import INTERIM, StreamingSession, StreamUpdate
 from services.gpu_worker.streaming.vad import VoiceEvent
 
@@ -39,9 +40,15 @@ _EVENT_TYPES = {"begin": pb.SPEECH_EVENT_TYPE_SPEECH_ACTIVITY_BEGIN, "end": pb.S
 
 
 def stream_results(
-    update: StreamUpdate, interim: bool, with_words: bool, language: str, processed_s: float
+    update: StreamUpdate,
+    interim: bool,
+    with_words: bool,
+    language: str,
+    processed_s: float,
+    speakers: Sequence[str] | None = None,
 ) -> list[pb.StreamingRecognitionResult]:
-    """Protobuf results of one session update: the committed words, then the interim tail."""
+    """Protobuf results of one session update: the committed words (one result per speaker when
+    `speakers` labels them), then the interim tail."""
     results = []
 
     def result(words: tuple[Word, ...], final: bool, stability: float) -> pb.StreamingRecognitionResult:
@@ -54,7 +61,17 @@ def stream_results(
             language_code=language,
         )
 
-    if update.final_words:
+    if update.final_words and speakers:
+        start = 0
+        for end in range(1, len(update.final_words) + 1):
+            if end == len(update.final_words) or speakers[end] != speakers[start]:
+                labelled = result(update.final_words[start:end], True, 1.0)
+                labelled.speaker_label = speakers[start]
+                for word in labelled.alternatives[0].words:
+                    word.speaker_label = speakers[start]
+                results.append(labelled)
+                start = end
+    elif update.final_words:
         results.append(result(update.final_words, True, 1.0))
     if interim and update.interim_words:
         results.append(result(update.interim_words, False, update.stability))
@@ -181,9 +198,11 @@ class StreamCall:
         resampler: audio.PcmResampler,
         max_stream_s: float,
         replay_until_s: float = 0.0,
+        speakers: OnlineLabeller | None = None,
     ) -> None:
         self._rt = runtime
         self._session = session
+        self._speakers = speakers
         self._config = config
         self._resampler = resampler
         self._max_samples = round(max_stream_s * SAMPLE_RATE)
@@ -207,6 +226,8 @@ class StreamCall:
             pieces = list(slices(pcm, round(SLICE_S * SAMPLE_RATE)))
             for i, piece in enumerate(pieces):
                 session.add_audio(piece)
+                if self._speakers is not None:
+                    self._speakers.add_audio(piece)
                 # Interim decodes wait while more audio is already here: they would be stale at once.
                 # Audio replayed after a failover is decoded as it was live, so the stream decodes
                 # exactly as it did on its first worker.
@@ -236,6 +257,8 @@ class StreamCall:
         offset, state = self._session.snapshot()
         response.resume_point.audio_offset.CopyFrom(duration(offset))
         response.resume_point.state = state
+        if self._speakers is not None:
+            response.resume_point.speakers = self._speakers.snapshot()
         self._marked_at = round(self._session.total_seconds * SAMPLE_RATE)
         return response
 
@@ -248,7 +271,7 @@ class StreamCall:
                     yield response
             if not session.closing:
                 break
-            for response in self._finalized(self._results(await self._rt.run_for_stream(session.process))):
+            for response in self._finalized(await self._decode(session.process)):
                 yield response
             if self._config.single_utterance:
                 self.done = True
@@ -259,7 +282,7 @@ class StreamCall:
         if kind == INTERIM and not session.needs_commits and (behind or self._worker_busy()):
             # Interims are what an overloaded worker sheds first, so finals keep their latency.
             return
-        for response in self._results(await self._rt.run_for_stream(session.process)):
+        for response in await self._decode(session.process):
             yield response
 
     def _worker_busy(self) -> bool:
@@ -275,7 +298,7 @@ class StreamCall:
         if ended:
             for response in self._events(VoiceEvent("end", round(session.total_seconds * SAMPLE_RATE))):
                 yield response
-        results = self._results(await self._rt.run_for_stream(session.finish))
+        results = await self._decode(session.finish)
         for response in self._finalized(results) if ended else results:
             yield response
 
@@ -288,6 +311,15 @@ class StreamCall:
             out.append(event_response(pb.SPEECH_EVENT_TYPE_END_OF_SINGLE_UTTERANCE, event.sample, worker_id))
         return out
 
+    async def _decode(self, step: Callable[[], StreamUpdate]) -> list[pb.StreamingTranscribeResponse]:
+        """Run a session step (a decode) and turn its update into responses, its finals labelled by speaker
+        when the stream asked for that."""
+        update = await self._rt.run_for_stream(step)
+        labels = None
+        if self._speakers is not None and update.final_words:
+            labels = await self._rt.run_for_stream(self._speakers.label, update.final_words)
+        return self._results(update, labels)
+
     def _finalized(self, responses: list[pb.StreamingTranscribeResponse]) -> list[pb.StreamingTranscribeResponse]:
         """An ended utterance's final results, the last one marked UTTERANCE_FINALIZED when the client asked:
         in the same response, so no resume point can fall between the words and the mark."""
@@ -299,9 +331,9 @@ class StreamCall:
         responses[-1].speech_event_offset.CopyFrom(duration(self._session.total_seconds))
         return responses
 
-    def _results(self, update: StreamUpdate) -> list[pb.StreamingTranscribeResponse]:
+    def _results(self, update: StreamUpdate, labels: list[str] | None = None) -> list[pb.StreamingTranscribeResponse]:
         session = self._session
         results = stream_results(
-            update, self._config.interim_results, self._with_words, session.language, session.total_seconds
+            update, self._config.interim_results, self._with_words, session.language, session.total_seconds, labels
         )
         return [pb.StreamingTranscribeResponse(results=[r], worker_id=self._rt.worker_id) for r in results]

@@ -24,7 +24,7 @@ from typing import TextIO
 import grpc
 
 from scribe_client.credentials import ClientSecurity, CredentialsError
-from scribe_client.formats import FORMATS
+from scribe_client.formats import FORMATS, speaker_name
 from scribe_client.gen import fleet_pb2, worker_pb2
 from scribe_client.gen import transcription_pb2 as pb
 from scribe_client.messages import StreamConfig, TranscribeOptions
@@ -98,6 +98,17 @@ def security_from_args(args: argparse.Namespace) -> ClientSecurity:
     )
 
 
+def known_speakers(pairs: list[str] | None) -> dict[str, str]:
+    """--known-speaker NAME=FILE, repeated, as a name -> file mapping."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip() or not path:
+            raise ValueError(f"--known-speaker takes NAME=FILE, got {pair!r}")
+        out[name.strip()] = path
+    return out
+
+
 def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
     return TranscribeOptions(
         language=args.language,
@@ -106,6 +117,10 @@ def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
         word_timestamps=args.words or args.format == "json",
         vad_filter=args.vad,
         initial_prompt=args.prompt,
+        speakers=args.speakers,
+        min_speakers=args.min_speakers,
+        max_speakers=args.max_speakers,
+        known_speakers=known_speakers(args.known_speaker),
     )
 
 
@@ -151,7 +166,11 @@ def run_transcribe(
         )
         return 2
     fmt = args.format or "txt"
-    options = transcribe_options(args)
+    try:
+        options = transcribe_options(args)
+    except ValueError as exc:
+        print(f"scribe: {exc}", file=sys.stderr)
+        return 2
     with client_for(address, security) as client:
         try:
             if args.stream:
@@ -204,6 +223,8 @@ def print_stream(responses: Iterator[pb.StreamingTranscribeResponse], out: TextI
             continue
         for result in response.results:
             text = result.alternatives[0].transcript if result.alternatives else ""
+            if result.speaker_label:
+                text = f"[{speaker_name(result.speaker_label)}] {text}"
             if not tty:
                 if result.is_final:
                     print(text, file=out, flush=True)
@@ -365,6 +386,20 @@ def add_transcribe_parser(
     tr.add_argument("--vad", action="store_true", help="skip non-speech with the VAD filter")
     tr.add_argument("--prompt", help="initial prompt")
     tr.add_argument("--segments", action="store_true", help="print segments with times")
+    tr.add_argument(
+        "--speakers",
+        action="store_true",
+        help="label who speaks: 'Speaker 1: ' before each segment (SRT, text), <v Speaker 1> in VTT, "
+        '"speaker" in JSON; with --stream, on each final',
+    )
+    tr.add_argument("--min-speakers", type=int, default=0, help="with --speakers: at least this many (default: decide)")
+    tr.add_argument("--max-speakers", type=int, default=0, help="with --speakers: at most this many (default: decide)")
+    tr.add_argument(
+        "--known-speaker",
+        action="append",
+        metavar="NAME=FILE",
+        help="label the voice in FILE (2 to 30 s of that person alone) as NAME; repeat for up to 4",
+    )
     tr.add_argument("--timeout", type=float, default=3600)
     return tr
 

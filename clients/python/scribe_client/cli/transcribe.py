@@ -34,6 +34,7 @@ from rich.progress import (
 
 from scribe_client import ScribeClient, TranscribeOptions, render
 from scribe_client.errors import error_reason
+from scribe_client.formats import speaker_name
 from scribe_client.gen import transcription_pb2 as pb
 
 #: Extensions a folder is searched for (what FFmpeg decodes and people record in).
@@ -112,6 +113,12 @@ def write(text: str, destination: Path | None, out: TextIO) -> None:
         destination.write_text(text, encoding="utf-8")
 
 
+def print_segment_lines(segments: Iterable[pb.Segment]) -> None:
+    for s in segments:
+        who = f" {speaker_name(s.speaker_label)}:" if s.speaker_label else ""
+        print(f"[{seconds(s.start_offset):8.2f} -> {seconds(s.end_offset):8.2f}]{who} {s.text.strip()}", flush=True)
+
+
 def transcribe_one(
     client: ScribeClient,
     source: Path,
@@ -146,13 +153,15 @@ def transcribe_one(
                 audio=f"{done:.0f}/{total:.0f} s of audio",
                 latest=latest[:60] if latest else "transcribing",
             )
-            if print_segments:
-                for s in report.segments:
-                    print(f"[{seconds(s.start_offset):8.2f} -> {seconds(s.end_offset):8.2f}] {s.text}", flush=True)
+            # With speaker labels, segments are labelled in the last report only: printed from it.
+            if print_segments and not options.wants_speakers:
+                print_segment_lines(report.segments)
             if report.HasField("result"):
                 result = report.result
     if result is None:
         raise RuntimeError("the server ended TranscribeWithProgress without a result")
+    if print_segments and options.wants_speakers:
+        print_segment_lines(result.segments)
     if not print_segments:
         write(render(result, fmt), destination, sys.stdout)
     where = f" -> {destination}" if destination else ""
