@@ -17,6 +17,7 @@ from scribe_client import ScribeClient
 from scribe_client.formats import render
 
 from services.gen import jobs_pb2 as jpb
+from services.gen import transcription_pb2 as pb
 from tests.conftest import TOKEN_A, TOKEN_B, Fleet, Process
 from tests.helpers import DATA, SAID, clip, speech_recording, wer
 from tests.jobs_support import client, job_gateway, reason, wait_state
@@ -240,3 +241,50 @@ def test_the_asyncio_client_has_the_same_calls(gateway: Process) -> None:
 
     states, vtt, listed = asyncio.run(scenario())
     assert states[-1] == jpb.JOB_STATE_SUCCEEDED and vtt.startswith("WEBVTT") and len(listed) == 1
+
+
+def test_speaker_labels_work_in_jobs_whole_and_in_pieces(jobs: ScribeClient) -> None:
+    """RecognitionOptions go through whole: a job with diarization_config gets the labels a Transcribe
+    gets, and a job cut into pieces keeps one label per voice across them (clustered once at the end)."""
+    from tests.speakers_data import conversation, pcm16, word_labels
+
+    audio, turns = conversation("two_voices")
+    options = pb.RecognitionOptions(enable_word_time_offsets=True, diarization_config=pb.SpeakerDiarizationConfig())
+    whole = jobs.jobs.submit(spec=jpb.JobSpec(options=options, request_id="speakers-whole"), audio=audio)
+    pcm = pcm16(audio)
+    spec = jpb.JobSpec(
+        options=options,
+        encoding=pb.AUDIO_ENCODING_LINEAR16,
+        sample_rate_hertz=16000,
+        audio_channel_count=1,
+        request_id="speakers-pieces",
+    )
+    cut = jobs.jobs.submit(spec=spec, audio=pcm * 2)  # 68 s: pieces of about 30 s (JOB_PIECE_SECONDS)
+    for job, copies in ((whole, 1), (cut, 2)):
+        final = jobs.jobs.wait(job.id)
+        assert final.state == jpb.JOB_STATE_SUCCEEDED, final.error
+        result = jobs.jobs.result(job.id).result
+        assert [s.speaker_label for s in result.speakers] == ["1", "2"], job.id
+        assert not result.HasField("speaker_embeddings")
+        found = [
+            (w.start_offset.ToNanoseconds() / 1e9, w.end_offset.ToNanoseconds() / 1e9, w.speaker_label)
+            for s in result.segments
+            for w in s.words
+        ]
+        half = len(pcm) / 2 / 16000
+        for k in range(copies):
+            part = [(a - k * half, b - k * half, s) for a, b, s in found if k * half <= a < (k + 1) * half]
+            for speaker, labels in word_labels(part, turns).items():
+                assert set(labels) == {{"A": "1", "B": "2"}[speaker]}, (job.id, k, speaker, labels)
+        if copies == 2:
+            assert final.pieces_total >= 2
+    with pytest.raises(grpc.RpcError) as bad:
+        jobs.jobs.submit(
+            clip("speech_short.wav"),
+            spec=jpb.JobSpec(
+                options=pb.RecognitionOptions(
+                    diarization_config=pb.SpeakerDiarizationConfig(min_speaker_count=4, max_speaker_count=2)
+                )
+            ),
+        )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(bad.value) == "BAD_DIARIZATION_CONFIG"

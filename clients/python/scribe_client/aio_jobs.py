@@ -19,6 +19,7 @@ from scribe_client.jobs import (
     job_spec,
     list_request,
     reconnectable,
+    with_request_id,
 )
 from scribe_client.messages import Audio, TranscribeOptions
 from scribe_client.retry import call_metadata, next_delay
@@ -39,7 +40,7 @@ class AsyncJobs:
         timeout: float | None = None,
         **fields: object,
     ) -> jpb.Job:
-        spec = spec or job_spec(options, **fields)  # type: ignore[arg-type]
+        spec = with_request_id(spec) if spec is not None else job_spec(options, **fields)  # type: ignore[arg-type]
         deadline = time.monotonic() + (RECONNECT_S if timeout is None else timeout)
         attempt = 0
         while True:

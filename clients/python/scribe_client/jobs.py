@@ -90,6 +90,16 @@ def job_spec(
     return spec
 
 
+def with_request_id(spec: jpb.JobSpec) -> jpb.JobSpec:
+    """The spec with a request id, so that retrying its create cannot make a second job."""
+    if spec.request_id:
+        return spec
+    out = jpb.JobSpec()
+    out.CopyFrom(spec)
+    out.request_id = uuid.uuid4().hex
+    return out
+
+
 def create_requests(
     spec: jpb.JobSpec, audio: Audio | None, chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[jpb.CreateJobRequest]:
@@ -136,7 +146,7 @@ class Jobs:
         """Create a job from a file (path or bytes, uploaded), or with `path=` / `url=` (read by the gateway).
         `fields` are job_spec's: formats, labels, webhook_url, display_name, request_id. A gateway that is
         restarting is waited for (RECONNECT_S); the request id makes the retry safe."""
-        spec = spec or job_spec(options, **fields)  # type: ignore[arg-type]
+        spec = with_request_id(spec) if spec is not None else job_spec(options, **fields)  # type: ignore[arg-type]
         deadline = time.monotonic() + (RECONNECT_S if timeout is None else timeout)
         attempt = 0
         while True:

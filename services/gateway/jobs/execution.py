@@ -1,7 +1,8 @@
 """One run of one job: its pieces through the fleet queue at batch priority, each finished piece stored.
 
 A short recording (no longer than a piece, small enough for one message) goes to a worker whole, as
-uploaded, exactly as a Transcribe of the file would. A longer one is decoded here a piece at a time,
+uploaded, exactly as a Transcribe of the file would. The options go to the workers whole (RecognitionOptions),
+so every option of Transcribe works in a job; speaker labels are clustered over all pieces at the end. A longer one is decoded here a piece at a time,
 cut at silences (services.gateway.recordings.pieces) every JOB_PIECE_SECONDS as fixed at the job's first run,
 so a resumed run cuts the same pieces: those already stored are skipped, never sent to a worker again.
 Every store write is conditional on this gateway still holding the job; a refused write (the job was
@@ -35,6 +36,7 @@ from services.gateway.jobs.store import JobStore
 from services.gateway.recordings import shard
 from services.gateway.recordings.pieces import SEARCH_S, AudioPiece, Source, iter_pieces
 from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.speakers.diarize import RecordingSpeakers
 from services.gen import jobs_pb2 as jpb
 from services.gen import transcription_pb2 as pb
 
@@ -268,7 +270,7 @@ class JobRun:
                 encoding=pb.AUDIO_ENCODING_LINEAR16,
                 sample_rate_hertz=SAMPLE_RATE,
                 audio_channel_count=1,
-                options=self.job.spec.options,
+                options=RecordingSpeakers.piece_options(self.job.spec.options, piece.index),
             )
 
             async def ready() -> pb.TranscribeRequest:
@@ -317,7 +319,15 @@ class JobRun:
         self, pieces: list[PieceRecord], total_s: float, pieces_total: int = 1, last: PieceRecord | None = None
     ) -> None:
         parts = [(p.offset_s, pb.TranscribeResponse.FromString(p.result)) for p in pieces]
+        # Speaker labels: every piece's voice embeddings (stored with it, so a resumed job has them all)
+        # clustered once over the whole recording, as for a Transcribe split over the workers.
+        speakers = RecordingSpeakers.of(self.job.spec.options)
+        if speakers is not None:
+            for offset, part in parts:
+                speakers.add(part, offset)
         result = shard.merge(parts) if parts else pb.TranscribeResponse()
+        if speakers is not None:
+            speakers.finish(result)
         result.request_id = self.job.id
         result.audio_duration.FromNanoseconds(round(total_s * 1e9))
         result.processing_time.FromNanoseconds(round((time.monotonic() - self._started) * 1e9))

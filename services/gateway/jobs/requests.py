@@ -13,6 +13,7 @@ from services.common import audio
 from services.common.config import Settings
 from services.common.errors import RequestError
 from services.gateway.jobs import netguard
+from services.gateway.speakers.diarize import RecordingSpeakers
 from services.gen import jobs_pb2 as jpb
 from services.gen import transcription_pb2 as pb
 
@@ -79,6 +80,7 @@ def check_options(options: pb.RecognitionOptions, settings: Settings) -> None:
         raise _invalid(
             "PROMPT_TOO_LONG", f"initial_prompt is over the maximum of {settings.max_initial_prompt_chars} characters"
         )
+    RecordingSpeakers.of(options)  # a bad diarization_config is INVALID_ARGUMENT naming the field, now
 
 
 async def check_spec(spec: jpb.JobSpec, settings: Settings) -> None:
