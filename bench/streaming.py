@@ -129,7 +129,9 @@ class StreamRun:
         return " ".join(r.text for r in self.results if r.final)
 
 
-def play(stub: transcription_pb2_grpc.TranscriptionServiceStub, audio: np.ndarray, request_id: str) -> StreamRun:
+def play(
+    stub: transcription_pb2_grpc.TranscriptionServiceStub, audio: np.ndarray, request_id: str, model: str = ""
+) -> StreamRun:
     """Stream 16 kHz audio in real time: each 100 ms chunk is sent once it would have been captured."""
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     step = round(CHUNK_S * SAMPLE_RATE) * 2
@@ -142,7 +144,7 @@ def play(stub: transcription_pb2_grpc.TranscriptionServiceStub, audio: np.ndarra
                 encoding=pb.AUDIO_ENCODING_LINEAR16,
                 sample_rate_hertz=SAMPLE_RATE,
                 interim_results=True,
-                options=pb.RecognitionOptions(enable_word_time_offsets=True),
+                options=pb.RecognitionOptions(enable_word_time_offsets=True, model=model),
             )
         )
         clock["t0"] = time.monotonic()

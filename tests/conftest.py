@@ -96,9 +96,10 @@ class Fleet:
         assert wait_for(lambda: self.serving() >= set(names), timeout, 0.1), self.workers()
 
 
-@pytest.fixture(scope="session")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    home = tmp_path_factory.mktemp("fleet")
+@contextmanager
+def running_fleet(home: Path, **extra: str) -> Iterator[Fleet]:
+    """A real supervisord (`scribe start`) in `home` with a gateway, the HTTP server and workers; `extra`
+    overrides the environment of the two-worker default below."""
     conf = home / "supervisord.conf"
     shutil.copy(ROOT / "supervisord.conf", conf)
     address = f"127.0.0.1:{free_port()}"
@@ -121,6 +122,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         STREAM_IDLE_TIMEOUT_S="5",
         LOG_FORMAT="json",
     )
+    env.update(extra)
     channel = grpc.insecure_channel(address)
     f = Fleet(address=address, conf=conf, run_dir=home / "run", env=env, channel=channel, metrics=metrics, http=http)
     started = f.scribe("start", "--wait", "120", check=False)
@@ -132,6 +134,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         f.scribe("stop", check=False)
     crashes = _crashes(f.run_dir)
     assert not crashes, "\n".join(crashes) + "\n" + _logs(f.run_dir)
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with running_fleet(tmp_path_factory.mktemp("fleet")) as f:
+        yield f
 
 
 def _logs(run_dir: Path) -> str:

@@ -123,8 +123,8 @@ def test_prometheus_metrics_and_status_totals(serving_fleet: Fleet) -> None:
             samples[key] = float(value)
     assert samples['scribe_requests_total{code="OK",method="Transcribe"}'] >= 1
     assert samples['scribe_audio_seconds_total{method="Transcribe"}'] >= 3.4
-    assert samples['scribe_worker_serving{worker="gpu_worker_00"}'] == 1
-    assert samples['scribe_worker_rss_bytes{worker="gpu_worker_01"}'] > 50 * 2**20
+    assert samples['scribe_worker_serving{model="tiny.en",worker="gpu_worker_00"}'] == 1
+    assert samples['scribe_worker_rss_bytes{model="tiny.en",worker="gpu_worker_01"}'] > 50 * 2**20
     assert "scribe_queue_depth" in samples
     status = serving_fleet.scribe("status").stdout
     assert "queue 0/6" in status and "ok" in status

@@ -93,8 +93,9 @@ def test_every_response_format_carries_the_words_of_the_grpc_api(
 
 
 def test_models_lists_the_fleet_model(serving_fleet: Fleet, http: str) -> None:
+    # The id is the name a request sends as `model` (GetConfig.models), not the workers' description.
     config = serving_fleet.transcription.GetConfig(pb.GetConfigRequest(), timeout=10)
-    assert [m.id for m in _client(http).models.list()] == [config.model]
+    assert [m.id for m in _client(http).models.list()] == [m.name for m in config.models] == ["tiny.en"]
 
 
 def test_gateway_refusals_come_back_as_openai_errors(serving_fleet: Fleet, http: str) -> None:

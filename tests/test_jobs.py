@@ -88,7 +88,8 @@ def test_a_long_upload_is_decoded_piece_by_piece(jobs: ScribeClient) -> None:
     starts = [s.start_offset.ToNanoseconds() for s in result.segments]
     assert starts == sorted(starts) and [s.id for s in result.segments] == list(range(len(starts)))
     assert result.segments[-1].end_offset.ToNanoseconds() / 1e9 > 80
-    assert "morning" in result.transcript.lower() and "fox" in result.transcript.lower()
+    text = result.transcript.lower()  # the clips in turn: each piece's words are there
+    assert text.count("morning") >= 3 and "weather" in text and "recognition" in text, text
 
 
 def test_a_path_source_under_job_source_dirs_is_read_where_it_is(jobs: ScribeClient, tmp_path: Path) -> None:

@@ -176,8 +176,10 @@ def test_two_tokens_jobs_interleave(fleet: Fleet, tmp_path: Path) -> None:
                 for x, j in [(a, j) for j in many] + [(b, j) for j in few]
             ]
         order = "".join(j.spec.labels["who"] for j in sorted(finished, key=lambda j: j.start_time.ToNanoseconds()))
-        # First come first served would be aaaaaaaabbb.
-        assert order == "ababab" + "a" * 5, order
+        # First come first served would be aaaaaaaabbb. Fair: each claim goes to the client with fewer jobs
+        # running, so B's three start among the first few (exactly where depends on which run of the two
+        # claimed at once reaches the slot first: ababab..., abbab...).
+        assert order.index("b") <= 1 and order.rindex("b") <= 6, order
         assert {j.gateway_id for j in finished} == {gateway_id(runner)}
     finally:
         front.stop()

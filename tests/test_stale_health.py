@@ -14,7 +14,7 @@ import time
 import urllib.request
 
 from prometheus_client import generate_latest
-from scribe_client.cli.main import status_rows
+from scribe_client.cli.status import status_rows
 
 from services.gateway.metrics import GatewayStats
 from services.gateway.routing.dispatch import Dispatcher
@@ -31,7 +31,9 @@ UNREACHABLE = fleet_pb2.ROUTING_STATE_UNREACHABLE
 def _reported(registry: Registry, name: str, pid: int = 100, status: int = SERVING) -> WorkerHandle:
     handle = registry.ensure(name, f"unix:///tmp/{name}.sock")
     handle.supervisor_state, handle.supervisor_pid = "RUNNING", pid
-    health = worker_pb2.WorkerHealth(worker_id=name, pid=pid, process_rss_bytes=200 << 20, active_requests=1)
+    health = worker_pb2.WorkerHealth(
+        worker_id=name, pid=pid, process_rss_bytes=200 << 20, active_requests=1, model_name="tiny.en"
+    )
     health.status = status  # type: ignore[assignment]
     handle.record_health(health)
     return handle
@@ -86,15 +88,15 @@ def test_metrics_and_status_table_show_a_stale_worker_as_not_serving_with_no_fig
 
     text = generate_latest(GatewayStats(registry, Dispatcher(registry, 4)).prometheus).decode()
     for line in (
-        'scribe_worker_serving{worker="gpu_worker_00"} 1.0',
-        'scribe_worker_health_stale{worker="gpu_worker_00"} 0.0',
-        'scribe_worker_rss_bytes{worker="gpu_worker_00"} 2.097152e+08',
-        'scribe_worker_serving{worker="gpu_worker_01"} 0.0',
-        'scribe_worker_health_stale{worker="gpu_worker_01"} 1.0',
+        'scribe_worker_serving{model="tiny.en",worker="gpu_worker_00"} 1.0',
+        'scribe_worker_health_stale{model="tiny.en",worker="gpu_worker_00"} 0.0',
+        'scribe_worker_rss_bytes{model="tiny.en",worker="gpu_worker_00"} 2.097152e+08',
+        'scribe_worker_serving{model="tiny.en",worker="gpu_worker_01"} 0.0',
+        'scribe_worker_health_stale{model="tiny.en",worker="gpu_worker_01"} 1.0',
     ):
         assert line in text.splitlines(), (line, text)
-    assert 'scribe_worker_rss_bytes{worker="gpu_worker_01"}' not in text
-    assert 'scribe_worker_active_requests{worker="gpu_worker_01"}' not in text
+    assert 'scribe_worker_rss_bytes{model="tiny.en",worker="gpu_worker_01"}' not in text
+    assert 'scribe_worker_active_requests{model="tiny.en",worker="gpu_worker_01"}' not in text
 
     header, live, gone = status_rows([w.to_pb() for w in registry.sorted()], now_s=now() + 7)
     row = dict(zip(header, gone, strict=True))
@@ -127,17 +129,19 @@ def test_a_worker_stopped_with_supervisorctl_is_shown_stale_everywhere(serving_f
         row = next(line for line in status.splitlines() if line.startswith("gpu_worker_01"))
         assert row.split()[1:4] == ["STOPPED", "UNREACHABLE", "stale"], status
         metrics = _metrics(fleet)
-        assert 'scribe_worker_serving{worker="gpu_worker_01"} 0.0' in metrics
-        assert 'scribe_worker_health_stale{worker="gpu_worker_01"} 1.0' in metrics
-        assert not any(line.startswith('scribe_worker_rss_bytes{worker="gpu_worker_01"}') for line in metrics)
-        assert 'scribe_worker_health_stale{worker="gpu_worker_00"} 0.0' in metrics
+        assert 'scribe_worker_serving{model="tiny.en",worker="gpu_worker_01"} 0.0' in metrics
+        assert 'scribe_worker_health_stale{model="tiny.en",worker="gpu_worker_01"} 1.0' in metrics
+        assert not any(
+            line.startswith('scribe_worker_rss_bytes{model="tiny.en",worker="gpu_worker_01"}') for line in metrics
+        )
+        assert 'scribe_worker_health_stale{model="tiny.en",worker="gpu_worker_00"} 0.0' in metrics
     finally:
         fleet.supervisorctl("start", "gpu_worker:gpu_worker_01")
         fleet.wait_all_serving(timeout=60)
     worker = fleet.workers()["gpu_worker_01"]
     assert not worker.health_stale and worker.health.status == SERVING
     assert worker.health.pid == worker.supervisor_pid != before.health.pid
-    assert 'scribe_worker_health_stale{worker="gpu_worker_01"} 0.0' in _metrics(fleet)
+    assert 'scribe_worker_health_stale{model="tiny.en",worker="gpu_worker_01"} 0.0' in _metrics(fleet)
 
 
 def test_a_worker_killed_with_sigkill_is_never_shown_serving_until_its_new_process_reports(

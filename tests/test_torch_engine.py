@@ -259,3 +259,33 @@ def test_engine_choice_follows_whisper_engine(tmp_path: Path) -> None:
         torch_compute_type("int8", "cuda")
     with pytest.raises(ConfigError, match="WHISPER_ENGINE"):
         settings(WHISPER_ENGINE="onnx")
+
+
+def test_the_multilingual_base_model_loads_detects_and_translates_on_torch() -> None:
+    """`base`, joined from its two packages, converted in memory like tiny.en: languages per window, restricted
+    detection and translation on the torch engine too."""
+    from services.common.config import Settings
+    from services.gpu_worker.batching.scheduler import BatchScheduler
+    from services.gpu_worker.batching.transcriber import Transcriber
+    from services.gpu_worker.engines.base import DecodeOptions
+    from services.gpu_worker.engines.torch_engine import TorchWhisperEngine
+
+    engine = TorchWhisperEngine(
+        Settings.from_env({"WHISPER_ENGINE": "torch", "WHISPER_MODEL": "base", "WHISPER_CPU_THREADS": "2"})
+    )
+    assert engine.info.model == "base (embedded)" and engine.info.multilingual and "de" in engine.info.languages
+    transcriber = Transcriber(BatchScheduler(engine, 4, 0.01))
+    try:
+
+        def run(name: str, options: DecodeOptions) -> tuple[str, list[tuple[str, str]]]:
+            result = transcriber.transcribe(decode_container(clip(name), 60), options)
+            return result.language, [(s.language, s.text) for s in result.segments]
+
+        language, segments = run("german_then_english.ogg", DecodeOptions())
+        assert language == "de" and segments[0][0] == "de" and segments[-1][0] == "en", segments
+        assert "coat" in words_of(segments[-1][1])
+        language, segments = run("spanish.ogg", DecodeOptions(task="translate"))
+        assert language == "es" and "park" in words_of(" ".join(t for _, t in segments)), segments
+        assert run("spanish.ogg", DecodeOptions(candidates=("fr", "it")))[0] in ("fr", "it")
+    finally:
+        transcriber.scheduler.close()

@@ -20,20 +20,21 @@ from scribe_client.cli.main import (
     add_security_arguments,
     add_transcribe_parser,
     client_for,
-    format_table,
-    print_status,
     run_transcribe,
     security_from_args,
 )
+from scribe_client.cli.status import format_table, print_status
 from scribe_client.credentials import ClientSecurity, CredentialsError
 
 import services
-from services.cli import scale
+from services.cli import groups, scale
 from services.cli.config_cmd import config_rows
 from services.common.audio import SAMPLE_RATE, AudioError, decode_container
 from services.common.auth import configured_tokens
 from services.common.capacity import CapacityError
 from services.common.config import ConfigError, Settings
+from services.common.models.assembly import ModelFilesError
+from services.common.models.catalogue import served_name
 from services.common.tls import transport_mode
 from services.gateway.routing.supervisor import SupervisorClient, check_supervisor_conf
 from services.gen import fleet_pb2
@@ -48,15 +49,17 @@ def control_url(conf: Path) -> str:
 
 
 def supervisor_env(settings: Settings) -> dict[str, str]:
-    """The environment supervisord.conf expands, with the scaling mode resolved into numbers."""
+    """The environment supervisord.conf expands, with the scaling mode resolved into numbers. With several
+    models (WORKER_MODELS) [program:gpu_worker] runs no process: each model has its group (groups.py)."""
     env = dict(os.environ)
     env.update(settings.as_env())
     env.update(
         SCRIBE_HOME=str(HOME),
         SCRIBE_PYTHON=sys.executable,
         RUN_DIR=str(settings.run_dir),
-        GPU_SCALE_WORKERS=str(settings.worker_count),
+        GPU_SCALE_WORKERS=str(min(64, settings.worker_count)),
         GPU_SCALE_DEVICE_ID=str(settings.worker_device_id),
+        SCRIBE_WORKER_PROCS="0" if settings.multi_model else str(settings.worker_count),
     )
     return env
 
@@ -106,31 +109,45 @@ def cmd_start(args: argparse.Namespace) -> int:
     if _supervisord_running(conf):
         print(f"scribe is already running ({control_url(conf)}); `scribe status` shows it", file=sys.stderr)
         return 1
+    counts: list[tuple[str, int]] = []
     try:
-        count = scale.resolve_count(settings, settings.gpu_scale_workers if settings.gpu_scale_enabled else 1)
-    except (CapacityError, ConfigError) as exc:
+        if settings.multi_model:
+            counts = scale.resolve_model_counts(settings)
+            for name, _ in counts:
+                scale.catalogue_folder(settings, name)  # join `base` once here, not in each worker at once
+        else:
+            count = scale.resolve_count(settings, settings.gpu_scale_workers if settings.gpu_scale_enabled else 1)
+            scale.catalogue_folder(settings, settings.whisper_model)
+    except (CapacityError, ConfigError, ModelFilesError) as exc:
         print(f"scribe: {exc}", file=sys.stderr)
         return 2
-    if settings.gpu_scale_enabled and settings.gpu_scale_workers == 0:
-        print(f"scribe: {scale.auto_reason(settings, count)}", file=sys.stderr)
-    settings = settings.replace(gpu_scale_workers=count)
+    if counts:
+        if sum(c for _, c in counts) == 0:
+            print("scribe: WORKER_MODELS gives every model 0 workers", file=sys.stderr)
+            return 2
+        settings = settings.replace(worker_models=tuple(f"{name}:{c}" for name, c in counts))
+    else:
+        if settings.gpu_scale_enabled and settings.gpu_scale_workers == 0:
+            print(f"scribe: {scale.auto_reason(settings, count)}", file=sys.stderr)
+        settings = settings.replace(gpu_scale_workers=count)
     # Extra groups from an earlier `scribe scale` are folded into numprocs now.
-    for extra in scale.scaled_dir(conf).glob("*.conf"):
+    for extra in groups.scaled_dir(conf).glob("*.conf"):
         extra.unlink()
+    if counts:
+        groups.write_model_groups(conf, counts)
     for folder in (settings.run_dir, settings.run_dir / "logs", conf.resolve().parent / "run"):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o700)  # worker sockets and the control socket: only this user may reach them
     supervisord = shutil.which("supervisord", path=str(Path(sys.executable).parent)) or "supervisord"
-    mode = (
-        f"{settings.worker_count} workers on device {settings.worker_device_id}"
-        if settings.gpu_scale_enabled
-        else f"1 default worker on device {settings.worker_device_id}"
-    )
+    if counts:
+        listed = ", ".join(f"{served_name(name)} x{c}" for name, c in counts)
+        mode = f"models {listed} (default {settings.default_model}) on device {settings.worker_device_id}"
+    elif settings.gpu_scale_enabled:
+        mode = f"{settings.worker_count} workers on device {settings.worker_device_id}, model {settings.whisper_model}"
+    else:
+        mode = f"1 default worker on device {settings.worker_device_id}, model {settings.whisper_model}"
     http = f", HTTP on {settings.http_address}" if settings.http_address else ""
-    print(
-        f"scribe: gateway on {settings.gateway_address}{http}, {mode}, model {settings.whisper_model}",
-        file=sys.stderr,
-    )
+    print(f"scribe: gateway on {settings.gateway_address}{http}, {mode}", file=sys.stderr)
     env = supervisor_env(settings)
     if args.foreground:
         os.execve(supervisord, [supervisord, "-n", "-c", str(conf)], env)
@@ -176,30 +193,60 @@ def wait_ready(address: str, workers: int, timeout: float, security: ClientSecur
 def cmd_scale(args: argparse.Namespace) -> int:
     conf = Path(args.config)
     if not _supervisord_running(conf):
-        print("scribe is not running: set GPU_SCALE_WORKERS in .env and `scribe start`", file=sys.stderr)
+        print(
+            "scribe is not running: set GPU_SCALE_WORKERS or WORKER_MODELS in .env and `scribe start`", file=sys.stderr
+        )
         return 1
     settings = _settings()
-    running = sum(
-        1 for p in SupervisorClient(control_url(conf)).workers() if p.state in ("RUNNING", "STARTING", "BACKOFF")
-    )
-    requested = 0 if args.workers == "auto" else int(args.workers)
     try:
-        # Workers already running hold their memory: only the added ones must fit in what is free.
-        target = scale.resolve_count(settings, requested, running=min(running, requested or running))
-    except (CapacityError, ConfigError) as exc:
+        targets = scale.parse_targets(args.workers, settings)
+    except ConfigError as exc:
         print(f"scribe: {exc}", file=sys.stderr)
         return 2
-    steps = scale.scale(conf, target)
+    single = not settings.multi_model and all(served_name(m) == settings.default_model for m, _ in targets)
     path = env_file()
     path.touch(exist_ok=True)
-    set_key(str(path), "GPU_SCALE_WORKERS", str(target), quote_mode="never")
-    if target > 1:
-        set_key(str(path), "GPU_SCALE_ENABLED", "true", quote_mode="never")
-    print(
-        f"scribe: {target} workers (started {len(steps.start) + len(steps.add)}, drained and stopped "
-        f"{len(steps.stop)}); GPU_SCALE_WORKERS={target} written to {path}",
-        file=sys.stderr,
-    )
+    for model, requested in targets:
+        name = served_name(model)
+        running = scale.running_counts(conf, settings)
+        mine = running.get(name, 0)
+        others = sum(running.values()) - mine
+        try:
+            scale.catalogue_folder(settings, model)
+            # Workers already running hold their memory: only the added ones must fit in what is free.
+            target = (
+                scale.resolve_count(
+                    settings.replace(whisper_model=model),
+                    max(0, requested),
+                    running=min(mine, requested if requested > 0 else mine),
+                    others=others,
+                )
+                if requested != 0
+                else 0
+            )
+        except (CapacityError, ConfigError, ModelFilesError) as exc:
+            print(f"scribe: {exc}", file=sys.stderr)
+            return 2
+        if single:
+            steps = scale.scale(conf, target)
+            set_key(str(path), "GPU_SCALE_WORKERS", str(max(1, target)), quote_mode="never")
+            if target > 1:
+                set_key(str(path), "GPU_SCALE_ENABLED", "true", quote_mode="never")
+            written = f"GPU_SCALE_WORKERS={max(1, target)}"
+        else:
+            steps = scale.scale_model(conf, settings, model, target)
+            counts = dict(settings.model_counts()) if settings.multi_model else {settings.whisper_model: mine}
+            counts = {served_name(m): c for m, c in counts.items()}
+            counts[name] = target
+            value = ",".join(f"{m}:{'auto' if c is None else c}" for m, c in counts.items())
+            set_key(str(path), "WORKER_MODELS", value, quote_mode="never")
+            settings = settings.replace(worker_models=tuple(value.split(",")))
+            written = f"WORKER_MODELS={value}"
+        print(
+            f"scribe: {target} workers{'' if single else f' of {name}'} (started {len(steps.start) + len(steps.add)}, "
+            f"drained and stopped {len(steps.stop)}); {written} written to {path}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -307,7 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.set_defaults(func=cmd_start)
 
     sc = sub.add_parser("scale", help="change the number of running workers live (drains those it stops)")
-    sc.add_argument("workers", help="number of workers, or auto (as many as fit on the device)")
+    sc.add_argument(
+        "workers",
+        nargs="+",
+        help="number of workers of the default model, or MODEL=N (e.g. base=2, base=0); N may be auto (as many as "
+        "fit on the device)",
+    )
     sc.set_defaults(func=cmd_scale)
 
     stop = sub.add_parser("stop", help="stop the workers, the gateway and supervisord")

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from services.common.rpclog import RequestLine
 from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.models import FleetModels
 from services.gateway.routing.registry import Registry
 from services.gen import fleet_pb2
 
@@ -29,6 +30,25 @@ class FleetCollector(Collector):
         self._registry = registry
         self._dispatcher = dispatcher
         self._stats = stats
+
+    def _models(self) -> Iterator[GaugeMetricFamily]:
+        """Per model: its queue and its workers (every worker figure below also carries a `model` label)."""
+        queued = GaugeMetricFamily(
+            "scribe_model_queue_depth", "Calls for the model waiting for a free slot", labels=["model"]
+        )
+        workers = GaugeMetricFamily("scribe_model_workers", "Workers of the model the gateway knows", labels=["model"])
+        serving = GaugeMetricFamily(
+            "scribe_model_workers_serving", "Workers of the model taking work", labels=["model"]
+        )
+        loaded = GaugeMetricFamily(
+            "scribe_model_workers_loaded", "Serving workers of the model with it in memory", labels=["model"]
+        )
+        for m in self._stats.models_pb():
+            queued.add_metric([m.name], m.queued_requests)
+            workers.add_metric([m.name], m.workers)
+            serving.add_metric([m.name], m.serving_workers)
+            loaded.add_metric([m.name], m.loaded_workers)
+        yield from (queued, workers, serving, loaded)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         yield GaugeMetricFamily(
@@ -43,74 +63,79 @@ class FleetCollector(Collector):
             value=self._stats.realtime_factor(),
         )
         serving = GaugeMetricFamily(
-            "scribe_worker_serving", "1 when the gateway routes to the worker", labels=["worker"]
+            "scribe_worker_serving", "1 when the gateway routes to the worker", labels=["worker", "model"]
         )
         active = GaugeMetricFamily(
-            "scribe_worker_active_requests", "Requests the worker is transcribing", labels=["worker"]
+            "scribe_worker_active_requests", "Requests the worker is transcribing", labels=["worker", "model"]
         )
         in_flight = GaugeMetricFamily(
-            "scribe_worker_in_flight", "Calls the gateway has on the worker", labels=["worker"]
+            "scribe_worker_in_flight", "Calls the gateway has on the worker", labels=["worker", "model"]
         )
-        streams = GaugeMetricFamily("scribe_worker_streams", "Streams pinned to the worker", labels=["worker"])
+        streams = GaugeMetricFamily("scribe_worker_streams", "Streams pinned to the worker", labels=["worker", "model"])
         vram = GaugeMetricFamily(
-            "scribe_worker_vram_used_bytes", "Device memory used by the worker process", labels=["worker"]
+            "scribe_worker_vram_used_bytes", "Device memory used by the worker process", labels=["worker", "model"]
         )
         vram_total = GaugeMetricFamily(
-            "scribe_worker_vram_total_bytes", "Memory of the worker's device", labels=["worker"]
+            "scribe_worker_vram_total_bytes", "Memory of the worker's device", labels=["worker", "model"]
         )
-        rss = GaugeMetricFamily("scribe_worker_rss_bytes", "Resident memory of the worker process", labels=["worker"])
+        rss = GaugeMetricFamily(
+            "scribe_worker_rss_bytes", "Resident memory of the worker process", labels=["worker", "model"]
+        )
         stale = GaugeMetricFamily(
             "scribe_worker_health_stale",
             "1 when the worker's last health report no longer counts (process gone, restarted or silent)",
-            labels=["worker"],
+            labels=["worker", "model"],
         )
         for w in self._registry.sorted():
-            serving.add_metric([w.name], 1.0 if w.serving else 0.0)
-            in_flight.add_metric([w.name], w.in_flight)
-            streams.add_metric([w.name], w.streams)
+            serving.add_metric([w.name, w.model], 1.0 if w.serving else 0.0)
+            in_flight.add_metric([w.name, w.model], w.in_flight)
+            streams.add_metric([w.name, w.model], w.streams)
             is_stale = w.health is not None and bool(w.health_staleness())
-            stale.add_metric([w.name], 1.0 if is_stale else 0.0)
+            stale.add_metric([w.name, w.model], 1.0 if is_stale else 0.0)
             if w.health is None or is_stale:
                 continue
-            active.add_metric([w.name], w.health.active_requests)
-            rss.add_metric([w.name], w.health.process_rss_bytes)
+            active.add_metric([w.name, w.model], w.health.active_requests)
+            rss.add_metric([w.name, w.model], w.health.process_rss_bytes)
             if w.health.HasField("vram_process_bytes"):
-                vram.add_metric([w.name], w.health.vram_process_bytes)
+                vram.add_metric([w.name, w.model], w.health.vram_process_bytes)
             if w.health.HasField("vram_total_bytes"):
-                vram_total.add_metric([w.name], w.health.vram_total_bytes)
+                vram_total.add_metric([w.name, w.model], w.health.vram_total_bytes)
         yield from (serving, stale, active, in_flight, streams, vram, vram_total, rss)
         yield from self._batches()
+        yield from self._models()
 
     def _batches(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         """The workers' batch schedulers, as their last health report gave them."""
         sizes = HistogramMetricFamily(
-            "scribe_worker_batch_size", "Windows per batch the worker decoded", labels=["worker"]
+            "scribe_worker_batch_size", "Windows per batch the worker decoded", labels=["worker", "model"]
         )
         queued = GaugeMetricFamily(
-            "scribe_worker_windows_queued", "Windows waiting for a batch in the worker", labels=["worker"]
+            "scribe_worker_windows_queued", "Windows waiting for a batch in the worker", labels=["worker", "model"]
         )
         rate = GaugeMetricFamily(
-            "scribe_worker_windows_per_second", "Windows the worker decoded per second (last 30 s)", labels=["worker"]
+            "scribe_worker_windows_per_second",
+            "Windows the worker decoded per second (last 30 s)",
+            labels=["worker", "model"],
         )
-        decoded = CounterMetricFamily("scribe_worker_windows", "Windows the worker decoded", labels=["worker"])
+        decoded = CounterMetricFamily("scribe_worker_windows", "Windows the worker decoded", labels=["worker", "model"])
         wait = CounterMetricFamily(
             "scribe_worker_batch_queue_wait_seconds",
             "Seconds decoded windows waited for their batch, summed",
-            labels=["worker"],
+            labels=["worker", "model"],
         )
         mixed = CounterMetricFamily(
-            "scribe_worker_mixed_batches", "Batches holding windows of more than one call", labels=["worker"]
+            "scribe_worker_mixed_batches", "Batches holding windows of more than one call", labels=["worker", "model"]
         )
         for w in self._registry.sorted():
             if w.health is None or not w.health.HasField("batch") or w.health_staleness():
                 continue
             batch = w.health.batch
-            sizes.add_metric([w.name], size_buckets(list(batch.batches_by_size)), float(batch.windows_decoded))
-            queued.add_metric([w.name], batch.windows_queued)
-            rate.add_metric([w.name], batch.windows_per_second)
-            decoded.add_metric([w.name], batch.windows_decoded)
-            wait.add_metric([w.name], batch.queue_wait_seconds_total)
-            mixed.add_metric([w.name], batch.mixed_batches)
+            sizes.add_metric([w.name, w.model], size_buckets(list(batch.batches_by_size)), float(batch.windows_decoded))
+            queued.add_metric([w.name, w.model], batch.windows_queued)
+            rate.add_metric([w.name, w.model], batch.windows_per_second)
+            decoded.add_metric([w.name, w.model], batch.windows_decoded)
+            wait.add_metric([w.name, w.model], batch.queue_wait_seconds_total)
+            mixed.add_metric([w.name, w.model], batch.mixed_batches)
         yield from (sizes, queued, rate, decoded, wait, mixed)
         yield from self._speakers()
 
@@ -155,9 +180,11 @@ def size_buckets(by_size: list[int]) -> list[tuple[str, float]]:
 class GatewayStats:
     """Counts every finished RPC into Prometheus and keeps the totals `scribe status` shows."""
 
-    def __init__(self, registry: Registry, dispatcher: Dispatcher) -> None:
+    def __init__(self, registry: Registry, dispatcher: Dispatcher, models: FleetModels | None = None) -> None:
         self.prometheus = CollectorRegistry()
+        self._registry = registry
         self._dispatcher = dispatcher
+        self._models = models
         self.requests = Counter(
             "scribe_requests", "RPCs by method and status code", ["method", "code"], registry=self.prometheus
         )
@@ -218,6 +245,28 @@ class GatewayStats:
             realtime_factor=self.realtime_factor(),
             jobs=self.jobs() if self.jobs is not None else None,
         )
+
+    def models_pb(self) -> list[fleet_pb2.FleetModel]:
+        """Every model served (the default first) and its workers, for ListWorkers and the metrics."""
+        if self._models is not None:
+            names, default = self._models.names(), self._models.default
+        else:
+            names = sorted({w.model for w in self._registry.workers.values()})
+            default = names[0] if names else ""
+        out = []
+        for name in names:
+            workers = self._registry.of(name)
+            out.append(
+                fleet_pb2.FleetModel(
+                    name=name,
+                    is_default=name == default,
+                    workers=len(workers),
+                    serving_workers=sum(1 for w in workers if w.serving),
+                    loaded_workers=sum(1 for w in workers if w.serving and w.loaded),
+                    queued_requests=self._dispatcher.queued[name],
+                )
+            )
+        return out
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")

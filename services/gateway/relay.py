@@ -21,6 +21,7 @@ from services.common import audio
 from services.common.errors import RequestError, config_not_first, config_twice
 from services.common.rpclog import REQUEST_ID_HEADER, RequestLine
 from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.models import FleetModels
 from services.gateway.routing.registry import Registry, WorkerHandle
 from services.gen import transcription_pb2 as pb
 from services.gpu_worker.validation import check_streaming_encoding
@@ -74,8 +75,11 @@ class StreamRelay:
         line: RequestLine,
         context: grpc.aio.ServicerContext,
         wait_s: float,
+        models: FleetModels,
     ) -> None:
         self._registry = registry
+        self._models = models
+        self._model: str | None = None  # the stream's model, from its config
         self._dispatcher = dispatcher
         self._line = line
         self._context = context
@@ -98,6 +102,8 @@ class StreamRelay:
         config.CopyFrom(first.streaming_config)
         # Only the gateway may resume a session: a client's resume state would let it forge one.
         config.ClearField("resume")
+        # The stream stays on workers of its model, wherever it moves.
+        self._model = config.options.model = self._line.fields["model"] = self._models.resolve(config.options.model)
         check_streaming_encoding(config)
         try:
             channels = audio.check_pcm_format(config.sample_rate_hertz, config.audio_channel_count)
@@ -181,21 +187,20 @@ class StreamRelay:
             reader.cancel()
 
     async def _worker(self, exclude: set[str]) -> WorkerHandle:
-        """A serving worker, preferring one not in `exclude`; waits for one when none serves."""
-        handle = self._registry.pick(exclude=exclude) or self._registry.pick()
+        """A serving worker of the stream's model, preferring one not in `exclude`; waits for one when none
+        serves (but not for a model that has no worker at all)."""
+        model = self._model
+        handle = self._registry.pick(model, exclude) or self._registry.pick(model)
         if handle is not None:
             return handle
+        if not self._registry.of(model):
+            raise self._dispatcher.no_worker(model)
         remaining = self._context.time_remaining()
         timeout = self._wait_s if remaining is None else min(self._wait_s, remaining)
-        if await self._dispatcher.wait_for_serving(timeout):
-            handle = self._registry.pick()
+        if await self._dispatcher.wait_for_serving(timeout, model):
+            handle = self._registry.pick(model)
         if handle is None:
-            raise RequestError(
-                grpc.StatusCode.UNAVAILABLE,
-                "NO_WORKER_SERVING",
-                f"no transcription worker came up within {timeout:.0f} s ({self._registry.summary()}); "
-                "check `scribe status` or `supervisorctl status`",
-            )
+            raise self._dispatcher.no_worker(model, timeout)
         return handle
 
     async def _read(self, requests: AsyncIterator[pb.StreamingTranscribeRequest]) -> None:

@@ -26,6 +26,7 @@ from services.gateway.metrics import GatewayStats
 from services.gateway.recordings import upload
 from services.gateway.routing.discovery import DnsDiscovery
 from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.models import FleetModels
 from services.gateway.routing.monitor import FleetMonitor
 from services.gateway.routing.registry import Registry
 from services.gateway.routing.supervisor import SupervisorClient
@@ -67,13 +68,14 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     interceptors = [TokenAuthInterceptor(TokenSet(tokens))] if tokens else []
     server = grpc.aio.server(options=server_options, interceptors=interceptors)
     dispatcher = Dispatcher(registry, settings.gateway_queue_size, settings.stream_failover_wait_s)
-    stats = GatewayStats(registry, dispatcher)
+    models = FleetModels(settings, registry)
+    stats = GatewayStats(registry, dispatcher, models)
     health_servicer = health.aio.HealthServicer()
     transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(
-        TranscriptionProxy(registry, dispatcher, stats, settings), server
+        TranscriptionProxy(registry, dispatcher, stats, settings, models), server
     )
-    fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(registry, stats), server)
-    jobs = Jobs(settings, registry, dispatcher, stats.observe)
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(registry, stats, models), server)
+    jobs = Jobs(settings, registry, dispatcher, models, stats.observe)
     jobs.add_to(server)
     stats.prometheus.register(jobs.metrics)
     stats.jobs = jobs.metrics.to_pb
@@ -91,7 +93,9 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
     supervisor = SupervisorClient(supervisor_url) if supervisor_url else None
     dns_targets = [t for t in settings.static_workers if t.startswith("dns:")]
     dns = DnsDiscovery(dns_targets, settings.dns_refresh_s, settings.dns_workers_per_host) if dns_targets else None
-    monitor = FleetMonitor(registry, settings, supervisor, on_change, after_refresh=dispatcher.notify, dns=dns)
+    monitor = FleetMonitor(
+        registry, settings, supervisor, on_change, after_refresh=dispatcher.notify, dns=dns, slugs=models.slugs
+    )
     await on_change(0)
     if settings.metrics_address:
         stats.serve(settings.metrics_address)

@@ -26,7 +26,9 @@ from services.gateway.recordings.pipeline import Pipeline
 from services.gateway.recordings.progress import ProgressSeen
 from services.gateway.recordings.upload import Spool
 from services.gateway.relay import StreamRelay
+from services.gateway.routing.configs import ModelConfigs
 from services.gateway.routing.dispatch import MAX_TRIES, Dispatcher
+from services.gateway.routing.models import FleetModels
 from services.gateway.routing.registry import Registry, WorkerHandle
 from services.gateway.speakers.diarize import RecordingSpeakers
 from services.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
@@ -46,23 +48,33 @@ def _passthrough(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, grpc.
 
 
 class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
-    def __init__(self, registry: Registry, dispatcher: Dispatcher, stats: GatewayStats, settings: Settings) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        dispatcher: Dispatcher,
+        stats: GatewayStats,
+        settings: Settings,
+        models: FleetModels,
+    ) -> None:
         self._registry = registry
         self._dispatch = dispatcher
         self._stats = stats
         self._settings = settings
+        self._models = models
+        self._configs = ModelConfigs(registry, models)
         self.streams = StreamLimiter(settings.max_concurrent_streams, settings.max_streams_per_client)
 
-    def _pick(self, tried: set[str]) -> WorkerHandle:
-        handle = self._registry.pick(exclude=tried)
+    def _pick(self, tried: set[str], model: str | None = None) -> WorkerHandle:
+        handle = self._registry.pick(model, exclude=tried)
         if handle is None:
-            raise RequestError(
-                grpc.StatusCode.UNAVAILABLE,
-                "NO_WORKER_SERVING",
-                f"no transcription worker is serving ({self._registry.summary()}); "
-                "check `scribe status` or `supervisorctl status`",
-            )
+            raise self._dispatch.no_worker(model)
         return handle
+
+    def _model(self, options: pb.RecognitionOptions, line: RequestLine) -> str:
+        """The served model the options name, written back into them for the worker."""
+        model = self._models.resolve(options.model)
+        options.model = line.fields["model"] = model
+        return model
 
     async def _fail(
         self,
@@ -80,14 +92,15 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         with request_line("Transcribe", context, self._stats.observe) as line:
             line.fields["audio_bytes"] = len(request.audio_content)
             try:
+                model = self._model(request.options, line)
                 speakers = RecordingSpeakers.of(request.options)
-                pieces = await self._shard_plan(request)
+                pieces = await self._shard_plan(request, model)
                 if pieces is None:
-                    response = await self._unary(request, context, line)
+                    response = await self._unary(request, context, line, model)
                     if speakers is not None:
                         speakers.add(response, 0.0)
                 else:
-                    response = await self._sharded(pieces, context, line, speakers)
+                    response = await self._sharded(pieces, context, line, model, speakers)
                 if speakers is not None:
                     speakers.finish(response)
                     line.fields["speakers"] = len(response.speakers)
@@ -103,14 +116,15 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             return response
 
     async def _unary(
-        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext, line: RequestLine
+        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext, line: RequestLine, model: str
     ) -> pb.TranscribeResponse:
-        """One call on one worker; a worker that goes away mid-call is replaced (the call is idempotent)."""
+        """One call on one worker of its model; a worker that goes away mid-call is replaced (the call is
+        idempotent)."""
         tried: set[str] = set()
         attempt = 0
         while True:
             attempt += 1
-            async with self._dispatch.slot(tried, context.time_remaining()) as handle:
+            async with self._dispatch.slot(tried, context.time_remaining(), model) as handle:
                 tried.add(handle.name)
                 try:
                     response: pb.TranscribeResponse = await handle.transcription.Transcribe(
@@ -123,9 +137,12 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                     handle.mark_unreachable(f"call failed: {exc.details()}")
                     log.warning("worker_unavailable_retrying", worker=handle.name, details=exc.details())
 
-    async def _shard_plan(self, request: pb.TranscribeRequest) -> list[tuple[float, pb.TranscribeRequest]] | None:
-        """Pieces of a long recording for parallel transcription, or None to send it whole."""
-        idle = shard.idle_workers(self._registry.workers.values())
+    async def _shard_plan(
+        self, request: pb.TranscribeRequest, model: str
+    ) -> list[tuple[float, pb.TranscribeRequest]] | None:
+        """Pieces of a long recording for parallel transcription on its model's idle workers, or None to send it
+        whole."""
+        idle = shard.idle_workers(self._registry.of(model))
         threshold = self._settings.shard_min_seconds
         if idle < 2 or threshold <= 0:
             return None
@@ -167,13 +184,16 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         pieces: list[tuple[float, pb.TranscribeRequest]],
         context: grpc.aio.ServicerContext,
         line: RequestLine,
+        model: str,
         speakers: RecordingSpeakers | None = None,
     ) -> pb.TranscribeResponse:
         started = time.perf_counter()
         line.fields["pieces"] = len(pieces)
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [(offset, group.create_task(self._unary(piece, context, line))) for offset, piece in pieces]
+                tasks = [
+                    (offset, group.create_task(self._unary(piece, context, line, model))) for offset, piece in pieces
+                ]
         except* (RequestError, grpc.aio.AioRpcError) as failed:
             raise failed.exceptions[0] from None
         if speakers is not None:
@@ -193,7 +213,9 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
-            relay = StreamRelay(self._registry, self._dispatch, line, context, self._settings.stream_failover_wait_s)
+            relay = StreamRelay(
+                self._registry, self._dispatch, line, context, self._settings.stream_failover_wait_s, self._models
+            )
             self._stats.active_streams += 1
             try:
                 with self.streams.held(client):
@@ -210,17 +232,18 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
     async def GetConfig(self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext) -> pb.GetConfigResponse:
         with request_line("GetConfig", context, self._stats.observe) as line:
             try:
-                handle = self._pick(set())
-                response: pb.GetConfigResponse = await handle.transcription.GetConfig(
-                    request, timeout=5, metadata=_metadata(line)
-                )
+                model = self._models.resolve(request.model)
+                line.fields["model"] = model
+                response = await self._configs.describe(model, line.request_id)
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
             except grpc.aio.AioRpcError as exc:
                 await self._fail(context, line, exc)
-            response.worker_count = sum(1 for w in self._registry.workers.values() if w.serving)
+            response.worker_count = self._registry.serving_count()
             response.limits.CopyFrom(limits_pb(self._settings))
+            del response.models[:]
+            response.models.extend(await self._configs.models(line.request_id))
             return response
 
     async def TranscribeWithProgress(
@@ -229,13 +252,14 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         with request_line("TranscribeWithProgress", context, self._stats.observe) as line:
             line.fields["audio_bytes"] = len(request.request.audio_content)
             try:
+                model = self._model(request.request.options, line)
                 speakers = RecordingSpeakers.of(request.request.options)
             except RequestError as err:
                 line.fail(err)
                 await abort(context, err)
-            source = await self._split_source(request.request)
+            source = await self._split_source(request.request, model)
             if source is not None:
-                async for report in self._pipelined(source, request.request.options, context, line):
+                async for report in self._pipelined(source, request.request.options, context, line, model):
                     yield report
                 return
             tried: set[str] = set()
@@ -243,7 +267,7 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
             for attempt in itertools.count(1):
                 try:
                     # A slot in the fleet queue, like Transcribe: progress calls are unary work too.
-                    async with self._dispatch.slot(tried, context.time_remaining()) as handle:
+                    async with self._dispatch.slot(tried, context.time_remaining(), model) as handle:
                         tried.add(handle.name)
                         line.fields["worker"] = handle.name
                         call = handle.transcription.TranscribeWithProgress(
@@ -301,20 +325,22 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
                     await abort(context, err)
                 line.fields["upload_bytes"] = spool.size
                 try:
+                    model = self._model(config.options, line)
                     RecordingSpeakers.of(config.options)
                 except RequestError as err:
                     line.fail(err)
                     await abort(context, err)
                 source = Source(spool.path, config.encoding, config.sample_rate_hertz, config.audio_channel_count)
-                async for report in self._pipelined(source, config.options, context, line):
+                async for report in self._pipelined(source, config.options, context, line, model):
                     yield pb.TranscribeUploadResponse(progress=report)
             finally:
                 # However the call ends (done, refused, cancelled, past its deadline), the file goes.
                 spool.remove()
 
-    async def _split_source(self, request: pb.TranscribeRequest) -> Source | None:
-        """The recording as pieces for every serving worker, when it is long enough; None to send it whole."""
-        serving = sum(1 for w in self._registry.workers.values() if w.serving)
+    async def _split_source(self, request: pb.TranscribeRequest, model: str) -> Source | None:
+        """The recording as pieces for every serving worker of its model, when it is long enough; None to send it
+        whole."""
+        serving = self._registry.serving_count(model)
         threshold = self._settings.shard_min_seconds
         if serving < 2 or threshold <= 0:
             return None
@@ -333,9 +359,10 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
         options: pb.RecognitionOptions,
         context: grpc.aio.ServicerContext,
         line: RequestLine,
+        model: str,
     ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
         """Progress reports of one recording split over the workers (services.gateway.recordings.pipeline)."""
-        pipeline = Pipeline(source, options, self._registry, self._dispatch, self._settings, context, line)
+        pipeline = Pipeline(source, options, self._registry, self._dispatch, self._settings, context, line, model)
         try:
             async with aclosing(pipeline.reports()) as reports:
                 async for report in reports:
@@ -353,13 +380,16 @@ class TranscriptionProxy(transcription_pb2_grpc.TranscriptionServiceServicer):
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
-    def __init__(self, registry: Registry, stats: GatewayStats) -> None:
+    def __init__(self, registry: Registry, stats: GatewayStats, models: FleetModels) -> None:
         self._registry = registry
         self._stats = stats
+        self._models = models
 
     async def ListWorkers(
         self, request: fleet_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.ListWorkersResponse:
         return fleet_pb2.ListWorkersResponse(
-            workers=[w.to_pb() for w in self._registry.sorted()], stats=self._stats.to_pb()
+            workers=[w.to_pb() for w in self._registry.sorted()],
+            stats=self._stats.to_pb(),
+            models=self._stats.models_pb(),
         )

@@ -29,6 +29,7 @@ def segment_pb(segment: Segment, index: int, offset: float = 0.0) -> pb.Segment:
         words=[word_pb(w, offset) for w in segment.words],
         avg_logprob=segment.avg_logprob,
         no_speech_probability=segment.no_speech_prob,
+        language_code=segment.language,
     )
 
 

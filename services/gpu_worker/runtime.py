@@ -14,18 +14,19 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
 
 from services.common.errors import RequestError
 from services.gen import worker_pb2
-from services.gpu_worker.batching.scheduler import CallToken, Priority
-from services.gpu_worker.batching.transcriber import Transcriber, current_call
 from services.gpu_worker.device import DeviceReport
 from services.gpu_worker.guard import DeviceGuard, is_device_error
-from services.gpu_worker.speakers.scheduler import SpeakerScheduler
+
+if TYPE_CHECKING:  # the batching modules come with the model (numpy, the engine): see `lifecycle`
+    from services.gpu_worker.batching.transcriber import Transcriber
+    from services.gpu_worker.speakers.scheduler import SpeakerScheduler
 
 T = TypeVar("T")
 
@@ -113,6 +114,8 @@ class WorkerRuntime:
         if self.transcriber is None:
             return False
         scheduler = self.transcriber.scheduler
+        from services.gpu_worker.batching.scheduler import Priority
+
         return scheduler.queued(Priority.INTERIM) >= scheduler.max_batch
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
@@ -143,6 +146,9 @@ class WorkerRuntime:
     async def _call(
         self, executor: ThreadPoolExecutor, release: Callable[[], None] | None, fn: Callable[..., T], *args: object
     ) -> T:
+        from services.gpu_worker.batching.scheduler import CallToken
+        from services.gpu_worker.batching.transcriber import current_call
+
         call = CallToken()
         context = contextvars.copy_context()  # the request's log context, and the call's token
         context.run(current_call.set, call)

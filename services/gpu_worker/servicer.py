@@ -1,4 +1,4 @@
-"""gRPC servicers of a worker: TranscriptionService and WorkerService."""
+"""The worker's TranscriptionService, once its model is loaded (`lifecycle` hands calls to it)."""
 
 from __future__ import annotations
 
@@ -11,26 +11,25 @@ import grpc
 
 from services.common import audio
 from services.common.config import Settings
-from services.common.convert import decode_request_audio, duration, limits_pb
+from services.common.convert import decode_request_audio, limits_pb
 from services.common.errors import RequestError, abort, config_not_first
 from services.common.rpclog import BATCH_PRIORITY, PRIORITY_HEADER, RequestLine, request_line
 from services.gen import transcription_pb2 as pb
-from services.gen import transcription_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.gen import transcription_pb2_grpc
 from services.gpu_worker.batching.scheduler import Priority
 from services.gpu_worker.batching.transcriber import Transcriber, call_priority
-from services.gpu_worker.device import DeviceProbe, process_rss_bytes
 from services.gpu_worker.engines.base import DecodeOptions, EngineResult
 from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
-from services.gpu_worker.results import batch_pb, transcribe_response
+from services.gpu_worker.results import transcribe_response
 from services.gpu_worker.runtime import WorkerRuntime
 from services.gpu_worker.speakers.embedder import Embeddings, SpeakerJob
 from services.gpu_worker.speakers.online import OnlineLabeller
 from services.gpu_worker.speakers.options import speaker_options
-from services.gpu_worker.speakers.stats import speaker_stats_pb
 from services.gpu_worker.streaming.call import RequestReader, StreamCall, idle_timeout_error
 from services.gpu_worker.streaming.session import StreamingSession
 from services.gpu_worker.validation import (
     Limits,
+    check_model,
     check_streaming_encoding,
     check_transcribe_encoding,
     decode_options,
@@ -87,10 +86,16 @@ async def _refuse(context: grpc.aio.ServicerContext, line: RequestLine, err: aud
 
 
 class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer):
-    def __init__(self, runtime: WorkerRuntime, settings: Settings) -> None:
+    def __init__(self, runtime: WorkerRuntime, settings: Settings, model: str, aliases: tuple[str, ...] = ()) -> None:
         self._rt = runtime
         self._settings = settings
         self._limits = limits_from(settings)
+        self._model = model  # the name it is served under (RecognitionOptions.model)
+        self._aliases = aliases
+
+    def _options(self, options: pb.RecognitionOptions, engine: Transcriber) -> DecodeOptions:
+        check_model(options.model, self._model, self._aliases)
+        return decode_options(options, self._limits, engine.info)
 
     async def Transcribe(
         self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
@@ -101,7 +106,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             try:
                 engine = self._rt.require_transcriber()
                 check_transcribe_encoding(request.encoding)
-                options = decode_options(request.options, self._limits, engine.info)
+                options = self._options(request.options, engine)
                 speakers = self._speaker_job(request.options)
                 if speakers is not None:
                     options = replace(options, word_timestamps=True)  # the gateway labels words
@@ -138,7 +143,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             highest = 0.0
             try:
                 engine = self._rt.require_transcriber()
-                options = decode_options(inner.options, self._limits, engine.info)
+                options = self._options(inner.options, engine)
                 speakers = self._speaker_job(inner.options)
                 if speakers is not None:
                     options = replace(options, word_timestamps=True)
@@ -189,7 +194,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             return
         engine = self._rt.require_transcriber()
         check_streaming_encoding(config)
-        options = decode_options(config.options, self._limits, engine.info)
+        options = self._options(config.options, engine)
         session_config = session_config_from(config, self._settings)
         resampler = audio.PcmResampler(config.sample_rate_hertz, config.audio_channel_count)
         session = StreamingSession(engine, options, session_config)
@@ -265,59 +270,16 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
                 encodings=[pb.AUDIO_ENCODING_CONTAINER, pb.AUDIO_ENCODING_LINEAR16],
                 limits=limits_pb(self._settings),
                 worker_count=1,
+                models=[
+                    pb.ModelInfo(
+                        name=self._model,
+                        is_default=True,
+                        description=info.model,
+                        multilingual=info.multilingual,
+                        language_codes=list(info.languages),
+                        workers=1,
+                        serving_workers=1,
+                        loaded_workers=1,
+                    )
+                ],
             )
-
-
-class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, runtime: WorkerRuntime, probe: DeviceProbe, settings: Settings) -> None:
-        self._rt = runtime
-        self.probe = probe
-        self._settings = settings
-
-    def health(self) -> worker_pb2.WorkerHealth:
-        rt = self._rt
-        engine = rt.transcriber
-        device = self.probe.read(rt.pid)
-        on_gpu = engine is not None and engine.info.device_kind == "cuda"
-        health = worker_pb2.WorkerHealth(
-            worker_id=rt.worker_id,
-            process_num=rt.process_num,
-            pid=rt.pid,
-            device_kind=worker_pb2.DEVICE_KIND_CUDA if on_gpu else worker_pb2.DEVICE_KIND_CPU,
-            device_index=self._settings.worker_device_id if on_gpu else 0,
-            process_rss_bytes=process_rss_bytes(),
-            model=engine.info.model if engine else "",
-            compute_type=engine.info.compute_type if engine else "",
-            engine=engine.info.name if engine else "",
-            active_requests=rt.active,
-            queued_requests=rt.queued,
-            max_concurrent_requests=rt.concurrency,
-            status=rt.status,
-            status_reason=rt.status_reason,
-            uptime=duration(time.monotonic() - rt.started),
-            requests_completed=rt.completed,
-            active_streams=rt.streams,
-        )
-        if engine is not None:
-            health.batch.CopyFrom(batch_pb(engine.scheduler))
-        if rt.speakers is not None:
-            health.speaker_model = rt.speakers.model.info.name
-            health.speaker_model_bytes = rt.speakers.model.info.memory_bytes
-            health.speakers.CopyFrom(speaker_stats_pb(rt.speakers))
-        if on_gpu:
-            health.gpu_name, health.gpu_uuid = device.gpu_name, device.gpu_uuid
-            for field, value in (
-                ("vram_total_bytes", device.vram_total),
-                ("vram_used_bytes", device.vram_used),
-                ("vram_free_bytes", device.vram_free),
-                ("vram_process_bytes", device.vram_process),
-                ("gpu_utilization_percent", device.utilization_percent),
-            ):
-                if value is not None:
-                    setattr(health, field, value)
-        return health
-
-    async def GetWorkerHealth(
-        self, request: worker_pb2.GetWorkerHealthRequest, context: grpc.aio.ServicerContext
-    ) -> worker_pb2.GetWorkerHealthResponse:
-        return worker_pb2.GetWorkerHealthResponse(health=self.health())

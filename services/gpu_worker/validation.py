@@ -8,6 +8,7 @@ import grpc
 
 from services.common.config import Settings
 from services.common.errors import RequestError
+from services.common.models.catalogue import DEFAULT_ALIASES
 from services.gen import transcription_pb2 as pb
 from services.gpu_worker.engines.base import DecodeOptions, EngineInfo
 from services.gpu_worker.streaming.session import SessionConfig
@@ -43,17 +44,40 @@ def _invalid(reason: str, message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
 
 
-def decode_options(options: pb.RecognitionOptions, limits: Limits, engine: EngineInfo) -> DecodeOptions:
-    language: str | None = None
-    if options.language_code:
-        language = options.language_code.strip().split("-")[0].split("_")[0].lower()
+def _languages(code: str, engine: EngineInfo) -> tuple[str, ...]:
+    """The language subtags of `language_code` ("de-AT,fr" -> de, fr), each one the model knows."""
+    out: list[str] = []
+    for part in code.split(","):
+        language = part.strip().split("-")[0].split("_")[0].lower()
+        if not language:
+            continue
         if language not in engine.languages:
             hint = "this model is English-only" if not engine.multilingual else "see GetConfig.language_codes"
             raise _invalid(
                 "UNSUPPORTED_LANGUAGE",
-                f"language_code {echo(options.language_code)} is not supported ({hint}); "
-                "leave it empty to detect the language",
+                f"language_code {echo(code)} is not supported ({hint}); leave it empty to detect the language",
             )
+        if language not in out:
+            out.append(language)
+    return tuple(out)
+
+
+def check_model(requested: str, served: str, aliases: tuple[str, ...] = ()) -> None:
+    """A worker serves the model it holds: a request naming another (the gateway routes by model, so only
+    a client calling a worker directly meets this) is refused."""
+    name = requested.strip()
+    if name and name not in DEFAULT_ALIASES and name != served and name not in aliases:
+        raise _invalid(
+            "UNKNOWN_MODEL",
+            f"model {echo(requested)} is not served by this worker, which holds {served!r}; leave model empty for it",
+        )
+
+
+def decode_options(options: pb.RecognitionOptions, limits: Limits, engine: EngineInfo) -> DecodeOptions:
+    candidates = _languages(options.language_code, engine) if options.language_code.strip() else ()
+    if len(candidates) > 1 and not engine.multilingual:
+        raise _invalid("UNSUPPORTED_LANGUAGE", "this model is English-only: it cannot choose between languages")
+    language = candidates[0] if len(candidates) == 1 else None
     task = "translate" if options.task == pb.TASK_TRANSLATE else "transcribe"
     if task == "translate" and not engine.multilingual:
         raise _invalid("TRANSLATE_UNSUPPORTED", "task TRANSLATE needs a multilingual model; this one is English-only")
@@ -68,6 +92,7 @@ def decode_options(options: pb.RecognitionOptions, limits: Limits, engine: Engin
         )
     return DecodeOptions(
         language=language,
+        candidates=candidates if len(candidates) > 1 else (),
         task=task,
         beam_size=beam_size,
         word_timestamps=options.enable_word_time_offsets,

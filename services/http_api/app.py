@@ -43,6 +43,7 @@ STATUS_HTML = Path(__file__).resolve().parent / "static" / "status.html"
 #: Deadline of one Transcribe through HTTP: as long as the longest audio the gateway accepts may take.
 TRANSCRIBE_TIMEOUT_S = 3600.0
 DISCONNECT_CHECK_S = 0.25
+WORKER_HEADER = "x-scribe-worker"
 
 
 def _request_id(request: Request) -> str:
@@ -66,6 +67,24 @@ async def _unless_disconnected(request: Request, call: asyncio.Future[pb.Transcr
                 raise HttpError(499, "the client closed the connection", "client_closed_request")
     finally:
         call.cancel()  # a no-op once it finished; also when this handler itself is cancelled (shutdown)
+
+
+def model_entry(m: pb.ModelInfo) -> dict[str, object]:
+    """One model as OpenAI lists it (id, object, created, owned_by), with what scribe knows besides."""
+    return {
+        "id": m.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "scribe",
+        "default": m.is_default,
+        "description": m.description,
+        "multilingual": m.multilingual,
+        "translation": m.multilingual,
+        "languages": list(m.language_codes),
+        "workers": m.workers,
+        "serving_workers": m.serving_workers,
+        "loaded_workers": m.loaded_workers,
+    }
 
 
 def create_app(settings: Settings, security: ClientSecurity, status_token: str | None) -> FastAPI:
@@ -101,6 +120,7 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
     async def transcribe(
         request: Request,
         task: str,
+        model: str,
         file: UploadFile,
         language: str | None,
         prompt: str | None,
@@ -144,6 +164,7 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             task=task,
             word_timestamps="word" in granularities,
             initial_prompt=prompt or None,
+            model=model or None,  # the gateway takes whisper-1 and empty for its default model
             speakers=speakers or response_format == "diarized_json",
             known_speakers=known or {},
         )
@@ -156,7 +177,8 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             response = await _unless_disconnected(request, call)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
-        headers = {REQUEST_ID_HEADER: response.request_id}
+        # Which worker (and so which model's group) served the call, as gRPC's worker_id says.
+        headers = {REQUEST_ID_HEADER: response.request_id, WORKER_HEADER: response.worker_id}
         if response_format == "json":
             return JSONResponse(json_body(response), headers=headers)
         if response_format == "verbose_json":
@@ -167,7 +189,7 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             TEXT_WRITERS[response_format](response), media_type=MEDIA_TYPES[response_format], headers=headers
         )
 
-    # `model` is accepted (OpenAI's SDKs require it) but the fleet has one model: GET /v1/models names it.
+    # `model` names one of the fleet's models (GET /v1/models); `whisper-1`, OpenAI's name, means the default.
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(
         request: Request,
@@ -191,7 +213,10 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
                 raise HttpError(400, "stream=true takes response_format json or text", "invalid_value", "stream")
             logprobs = "logprobs" in (include or [])
             options = TranscribeOptions(
-                language=language or None, word_timestamps=logprobs, initial_prompt=prompt or None
+                language=language or None,
+                word_timestamps=logprobs,
+                initial_prompt=prompt or None,
+                model=model or None,
             )
             return await stream_transcription(
                 gateway, file, options, _token(request), _request_id(request), settings.max_message_bytes, logprobs
@@ -199,6 +224,7 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         return await transcribe(
             request,
             "transcribe",
+            model,
             file,
             language,
             prompt,
@@ -218,16 +244,25 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
         response_format: Annotated[str, Form()] = "json",
         temperature: Annotated[float, Form()] = 0.0,
     ) -> Response:
-        return await transcribe(request, "translate", file, None, prompt, response_format, temperature, [])
+        return await transcribe(request, "translate", model, file, None, prompt, response_format, temperature, [])
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
+    async def listed(request: Request) -> list[dict[str, object]]:
         try:
             config: pb.GetConfigResponse = await gateway.get_config(_token(request))
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
-        model = {"id": config.model, "object": "model", "created": 0, "owned_by": "scribe"}
-        return JSONResponse({"object": "list", "data": [model]})
+        return [model_entry(m) for m in config.models]
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": await listed(request)})
+
+    @app.get("/v1/models/{model_id}")
+    async def one_model(request: Request, model_id: str) -> JSONResponse:
+        for entry in await listed(request):
+            if entry["id"] == model_id:
+                return JSONResponse(entry)
+        raise HttpError(404, f"model {model_id!r} is not served here: GET /v1/models lists them", "model_not_found")
 
     app.include_router(jobs_router(gateway, settings))
 

@@ -67,4 +67,6 @@ def from_rpc_error(err: grpc.RpcError) -> HttpError:
             retry_after = max(1, math.ceil(delay))
     elif code == grpc.StatusCode.UNAVAILABLE:
         retry_after = 1
-    return HttpError(status, message, reason.lower(), retry_after_s=retry_after)
+    param = "model" if reason in ("UNKNOWN_MODEL", "MODEL_NOT_SERVING") else None
+    param = "language" if reason == "UNSUPPORTED_LANGUAGE" else param
+    return HttpError(status, message, reason.lower(), param=param, retry_after_s=retry_after)

@@ -49,9 +49,10 @@ class Gateway:
         )
         return response
 
-    async def get_config(self, token: str | None) -> pb.GetConfigResponse:
+    async def get_config(self, token: str | None, model: str = "") -> pb.GetConfigResponse:
+        """GetConfig of `model` (empty: the default model), with every model listed in `models`."""
         response: pb.GetConfigResponse = await self._transcription.GetConfig(
-            pb.GetConfigRequest(), timeout=10, metadata=call_metadata(token)
+            pb.GetConfigRequest(model=model), timeout=10, metadata=call_metadata(token)
         )
         return response
 

@@ -39,6 +39,7 @@ def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
         "in_flight": w.in_flight,
         "streams": w.streams,
         "health_stale": w.health_stale,
+        "model_name": w.model,
     }
     if w.HasField("health"):
         h = w.health
@@ -48,6 +49,7 @@ def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
             row.update(
                 status=_state(worker_pb2.WorkerStatus, h.status, "WORKER_STATUS_"),
                 model=h.model,
+                model_state=_state(worker_pb2.ModelState, h.model_state, "MODEL_STATE_"),
                 rss_bytes=h.process_rss_bytes,
                 vram_used_bytes=h.vram_process_bytes if h.HasField("vram_process_bytes") else None,
                 vram_total_bytes=h.vram_total_bytes if h.HasField("vram_total_bytes") else None,
@@ -145,6 +147,17 @@ class StatusBoard:
             s = self.latest.stats
             body.update(
                 workers=[worker_row(w) for w in self.latest.workers],
+                models=[
+                    {
+                        "name": m.name,
+                        "default": m.is_default,
+                        "workers": m.workers,
+                        "serving": m.serving_workers,
+                        "loaded": m.loaded_workers,
+                        "queued": m.queued_requests,
+                    }
+                    for m in self.latest.models
+                ],
                 queue={"waiting": s.queued_requests, "size": s.queue_size},
                 streams=s.active_streams,
                 requests_ok=s.requests_ok,
@@ -156,4 +169,5 @@ class StatusBoard:
                 body["jobs"] = jobs_row(s.jobs)
         else:
             body["workers"] = []
+            body["models"] = []
         return body

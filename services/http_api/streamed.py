@@ -61,13 +61,14 @@ async def stream_transcription(
     max_message_bytes: int,
     logprobs: bool,
 ) -> StreamingResponse:
-    if options.language:
+    if options.language or options.model:
         # The worker checks the language only once the file is decoded, after the 200 went out: check it
-        # first, so an unsupported one is a 400 as without stream=true.
+        # (and the model: an unknown one is UNKNOWN_MODEL) first, so either is a 400 as without stream=true.
         try:
-            config = await gateway.get_config(token)
+            config = await gateway.get_config(token, options.model or "")
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
+    if options.language:
         short = options.language.strip().split("-")[0].split("_")[0].lower()
         if config.language_codes and short not in config.language_codes:
             hint = "this model is English-only" if not config.multilingual else "see GET /v1/models"

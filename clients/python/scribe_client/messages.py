@@ -31,6 +31,8 @@ class TranscribeOptions:
     vad_filter: bool = False
     #: Text that conditions the decoder: names, jargon, spelling.
     initial_prompt: str | None = None
+    #: Model to decode with (e.g. "tiny.en", "base"); None is the fleet's default.
+    model: str | None = None
     #: Speaker labels ("who spoke when") on every segment and word, and the speakers found; on a stream,
     #: on every final. Setting min_speakers, max_speakers or known_speakers turns them on too.
     speakers: bool = False
@@ -54,6 +56,7 @@ class TranscribeOptions:
             enable_word_time_offsets=self.word_timestamps,
             vad_filter=self.vad_filter,
             initial_prompt=self.initial_prompt or "",
+            model=self.model or "",
         )
         if self.wants_speakers:
             options.diarization_config.CopyFrom(

@@ -21,6 +21,7 @@ from services.common.config.security import SecurityFields
 from services.common.config.speakers import SpeakerFields
 from services.common.config.types import token_problem
 from services.common.config.workers import WorkerFields
+from services.common.models.catalogue import served_name
 
 
 class ConfigError(ValueError):
@@ -83,8 +84,42 @@ class Settings(JobFields, SpeakerFields, SecurityFields, LimitFields, NetworkFie
 
     @property
     def worker_count(self) -> int:
-        """Workers supervisord runs: GPU_SCALE_WORKERS when scaling is on, else the one default worker."""
+        """Workers supervisord runs: WORKER_MODELS' counts added up (auto counted as 1), else GPU_SCALE_WORKERS
+        when scaling is on, else the one default worker."""
+        if self.worker_models:
+            return max(1, sum(1 if count is None else count for _, count in self.model_counts()))
         return max(1, self.gpu_scale_workers) if self.gpu_scale_enabled else 1
+
+    @property
+    def multi_model(self) -> bool:
+        """WORKER_MODELS is set: each model's workers are a supervisord group of their own."""
+        return bool(self.worker_models)
+
+    def model_counts(self) -> list[tuple[str, int | None]]:
+        """(WHISPER_MODEL value, workers or None for auto) of each model, the default first."""
+        if not self.worker_models:
+            return [(self.whisper_model, self.gpu_scale_workers or None if self.gpu_scale_enabled else 1)]
+        out: list[tuple[str, int | None]] = []
+        for entry in self.worker_models:
+            name, _, count = entry.rpartition(":")
+            out.append((name, None if count == "auto" else int(count)))
+        return out
+
+    def served_models(self) -> list[str]:
+        """The names the fleet serves its models under, the default first (`embedded` is served as tiny.en)."""
+        return [served_name(name) for name, _ in self.model_counts()]
+
+    def model_nice(self, model: str) -> int:
+        """WORKER_MODEL_NICE for the model served as `model` (0 when it names none)."""
+        for entry in self.worker_model_nice:
+            name, _, value = entry.rpartition(":")
+            if served_name(name) == served_name(model) and value.isdigit():
+                return min(19, int(value))
+        return 0
+
+    @property
+    def default_model(self) -> str:
+        return self.served_models()[0]
 
     @property
     def worker_device_id(self) -> int:

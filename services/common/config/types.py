@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import NoDecode
 
+from services.common.models.catalogue import served_name
+
 #: Shortest bearer token accepted: a guessable token is no protection.
 MIN_TOKEN_CHARS = 16
 TOKEN_RULE = (
@@ -133,6 +135,41 @@ def _nonempty(value: Any) -> Any:
     return _text(value)
 
 
+def _model_counts(values: tuple[str, ...]) -> tuple[str, ...]:
+    """`NAME[:COUNT]` entries, COUNT a number of workers (0 to 64) or `auto`, 1 when left out; kept as
+    `NAME:COUNT` text so the setting reads back the way it was written."""
+    out: list[str] = []
+    names: set[str] = set()
+    for item in values:
+        name, sep, count = item.rpartition(":")
+        if not sep or "/" in count:  # no count, or the colon belongs to a path
+            name, count = item, "1"
+        name, count = name.strip(), count.strip().lower()
+        if not name:
+            raise ValueError(f"{item!r} names no model: write NAME:COUNT, e.g. tiny.en:2,base:1")
+        if count != "auto" and (not count.isdigit() or int(count) > 64):
+            raise ValueError(f"{item!r}: the count must be a number from 0 to 64, or auto")
+        key = served_name(name)
+        if key in names:
+            raise ValueError(f"{name!r} is named twice")
+        names.add(key)
+        out.append(f"{name}:{count}")
+    return tuple(out)
+
+
+def _model_nice(values: tuple[str, ...]) -> tuple[str, ...]:
+    """`MODEL:NICE` entries, NICE a Unix nice value from 0 to 19."""
+    for item in values:
+        name, sep, nice = item.rpartition(":")
+        if not sep or not name.strip() or not nice.strip().isdigit() or int(nice) > 19:
+            raise ValueError(f"{item!r}: write MODEL:NICE with NICE from 0 to 19, e.g. base:10")
+    return tuple(item.replace(" ", "") for item in values)
+
+
+def _optional_folder(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else _text(value)
+
+
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Text = Annotated[str, BeforeValidator(_nonempty)]
 Workers = Annotated[int, BeforeValidator(_workers), Field(ge=0, le=64)]
@@ -142,6 +179,9 @@ Endpoints = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), A
 Tokens = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_tokens)]
 Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_origins)]
 Folder = Annotated[Path, BeforeValidator(_nonempty), AfterValidator(_resolved)]
+ModelCounts = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_model_counts)]
+ModelNice = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_model_nice)]
+OptionalFolder = Annotated[Path | None, BeforeValidator(_optional_folder), AfterValidator(lambda p: p and _resolved(p))]
 OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none), AfterValidator(_existing_file)]
 Device = Annotated[Literal["auto", "cpu", "cuda"], BeforeValidator(_lower)]
 EngineName = Annotated[Literal["auto", "ctranslate2", "torch"], BeforeValidator(_lower)]

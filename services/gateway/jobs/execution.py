@@ -36,6 +36,7 @@ from services.gateway.jobs.store import JobStore
 from services.gateway.recordings import shard
 from services.gateway.recordings.pieces import SEARCH_S, AudioPiece, Source, iter_pieces
 from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.models import FleetModels
 from services.gateway.speakers.diarize import RecordingSpeakers
 from services.gen import jobs_pb2 as jpb
 from services.gen import transcription_pb2 as pb
@@ -74,6 +75,7 @@ class JobContext:
 
     store: JobStore
     dispatcher: Dispatcher
+    models: FleetModels
     settings: Settings
     gateway_id: str
     spool: JobSpool
@@ -292,9 +294,10 @@ class JobRun:
         fleet queue; a worker lost mid-piece (UNAVAILABLE) is replaced, up to MAX_TRIES workers."""
         ctx, job = self.ctx, self.job
         metadata = ((REQUEST_ID_HEADER, job.id), (PRIORITY_HEADER, BATCH_PRIORITY))
+        model = ctx.models.resolve(job.spec.options.model)  # resolved at creation; UNKNOWN_MODEL if it went away
         tried: set[str] = set()
         for attempt in range(1, MAX_TRIES + 1):
-            async with ctx.slots.take(job.owner), ctx.dispatcher.slot(tried, None, batch=True) as handle:
+            async with ctx.slots.take(job.owner), ctx.dispatcher.slot(tried, None, model, batch=True) as handle:
                 tried.add(handle.name)
                 self.reached_worker = True
                 message = await request()

@@ -37,6 +37,7 @@ from services.gateway.jobs.runner import JobRunner
 from services.gateway.jobs.spool import JobSpool
 from services.gateway.jobs.store import JobStore
 from services.gateway.recordings.pieces import Source
+from services.gateway.routing.models import FleetModels
 from services.gen import jobs_pb2 as jpb
 from services.gen import jobs_pb2_grpc
 from services.gen import transcription_pb2 as pb
@@ -73,6 +74,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         spool: JobSpool,
         events: JobEvents,
         settings: Settings,
+        models: FleetModels,
         observe: Callable[[RequestLine, float], None] | None = None,
     ) -> None:
         self._store = store
@@ -80,6 +82,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._spool = spool
         self._events = events
         self._settings = settings
+        self._models = models
         self._observe = observe
 
     async def _job(self, job: JobRecord, with_attempts: bool = True) -> jpb.Job:
@@ -113,6 +116,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             )
         spec = first.spec
         await requests.check_spec(spec, self._settings)
+        # The served model the options name, written into them: the job runs on it, and its workers see it.
+        spec.options.model = self._models.resolve(spec.options.model)
         store = self._store
         if spec.request_id:
             found = await store.run(store.find_request, owner, spec.request_id)

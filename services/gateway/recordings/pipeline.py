@@ -117,8 +117,10 @@ class Pipeline:
         settings: Settings,
         context: grpc.aio.ServicerContext,
         line: RequestLine,
+        model: str | None = None,
     ) -> None:
         self._source = source
+        self._model = model  # every piece goes to a worker of this model
         self._options = options
         # Speaker labels, when asked for: every piece's voice embeddings are clustered together at the end.
         self._speakers = RecordingSpeakers.of(options)
@@ -127,7 +129,7 @@ class Pipeline:
         self._settings = settings
         self._context = context
         self._line = line
-        serving = [w for w in registry.workers.values() if w.serving]
+        serving = [w for w in registry.of(model) if w.serving]
         self._room = asyncio.Semaphore(max(LOOKAHEAD_PER_WORKER, LOOKAHEAD_PER_WORKER * len(serving)))
         # Pieces of this recording in the fleet queue or on a worker: at most the fleet's slots, so one
         # recording never fills GATEWAY_QUEUE_SIZE by itself; the rest wait here, decoded.
@@ -222,7 +224,10 @@ class Pipeline:
 
     def _final(self, elapsed_s: float) -> pb.TranscribeWithProgressResponse:
         total = self._length()
-        first = next((p.result for p in self._pieces if p.result is not None), pb.TranscribeResponse())
+        results = [p.result for p in self._pieces if p.result is not None]
+        first = results[0] if results else pb.TranscribeResponse()
+        language = shard.main_language(self._segments, first.language_code)
+        first = next((r for r in results if r.language_code == language), first)
         workers = [w for w in self._workers if w]
         result = pb.TranscribeResponse(
             segments=self._segments,
@@ -391,7 +396,7 @@ class Pipeline:
 
     async def _on_worker(self, piece: _Piece, attempt: int) -> None:
         metadata = ((REQUEST_ID_HEADER, self._line.request_id),)
-        async with self._dispatch.slot(piece.tried, self._context.time_remaining()) as handle:
+        async with self._dispatch.slot(piece.tried, self._context.time_remaining(), self._model) as handle:
             piece.tried.add(handle.name)
             call = handle.transcription.TranscribeWithProgress(
                 self._piece_request(piece), timeout=self._context.time_remaining(), metadata=metadata

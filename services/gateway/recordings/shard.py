@@ -117,6 +117,17 @@ def shift_segment(seg: pb.Segment, offset_ns: int) -> None:
         _shift(word.end_offset, offset_ns)
 
 
+def main_language(segments: Iterable[pb.Segment], fallback: str) -> str:
+    """The language most of the speech was decoded in, over pieces decoded apart (each segment says its
+    own); `fallback` without segments."""
+    seconds: dict[str, float] = {}
+    for seg in segments:
+        if seg.language_code:
+            length = (seg.end_offset.ToNanoseconds() - seg.start_offset.ToNanoseconds()) / 1e9
+            seconds[seg.language_code] = seconds.get(seg.language_code, 0.0) + max(0.0, length)
+    return max(seconds, key=lambda code: seconds[code]) if seconds else fallback
+
+
 def merge(parts: list[tuple[float, pb.TranscribeResponse]]) -> pb.TranscribeResponse:
     """Join piece transcripts in order, moving every time by its piece's offset in the recording."""
     merged = pb.TranscribeResponse()
@@ -135,8 +146,12 @@ def merge(parts: list[tuple[float, pb.TranscribeResponse]]) -> pb.TranscribeResp
             workers.append(part.worker_id)
     first = min(parts, key=lambda p: p[0])[1]
     merged.transcript = " ".join(texts)
-    merged.language_code = first.language_code
-    merged.language_probability = first.language_probability
+    merged.language_code = main_language(merged.segments, first.language_code)
+    # the probability the first piece decoded in that language reported
+    ordered = [p for _, p in sorted(parts, key=lambda p: p[0])]
+    merged.language_probability = next(
+        (p for p in ordered if p.language_code == merged.language_code), first
+    ).language_probability
     merged.audio_duration.FromNanoseconds(sum(p.audio_duration.ToNanoseconds() for _, p in parts))
     merged.worker_id = ",".join(workers)
     return merged

@@ -17,7 +17,7 @@ import structlog
 from services.common.config import Settings
 from services.gateway.routing.discovery import DnsDiscovery
 from services.gateway.routing.registry import UNSUPERVISED, Registry, WorkerHandle, health_check_timeout
-from services.gateway.routing.supervisor import ProcessInfo, SupervisorClient, worker_process_num
+from services.gateway.routing.supervisor import ProcessInfo, SupervisorClient, group_model_slug, worker_process_num
 from services.gen import worker_pb2
 
 log = structlog.get_logger()
@@ -34,6 +34,7 @@ class FleetMonitor:
         on_change: Callable[[int], Awaitable[None]],
         after_refresh: Callable[[], Awaitable[None]] | None = None,
         dns: DnsDiscovery | None = None,
+        slugs: dict[str, str] | None = None,
     ) -> None:
         self._registry = registry
         self._settings = settings
@@ -41,6 +42,9 @@ class FleetMonitor:
         self._on_change = on_change
         self._after_refresh = after_refresh
         self._dns = dns
+        # a model's group name part -> the model ("" for the single model's gpu_worker group), for workers
+        # that have not reported their model yet
+        self._slugs = {"": settings.default_model, **(slugs or {})}
         self._serving: int | None = None
         self._routing: dict[str, int] = {}
         self._table: asyncio.Future[list[ProcessInfo]] | None = None  # a process-table read still under way
@@ -98,6 +102,9 @@ class FleetMonitor:
             address = tcp or f"unix://{self._settings.worker_socket(num)}"
             handle = self._registry.ensure(proc.name, address)
             handle.supervisor_state, handle.supervisor_pid = proc.state, proc.pid
+            group = group_model_slug(proc.group)
+            if group is not None:
+                handle.group_model = self._slugs.get(group, group)
             seen.add(proc.name)
         for name, handle in list(self._registry.workers.items()):
             if handle.supervisor_state != UNSUPERVISED and name not in seen:

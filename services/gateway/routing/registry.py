@@ -67,6 +67,7 @@ class WorkerHandle:
     source: str = "supervisord"  # what found it: supervisord, STATIC_WORKERS, or the dns: entry
     retired: str = ""  # why it is being drained out of the fleet (gone from DNS); "" while it belongs
     retiring: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set with `retired`
+    group_model: str = ""  # the model its supervisord group stands for, until its health names one
     token: str | None = field(default=None, repr=False)
     tcp_credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
@@ -109,6 +110,21 @@ class WorkerHandle:
     def rejoin(self) -> None:
         self.retired = ""
         self.retiring = asyncio.Event()
+
+    @property
+    def model(self) -> str:
+        """The model it serves: as its (latest, even stale) health report says, else as its group's name says."""
+        if self.health is not None and self.health.model_name:
+            return self.health.model_name
+        return self.group_model
+
+    @property
+    def loaded(self) -> bool:
+        """Its model is in memory (not given back after WORKER_IDLE_UNLOAD_S, and not loading again)."""
+        return self.health is None or self.health.model_state in (
+            worker_pb2.MODEL_STATE_UNSPECIFIED,
+            worker_pb2.MODEL_STATE_LOADED,
+        )
 
     @property
     def idle(self) -> bool:
@@ -191,6 +207,7 @@ class WorkerHandle:
             supervisor_pid=self.supervisor_pid,
             host=self.host,
             source=self.source,
+            model=self.model,
         )
         if self.health is not None:
             msg.health.CopyFrom(self.health)
@@ -207,12 +224,13 @@ class WorkerHandle:
 
 
 def choose_least_loaded(workers: Iterable[WorkerHandle], turn: int) -> WorkerHandle | None:
-    """The serving worker with the least load; ties go round-robin by `turn`."""
+    """The serving worker with the least load, one with its model in memory before one that would load it
+    first; ties go round-robin by `turn`."""
     serving = sorted((w for w in workers if w.serving), key=lambda w: w.name)
     if not serving:
         return None
-    best = min(w.load() for w in serving)
-    tied = [w for w in serving if w.load() == best]
+    best = min((not w.loaded, w.load()) for w in serving)
+    tied = [w for w in serving if (not w.loaded, w.load()) == best]
     return tied[turn % len(tied)]
 
 
@@ -254,17 +272,23 @@ class Registry:
         if handle is not None:
             await handle.close()
 
-    def pick(self, exclude: Iterable[str] = ()) -> WorkerHandle | None:
-        skip = set(exclude)
-        return choose_least_loaded((w for w in self.workers.values() if w.name not in skip), next(self._turns))
+    def of(self, model: str | None) -> list[WorkerHandle]:
+        """The workers of `model` (all of them for None), by name."""
+        return sorted((w for w in self.workers.values() if model is None or w.model == model), key=lambda w: w.name)
 
-    def summary(self) -> str:
+    def pick(self, model: str | None = None, exclude: Iterable[str] = ()) -> WorkerHandle | None:
+        skip = set(exclude)
+        return choose_least_loaded((w for w in self.of(model) if w.name not in skip), next(self._turns))
+
+    def serving_count(self, model: str | None = None) -> int:
+        return sum(1 for w in self.of(model) if w.serving)
+
+    def summary(self, model: str | None = None) -> str:
         """Why nothing is serving, for the UNAVAILABLE message."""
-        if not self.workers:
-            return "no workers are configured or discovered"
-        return "; ".join(
-            f"{w.name}: {w.routing[1] or 'serving'}" for w in sorted(self.workers.values(), key=lambda w: w.name)
-        )
+        workers = self.of(model)
+        if not workers:
+            return "no workers are configured or discovered" if model is None else f"model {model} has no workers"
+        return "; ".join(f"{w.name}: {w.routing[1] or 'serving'}" for w in workers)
 
     def sorted(self) -> list[WorkerHandle]:
         return sorted(self.workers.values(), key=lambda w: w.name)

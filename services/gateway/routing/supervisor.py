@@ -12,10 +12,14 @@ from typing import Any
 from supervisor.xmlrpc import SupervisorTransport
 
 from services.common.config import ConfigError
+from services.common.models.catalogue import slug
 from services.common.tls import is_loopback
 
 WORKER_GROUP = "gpu_worker"
 _WORKER_NAME = re.compile(r"^gpu_worker_(\d+)$")
+#: gpu_worker (the single model's group), gpu_worker_NN (a worker `scribe scale` added to it),
+#: gpu_worker_SLUG (a model's group under WORKER_MODELS), gpu_worker_SLUG_NN (one added to that).
+_GROUP = re.compile(r"^gpu_worker(?:_(?P<slug>[A-Za-z][A-Za-z0-9.-]*))?(?:_(?P<num>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,24 @@ def check_supervisor_conf(path: Path) -> None:
             "inet_http_server", "password", fallback=""
         ):
             raise ConfigError(f"{path}: [inet_http_server] needs a username and a password")
+
+
+def model_group(slug: str | None) -> str:
+    """The supervisord group of a model's workers: `gpu_worker_SLUG`, or `gpu_worker` for the single model."""
+    return f"{WORKER_GROUP}_{slug}" if slug else WORKER_GROUP
+
+
+def group_slug(name: str) -> str:
+    """The part of a group's name that stands for model `name`."""
+    return slug(name)
+
+
+def group_model_slug(group: str) -> str | None:
+    """The model slug a worker group belongs to; "" for the single model's groups, None for other groups."""
+    match = _GROUP.match(group)
+    if match is None:
+        return None
+    return match.group("slug") or ""
 
 
 def worker_process_num(name: str) -> int | None:

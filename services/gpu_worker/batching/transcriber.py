@@ -49,7 +49,35 @@ def _shift(segment: Segment, offset: float, limit: float, index: int) -> Segment
         words=tuple(Word(at(w.start), at(w.end), w.word, w.probability) for w in segment.words),
         avg_logprob=segment.avg_logprob,
         no_speech_prob=segment.no_speech_prob,
+        language=segment.language,
     )
+
+
+class LanguageTally:
+    """A recording's language: the one most of its speech was decoded in (each window detects its own)."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._weighted: dict[str, float] = {}
+        self._first: tuple[str, float] | None = None
+
+    def add(self, result: WindowResult) -> None:
+        if self._first is None:
+            self._first = (result.language, result.language_probability)
+        speech = sum(max(0.0, s.end - s.start) for s in result.segments)
+        if speech <= 0:
+            return
+        self._seconds[result.language] = self._seconds.get(result.language, 0.0) + speech
+        self._weighted[result.language] = (
+            self._weighted.get(result.language, 0.0) + speech * result.language_probability
+        )
+
+    def result(self, fallback: str) -> tuple[str, float]:
+        """(language, probability averaged over its speech); the first window's without any speech."""
+        if not self._seconds:
+            return self._first or (fallback, 1.0)
+        language = max(self._seconds, key=lambda code: self._seconds[code])
+        return language, self._weighted[language] / self._seconds[language]
 
 
 class Decoder(Protocol):
@@ -105,13 +133,12 @@ class Transcriber:
                 raise
         rests: list[Future[WindowResult]] = []
         segments: list[Segment] = []
-        language, probability = options.language, 1.0
+        heard = LanguageTally()
         try:
             for window, future in zip(windows, futures, strict=True):
                 part, result = window, future.result()  # in audio order: all before it are out
                 for attempt in range(_MAX_RESTS + 1):
-                    if language is None or (options.language is None and not segments):
-                        language, probability = result.language, result.language_probability
+                    heard.add(result)
                     for segment in result.segments:
                         shifted = _shift(segment, part.start / SAMPLE_RATE, part.seconds, len(segments))
                         segments.append(shifted)
@@ -127,9 +154,10 @@ class Transcriber:
         finally:
             for pending in (*futures, *rests):
                 pending.cancel()  # when a callback or a window failed: nobody waits for the others
+        language, probability = heard.result(options.language or self._default_language())
         return EngineResult(
             segments=tuple(segments),
-            language=language or self._default_language(),
+            language=language,
             language_probability=probability,
             duration=audio.size / SAMPLE_RATE,
         )

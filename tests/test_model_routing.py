@@ -1,0 +1,116 @@
+"""WORKER_MODELS, the model groups `scribe` writes, `scribe scale` targets, and routing per model in the
+gateway's registry and queues (pure: no fleet, no model)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.cli import groups, scale
+from services.common.config import ConfigError, Settings
+from services.common.errors import RequestError
+from services.gateway.routing.dispatch import Dispatcher
+from services.gateway.routing.models import FleetModels
+from services.gateway.routing.registry import Registry, WorkerHandle
+from services.gen import worker_pb2
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.fast
+
+
+def test_worker_models_setting() -> None:
+    s = Settings.from_env({"WORKER_MODELS": "embedded:2, base, large-v2:auto, base.en:0"})
+    assert s.model_counts() == [("embedded", 2), ("base", 1), ("large-v2", None), ("base.en", 0)]
+    assert s.served_models() == ["tiny.en", "base", "large-v2", "base.en"] and s.default_model == "tiny.en"
+    assert s.multi_model and s.worker_count == 4
+    single = Settings.from_env({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "3"})
+    assert not single.multi_model and single.served_models() == ["tiny.en"] and single.worker_count == 3
+    for bad, why in (("tiny.en:2,embedded", "named twice"), ("base:65", "0 to 64"), (":2", "names no model")):
+        with pytest.raises(ConfigError, match=why):
+            Settings.from_env({"WORKER_MODELS": bad})
+    assert Settings.from_env({"WORKER_IDLE_UNLOAD_S": "300"}).worker_idle_unload_s == 300
+    niced = Settings.from_env({"WORKER_MODEL_NICE": "base:10,embedded:0"})
+    assert (niced.model_nice("base"), niced.model_nice("tiny.en"), niced.model_nice("large-v2")) == (10, 0, 0)
+    with pytest.raises(ConfigError, match="0 to 19"):
+        Settings.from_env({"WORKER_MODEL_NICE": "base:20"})
+
+
+def test_model_groups_are_copies_of_the_worker_section(tmp_path: Path) -> None:
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text((ROOT / "supervisord.conf").read_text())
+    assert groups.write_model_groups(conf, [("embedded", 2), ("large-v2", 0), ("base", 1)]) == [
+        "gpu_worker_tiny.en",
+        "gpu_worker_base",
+    ]
+    base = (groups.scaled_dir(conf) / "gpu_worker_base.conf").read_text()
+    assert "[program:gpu_worker_base]" in base and "numprocs = 1" in base and "numprocs_start = 2" in base
+    assert 'WHISPER_MODEL="base"' in base and "process_name = gpu_worker_%(process_num)02d" in base
+    assert groups.reserved_numbers(conf) == {0, 1, 2}
+    assert groups.free_numbers({0, 1, 2, 4}, 2) == [3, 5]
+    assert groups.free_numbers({0, 1, 2, 4}, 2, contiguous=True) == [5, 6]
+
+
+def test_scale_targets() -> None:
+    multi = Settings.from_env({"WORKER_MODELS": "tiny.en:2,base:1"})
+    assert scale.parse_targets(["3", "base=0", "base=auto"], multi) == [("tiny.en", 3), ("base", 0), ("base", -1)]
+    for bad in ("0", "base=x"):
+        with pytest.raises(ConfigError):
+            scale.parse_targets([bad], multi)
+
+
+def _worker(registry: Registry, name: str, model: str, state: int = worker_pb2.MODEL_STATE_LOADED) -> WorkerHandle:
+    handle = registry.ensure(name, f"unix:///tmp/{name}.sock")
+    handle.supervisor_state, handle.supervisor_pid = "RUNNING", 1
+    health = worker_pb2.WorkerHealth(
+        worker_id=name, pid=1, status=worker_pb2.WORKER_STATUS_SERVING, max_concurrent_requests=1, model_name=model
+    )
+    health.model_state = state  # type: ignore[assignment]
+    handle.record_health(health)
+    return handle
+
+
+def test_routing_is_per_model_and_prefers_loaded_workers() -> None:
+    registry = Registry([])
+    _worker(registry, "gpu_worker_00", "tiny.en")
+    _worker(registry, "gpu_worker_01", "base", worker_pb2.MODEL_STATE_UNLOADED)
+    _worker(registry, "gpu_worker_02", "base")
+    assert {registry.pick("tiny.en").name for _ in range(4)} == {"gpu_worker_00"}  # type: ignore[union-attr]
+    assert {registry.pick("base").name for _ in range(4)} == {"gpu_worker_02"}  # type: ignore[union-attr]
+    settings = Settings.from_env({"WORKER_MODELS": "tiny.en:1,base:2"})
+    models = FleetModels(settings, registry)
+    assert [models.resolve(n) for n in ("", "whisper-1", "embedded", "base")] == [
+        "tiny.en",
+        "tiny.en",
+        "tiny.en",
+        "base",
+    ]
+    with pytest.raises(RequestError) as caught:
+        models.resolve("medium")
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "tiny.en (default), base" in caught.value.message
+
+    async def queues() -> None:
+        dispatcher = Dispatcher(registry, queue_size=1, wait_s=0.2)
+        async with dispatcher.slot(set(), None, "base") as first:
+            assert first.name == "gpu_worker_02"  # the loaded one first
+            async with dispatcher.slot(set(), None, "base") as second:
+                assert second.name == "gpu_worker_01"  # then the one that loads its model again
+                # base is full: its own queue takes one call, then refuses; tiny.en's calls are not held up.
+                waiting = asyncio.ensure_future(dispatcher.slot(set(), None, "base").__aenter__())
+                await asyncio.sleep(0.05)
+                assert dispatcher.queued["base"] == 1
+                with pytest.raises(RequestError) as full:
+                    async with dispatcher.slot(set(), None, "base"):
+                        pass
+                assert full.value.reason == "QUEUE_FULL" and "of model base" in full.value.message
+                async with dispatcher.slot(set(), None, "tiny.en") as other:
+                    assert other.name == "gpu_worker_00"
+                waiting.cancel()
+        with pytest.raises(RequestError) as none:
+            async with dispatcher.slot(set(), None, "large-v2"):
+                pass
+        assert none.value.reason == "MODEL_NOT_SERVING"
+
+    asyncio.run(queues())
