@@ -123,6 +123,9 @@ def test_bad_requests_get_clear_statuses(jobs: ScribeClient) -> None:
         with pytest.raises(grpc.RpcError) as err:
             jobs.jobs.submit(clip("speech_short.wav"), **fields)  # type: ignore[arg-type]
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(err.value) == expected, fields
+    with pytest.raises(grpc.RpcError) as model:
+        jobs.jobs.submit(clip("speech_short.wav"), spec=jpb.JobSpec(options=pb.RecognitionOptions(model="large-v9")))
+    assert model.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(model.value) == "UNKNOWN_MODEL"
     with pytest.raises(grpc.RpcError) as empty:
         jobs.jobs.submit(b"")
     assert reason(empty.value) == "EMPTY_AUDIO"

@@ -40,6 +40,7 @@ def labels_of(values: list[str] | None) -> dict[str, str]:
 def job_options(args: argparse.Namespace, formats: list[str]) -> TranscribeOptions:
     return TranscribeOptions(
         language=args.language,
+        model=args.model,
         beam_size=args.beam_size,
         # JSON is the format with words; the others have no place for them.
         word_timestamps=args.words or "json" in formats,
@@ -180,6 +181,7 @@ def run_jobs(client: ScribeClient, args: argparse.Namespace) -> int:
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--language", help="language code (default: detect)")
+    parser.add_argument("--model", help="model to decode with, e.g. tiny.en or base (default: the fleet's default)")
     parser.add_argument("--beam-size", type=int, default=0)
     parser.add_argument("--words", action="store_true", help="ask for word time offsets")
     parser.add_argument("--prompt", help="initial prompt")
