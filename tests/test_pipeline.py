@@ -77,8 +77,11 @@ class _Fleet:
         self.workers = {w.name: w for w in workers}
         self._order = order
 
+    def of(self, model: str | None) -> list[_Worker]:
+        return list(self.workers.values())
+
     @asynccontextmanager
-    async def slot(self, exclude: set[str], timeout: float | None) -> AsyncIterator[_Worker]:
+    async def slot(self, exclude: set[str], timeout: float | None, *_: object) -> AsyncIterator[_Worker]:
         yield self.workers[self._order.pop(0)]
 
 
