@@ -6,9 +6,10 @@ Work waits in the gateway rather than in a worker's own queue, so a worker that 
 audio, a worker that comes back is used at once, and a full queue is refused at the door with
 RESOURCE_EXHAUSTED and a retry delay instead of slowing every client down.
 
-Batch jobs' pieces (`batch=True`) queue here too, below interactive work: a piece takes a free slot only
-while no interactive call waits, is never refused for a full queue (the job runner bounds how many it
-asks for), and waits for a worker however long the fleet is down.
+Batch jobs' pieces (`batch=True`) queue here too, below interactive work: a piece takes a free slot of
+its model only while no interactive call waits for one of that model's workers, is never refused for a
+full queue (the job runner bounds how many it asks for), and waits for a worker however long the fleet is
+down (a model scaled to no workers at all is refused, MODEL_NOT_SERVING, as for every call).
 """
 
 from __future__ import annotations
@@ -147,13 +148,21 @@ class Dispatcher:
                 self._service_s[model] = 0.8 * self._service_s.get(model, 1.0) + 0.2 * took
             await self.notify()
 
+    def interactive_waits(self, model: str | None) -> bool:
+        """Whether an interactive call waits for a worker a piece of `model` could take: one of the same
+        model, or of any model (None). A worker serves one model, so calls waiting for another model's
+        workers never hold back this model's pieces, and this model's pieces never take their slots."""
+        if model is None:
+            return self.waiting > 0
+        return self.queued[model] > 0 or self.queued[None] > 0
+
     async def _wait_batch(self, exclude: set[str], model: str | None) -> WorkerHandle:
-        """A free slot of `model` while no interactive call waits (for any model: a worker may hold several)."""
+        """A free slot of `model` while no interactive call waits for one of its workers."""
         self.batch_waiting += 1
         try:
             async with self._changed:
                 while True:
-                    if not self.waiting:
+                    if not self.interactive_waits(model):
                         handle = free_worker(self._registry.of(model), exclude, next(self._turns))
                         if handle is not None:
                             return handle
@@ -175,6 +184,10 @@ class Dispatcher:
                     workers = self._registry.of(model)
                     handle = free_worker(workers, exclude, next(self._turns))
                     if handle is not None:
+                        if self.batch_waiting:
+                            # a piece held back by this call may take a slot still free once it leaves
+                            # the queue (the finally below runs before any waiter wakes)
+                            self._changed.notify_all()
                         return handle
                     if model is not None and not workers:
                         raise self.no_worker(model)  # its workers went away (scaled to 0) while it waited
