@@ -166,3 +166,50 @@ def reason(err: grpc.RpcError) -> str | None:
 
 def until(predicate: Callable[[], bool], timeout: float = 60) -> None:
     assert wait_for(predicate, timeout, 0.1)
+
+
+@dataclass
+class FileServer:
+    """A real HTTP server on loopback serving a folder, for URL sources: `/moved/NAME` redirects to
+    `/NAME`; every path asked for is recorded."""
+
+    url: str
+    asked: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def file_server(folder: Path) -> Iterator[FileServer]:
+    server_state = FileServer(url="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            server_state.asked.append(self.path)
+            if self.path.startswith("/moved/"):
+                self.send_response(302)
+                self.send_header("location", self.path.removeprefix("/moved"))
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            target = folder / self.path.lstrip("/")
+            if not target.is_file():
+                self.send_error(404)
+                return
+            body = target.read_bytes()
+            self.send_response(200)
+            self.send_header("content-type", "audio/wav")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server_state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server_state
+    finally:
+        server.shutdown()
+        server.server_close()

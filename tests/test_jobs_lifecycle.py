@@ -14,13 +14,14 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from services.gen import jobs_pb2 as jpb
 from tests.conftest import TOKEN_A, TOKEN_B, Fleet, Process, start_gateway
-from tests.helpers import clip, speech_recording, wait_for
+from tests.helpers import DATA, clip, speech_recording, wait_for
 from tests.jobs_support import (
     SECRET,
     both_workers,
     busy,
     client,
     decoded_seconds,
+    file_server,
     gateway_id,
     idle_gateway,
     job_env,
@@ -35,7 +36,7 @@ from tests.jobs_support import (
 
 @pytest.fixture(scope="module")
 def gateway(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    gw = job_gateway(fleet, tmp_path_factory.mktemp("jobs-life"))
+    gw = job_gateway(fleet, tmp_path_factory.mktemp("jobs-life"), JOB_ALLOW_URLS="true")
     yield gw
     gw.stop()
 
@@ -78,9 +79,11 @@ def test_webhooks_to_denied_addresses_are_refused(fleet: Fleet, gateway: Process
             with pytest.raises(grpc.RpcError) as err:
                 c.jobs.submit(clip("speech_short.wav"), webhook_url=url)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and reason(err.value) == "ADDRESS_DENIED", url
-    strict = start_gateway(fleet, tmp_path / "strict", job_env(JOB_ALLOW_NETWORKS=""), workers=both_workers(fleet))
+    strict = start_gateway(
+        fleet, tmp_path / "strict", job_env(JOB_ALLOW_NETWORKS="", JOB_ALLOW_URLS="true"), workers=both_workers(fleet)
+    )
     try:
-        with webhook_receiver() as receiver, client(strict) as c:
+        with webhook_receiver() as receiver, file_server(DATA) as files, client(strict) as c:
             with pytest.raises(grpc.RpcError) as err:
                 c.jobs.submit(clip("speech_short.wav"), webhook_url=receiver.url)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "127.0.0.1" in err.value.details()
@@ -88,8 +91,50 @@ def test_webhooks_to_denied_addresses_are_refused(fleet: Fleet, gateway: Process
                 c.jobs.submit(clip("speech_short.wav"), webhook_url=receiver.url.replace("127.0.0.1", "localhost"))
             assert named.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert not receiver.deliveries
+            # A URL source is checked the same way: the gateway never asks a loopback server for it.
+            with pytest.raises(grpc.RpcError) as source:
+                c.jobs.submit(url=f"{files.url}/speech_short.wav")
+            assert source.value.code() == grpc.StatusCode.PERMISSION_DENIED and reason(source.value) == "ADDRESS_DENIED"
+            assert not files.asked and not list(c.jobs.list())
     finally:
         strict.stop()
+
+
+def test_a_url_source_is_fetched_through_redirects_and_transcribed(gateway: Process) -> None:
+    with file_server(DATA) as files, client(gateway) as c:
+        job = c.jobs.submit(url=f"{files.url}/moved/speech_short.wav", labels={"source": "url"})
+        final = wait_state(c, job.id, {jpb.JOB_STATE_SUCCEEDED, jpb.JOB_STATE_FAILED})
+        assert final.state == jpb.JOB_STATE_SUCCEEDED, final.error
+        assert files.asked == ["/moved/speech_short.wav", "/speech_short.wav"]  # fetched once, at its run
+        assert final.audio_bytes == len(clip("speech_short.wav"))
+        result = c.jobs.result(job.id, "txt")
+        assert result.result.transcript == c.transcribe(clip("speech_short.wav")).transcript
+        assert "fox" in result.content.lower()
+        # A URL that answers 404 fails its job with a status that says so; the gateway goes on serving.
+        missing = c.jobs.submit(url=f"{files.url}/no-such.wav")
+        failed = wait_state(c, missing.id, {jpb.JOB_STATE_SUCCEEDED, jpb.JOB_STATE_FAILED})
+        assert failed.state == jpb.JOB_STATE_FAILED
+        assert failed.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0] and "404" in failed.error.message
+
+
+def test_jobs_queued_per_token_are_bounded(fleet: Fleet, tmp_path: Path) -> None:
+    """JOB_MAX_QUEUED_PER_TOKEN: a client past it is refused RESOURCE_EXHAUSTED; another client is not;
+    a job that ends makes room again."""
+    env = job_env(AUTH_TOKENS=f"{TOKEN_A},{TOKEN_B}", JOB_MAX_QUEUED_PER_TOKEN="2")
+    front = idle_gateway(fleet, tmp_path / "bounded", env)  # runs nothing: its jobs stay queued
+    try:
+        with client(front, TOKEN_A) as a, client(front, TOKEN_B) as b:
+            first, _ = (a.jobs.submit(clip("speech_short.wav")) for _ in range(2))
+            with pytest.raises(grpc.RpcError) as many:
+                a.jobs.submit(clip("speech_short.wav"), timeout=5)  # not the 30 s its RetryInfo asks to wait
+            assert many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(many.value) == "TOO_MANY_JOBS"
+            assert "JOB_MAX_QUEUED_PER_TOKEN=2" in many.value.details()
+            assert b.jobs.submit(clip("speech_short.wav")).state == jpb.JOB_STATE_QUEUED  # another client's own bound
+            a.jobs.cancel(first.id)
+            assert a.jobs.submit(clip("speech_short.wav")).state == jpb.JOB_STATE_QUEUED
+            assert len(list(a.jobs.list(states=["queued"]))) == 2
+    finally:
+        front.stop()
 
 
 def test_cancel_mid_job_frees_the_workers(fleet: Fleet, gateway: Process) -> None:
