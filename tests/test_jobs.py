@@ -211,6 +211,7 @@ def test_reflection_serves_the_job_service_with_its_comments(fleet: Fleet, gatew
     assert "google.rpc.Status error" in job
 
 
+@pytest.mark.jobs_heavy
 def test_a_job_store_that_does_not_answer_leaves_the_gateway_serving(fleet: Fleet, tmp_path: Path) -> None:
     """PostgreSQL named but unreachable: interactive calls go on, JobService says UNAVAILABLE with a reason."""
     from tests.conftest import start_gateway
@@ -247,6 +248,7 @@ def test_the_asyncio_client_has_the_same_calls(gateway: Process) -> None:
     assert states[-1] == jpb.JOB_STATE_SUCCEEDED and vtt.startswith("WEBVTT") and len(listed) == 1
 
 
+@pytest.mark.jobs_heavy
 def test_speaker_labels_work_in_jobs_whole_and_in_pieces(jobs: ScribeClient) -> None:
     """RecognitionOptions go through whole: a job with diarization_config gets the labels a Transcribe
     gets, and a job cut into pieces keeps one label per voice across them (clustered once at the end)."""

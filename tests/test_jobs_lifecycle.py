@@ -151,6 +151,7 @@ def test_cancel_mid_job_frees_the_workers(fleet: Fleet, gateway: Process) -> Non
         assert c.jobs.cancel(job.id).state == jpb.JOB_STATE_CANCELLED  # a second cancel changes nothing
 
 
+@pytest.mark.jobs_heavy
 def test_retention_removes_finished_jobs_and_their_audio(fleet: Fleet, tmp_path: Path) -> None:
     gw = start_gateway(fleet, tmp_path / "retention", job_env(JOB_RETENTION_H="0.001"), workers=both_workers(fleet))
     try:
@@ -198,6 +199,7 @@ def test_a_full_spool_refuses_new_uploads_cleanly(fleet: Fleet, tmp_path: Path) 
         gw.stop()
 
 
+@pytest.mark.jobs_heavy
 def test_two_tokens_jobs_interleave(fleet: Fleet, tmp_path: Path) -> None:
     """Client A queues eight jobs, then client B three; they run alternately until B's are done."""
     shared = job_env(
@@ -232,6 +234,7 @@ def test_two_tokens_jobs_interleave(fleet: Fleet, tmp_path: Path) -> None:
             runner.stop()
 
 
+@pytest.mark.jobs_heavy
 def test_a_gateway_killed_mid_job_resumes_from_its_last_finished_piece(fleet: Fleet, tmp_path: Path) -> None:
     folder = tmp_path / "lone"
     env = job_env(JOB_WORKER_SLOTS="1")
