@@ -68,4 +68,5 @@ def batch_pb(scheduler: BatchScheduler) -> worker_pb2.BatchStats:
         queue_wait_seconds_total=stats.queue_wait_s,
         busy_seconds_total=stats.busy_s,
         windows_per_second=stats.windows_per_second(),
+        audio_seconds_decoded=stats.audio_s,
     )

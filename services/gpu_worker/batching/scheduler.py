@@ -2,8 +2,8 @@
 thread decodes them in batches.
 
 Batches are formed by priority (live-stream finals, then live-stream interims, then bulk windows of
-Transcribe and TranscribeWithProgress), oldest first, and filled with windows the engine can decode
-together (equal `Engine.batch_key`), from any call (on a CPU, a stream's batch takes only stream windows). A batch waits at most `window_s` for more windows
+Transcribe and TranscribeWithProgress, then the pieces of batch jobs, which the gateway marks), oldest
+first, and filled with windows the engine can decode together (equal `Engine.batch_key`), from any call (on a CPU, a stream's batch takes only stream windows). A batch waits at most `window_s` for more windows
 when it is not full. Because a batch is at most `max_batch` windows, a live stream waits for at most one
 batch of a long file, never for the whole file; because streams go first, bulk work never starves them.
 
@@ -25,6 +25,7 @@ from enum import IntEnum
 
 import structlog
 
+from services.common.audio import SAMPLE_RATE
 from services.gpu_worker.batching import packing
 from services.gpu_worker.engines.base import Engine, WindowJob, WindowResult
 
@@ -38,6 +39,7 @@ class Priority(IntEnum):
     FINAL = 0  # a live stream's decode that may become final
     INTERIM = 1  # a live stream's interim hypothesis
     BULK = 2  # a window of a recording
+    BATCH = 3  # a window of a batch job's piece: after every interactive call and stream
 
 
 class CallToken:
@@ -61,6 +63,7 @@ class _Queued:
     enqueued: float
     tried: list[WindowResult] = field(default_factory=list)
     packable: bool = True  # False once a packed window failed it: it is then decoded alone
+    counted: bool = False  # its audio is in BatchStats.audio_s (once, however often it is decoded)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class BatchStats:
     fallbacks: int = 0
     queue_wait_s: float = 0.0
     busy_s: float = 0.0
+    audio_s: float = 0.0  # audio decoded, each window counted once (not again for a fallback or an unpack)
     # Recent (time, windows) pairs for a windows-per-second rate.
     recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
 
@@ -180,7 +184,10 @@ class BatchScheduler:
                     self._cond.wait()
                     continue
                 head = min(self._queue, key=lambda q: (q.priority, q.seq))
-                lowest = Priority.BULK if self.streams_with_bulk or head.priority == Priority.BULK else Priority.INTERIM
+                if self.streams_with_bulk:
+                    lowest = Priority.BATCH  # on a GPU a full batch costs what one window does
+                else:
+                    lowest = head.priority if head.priority >= Priority.BULK else Priority.INTERIM
                 mates = sorted(
                     (q for q in self._queue if q.key == head.key and q.priority <= lowest),
                     key=lambda q: (q.priority, q.seq),
@@ -190,6 +197,10 @@ class BatchScheduler:
                 live = self._streams_open > 0 or now - self._stream_seen < STREAM_RECENT_S
                 if head.priority == Priority.BULK and not self.streams_with_bulk and live:
                     size = max(1, self.max_batch // 4)
+                if head.priority == Priority.BATCH and not self.streams_with_bulk:
+                    # On a CPU a batch costs the sum of its windows: one window at a time, an interactive
+                    # call that comes in waits for at most one window of a batch job before its own.
+                    size = 1
                 waited = now - head.enqueued
                 if len(mates) < size and waited < self.window_s:
                     self._cond.wait(self.window_s - waited)
@@ -237,6 +248,10 @@ class BatchScheduler:
         stats.windows_decoded += len(jobs)
         stats.packed_windows += sum(len(group) for group in groups if len(group) > 1)
         stats.queue_wait_s += sum(started - q.enqueued for q in members)
+        for q in members:
+            if not q.counted:
+                q.counted = True
+                stats.audio_s += q.job.audio.size / SAMPLE_RATE
         stats.busy_s += finished - started
         stats.recent.append((finished, len(jobs)))
         if len({q.call.id if q.call else -q.seq for q in members}) > 1:
