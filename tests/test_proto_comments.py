@@ -31,6 +31,8 @@ def _message(path: tuple[int, ...], m: descriptor_pb2.DescriptorProto) -> Iterat
     for i, field in enumerate(m.field):
         yield (*path, _FIELD, i), f"{m.name}.{field.name}"
     for i, nested in enumerate(m.nested_type):
+        if nested.options.map_entry:
+            continue  # the entry protoc makes for a map<K, V> field: no source to comment, the field has it
         yield from _message((*path, _NESTED, i), nested)
     for i, e in enumerate(m.enum_type):
         yield from _enum((*path, _NESTED_ENUM, i), e)

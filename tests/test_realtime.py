@@ -112,51 +112,31 @@ async def _session(
             for event in after or []:
                 await conn.send(event)  # type: ignore[arg-type]
 
-        received: asyncio.Queue[Event | None] = asyncio.Queue()
-
-        async def receive() -> None:
-            try:
+        sender = asyncio.create_task(send())
+        answers = 0
+        try:
+            async with asyncio.timeout(120):
                 async for parsed in conn:
                     with warnings.catch_warnings():
                         # The SDK types a session as a union without a discriminator and builds the
                         # conversation variant for any session (OpenAI's own too); dumping it warns.
                         warnings.simplefilter("ignore", UserWarning)
-                        received.put_nowait(parsed.to_dict())
-            finally:
-                received.put_nowait(None)
-
-        sender = asyncio.create_task(send())
-        receiver = asyncio.create_task(receive())
-        answers = 0
-        last_came = False
-        try:
-            async with asyncio.timeout(120):
-                # The end is checked on each event and when the audio is all sent: every item may be
-                # complete by then, and waiting for one more event would wait for the idle timeout.
-                while True:
-                    getting = asyncio.ensure_future(received.get())
-                    waits: set[asyncio.Future[Any]] = {getting} if sender.done() else {getting, sender}
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                    if getting.done():
-                        event = getting.result()
-                        if event is None:
-                            await receiver  # the connection's error, if it closed with one
-                            break
-                        events.append(event)
-                        if on_event is not None:
-                            on_event(event)
-                        if sender.done() and event["type"] in ANSWERS:
-                            answers += 1
-                        last_came = sender.done() and event["type"] == last
-                    else:
-                        getting.cancel()
+                        event = parsed.to_dict()
+                    events.append(event)
+                    if on_event is not None:
+                        on_event(event)
+                    if sender.done() and event["type"] in ANSWERS:
+                        answers += 1
                     completed = sum(e["type"].endswith("transcription.completed") for e in events)
-                    answered = answers >= len(after or []) if last is None else last_came
-                    if completed >= expect_completed and sender.done() and answered:
+                    answered = answers >= len(after or []) if last is None else event["type"] == last
+                    if completed >= expect_completed and answered and sender.done():
+                        break
+                    if completed >= expect_completed and not after and last is None:
+                        # What is left to send is the closing silence: no event is awaited after it.
+                        await sender
                         break
         finally:
             sender.cancel()
-            receiver.cancel()
     return events
 
 
@@ -462,6 +442,38 @@ def test_frames_and_limits_get_error_events_before_closing(guarded: str) -> None
         assert seen[-1]["error"]["code"] == "session_idle_timeout"
 
     asyncio.run(run())
+
+
+def test_a_quiet_session_gets_its_text_and_the_session_timeout_never_the_streams(http: str) -> None:
+    """The HTTP server and the workers share STREAM_IDLE_TIMEOUT_S (5 s here). A client that stops sending
+    audio without a commit gets the text of what it sent, then the session's idle error: the session closes
+    its stream before the worker's own idle clock runs out, so the worker's STREAM_IDLE_TIMEOUT never
+    reaches the client. Three sessions at once, because the two clocks used to race."""
+
+    async def quiet() -> list[Event]:
+        ws = await _raw(http, token="unused")
+        assert (await _next(ws))["type"] == "session.created"
+        manual = session_update(rate=16000, vad=False)
+        manual.pop("include")
+        await ws.send(json.dumps({"type": "session.update", "session": manual}))
+        pcm = pcm16k("speech_short.wav")
+        for i in range(0, len(pcm), 6400):
+            await ws.send(
+                json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i : i + 6400]).decode()})
+            )
+        seen = [await _next(ws)]
+        while seen[-1]["type"] != "error":
+            seen.append(await _next(ws))
+        await ws.close()
+        return seen
+
+    async def run() -> list[list[Event]]:
+        return list(await asyncio.gather(*(quiet() for _ in range(3))))
+
+    for seen in asyncio.run(run()):
+        errors = [e["error"]["code"] for e in of_type(seen, "error")]
+        assert errors == ["session_idle_timeout"], seen
+        assert words_of(completed_text(seen))[-2:] == ["lazy", "dog"], seen
 
 
 def test_status_of_the_live_files(http: str) -> None:

@@ -92,6 +92,35 @@ def test_finals_go_first_then_interims_then_bulk_in_full_batches(engine: Scripte
     scheduler.close()
 
 
+def test_batch_job_windows_wait_for_every_bulk_window(engine: ScriptedFakeEngine) -> None:
+    """A batch job's windows (Priority.BATCH) come after interactive bulk windows queued later; on a GPU they
+    fill a batch's free places, and each window's audio is counted once in audio_s."""
+    scheduler = BatchScheduler(engine, max_batch=3, window_s=0.0)
+    hold(engine, scheduler)
+    futures = [scheduler.submit(job(f"batch{i}"), Priority.BATCH) for i in range(3)]
+    futures += [scheduler.submit(job(f"bulk{i}"), Priority.BULK) for i in range(2)]
+    engine.gate.set()
+    for future in futures:
+        future.result(5)
+    assert engine.batches[1:] == [["bulk0", "bulk1", "batch0"], ["batch1", "batch2"]]
+    assert scheduler.stats.audio_s == pytest.approx(6 * 16 / 16_000)
+    scheduler.close()
+
+
+def test_on_a_cpu_batch_job_windows_go_one_at_a_time_and_alone(engine: ScriptedFakeEngine) -> None:
+    scheduler = BatchScheduler(engine, max_batch=4, window_s=0.0, streams_with_bulk=False)
+    hold(engine, scheduler)
+    futures = [scheduler.submit(job(f"batch{i}"), Priority.BATCH) for i in range(2)]
+    futures.append(scheduler.submit(job("bulk"), Priority.BULK))
+    engine.gate.set()
+    for future in futures:
+        future.result(5)
+    # The bulk window takes no batch-job window along, and batch-job windows go one by one, so an
+    # interactive call arriving now waits for one window at most.
+    assert engine.batches[1:] == [["bulk"], ["batch0"], ["batch1"]]
+    scheduler.close()
+
+
 def test_on_a_cpu_stream_windows_go_alone_finals_first(engine: ScriptedFakeEngine) -> None:
     # On a CPU a batch costs what its windows cost one by one: a final in a batch with interims or other
     # finals would wait for all of them, so every stream window is decoded alone, finals before interims.

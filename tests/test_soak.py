@@ -8,12 +8,15 @@ undisturbed run, and the gateway must come out as it went in.
 
 from __future__ import annotations
 
+import pytest
+
 from bench.soak import run_soak
 from tests.conftest import Fleet
 
 SECONDS = 90
 
 
+@pytest.mark.heavy  # about 2 minutes of mixed traffic: make test-heavy
 def test_short_soak_loses_no_call_and_no_word(serving_fleet: Fleet) -> None:
     report = run_soak(serving_fleet, SECONDS, streams=2, clients=2, workers=2, interval_s=3.0, pace=2.0)
     assert not report.problems, "\n".join(report.problems)

@@ -278,6 +278,7 @@ RSS_RISE_LIMIT_MIB = 90
 RSS_GROWTH_LIMIT_MIB = 25
 
 
+@pytest.mark.heavy  # an hour of audio: make test-heavy
 def test_an_hour_long_recording_on_both_workers_with_bounded_gateway_memory(
     serving_fleet: Fleet, tmp_path: Path
 ) -> None:

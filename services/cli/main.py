@@ -16,6 +16,7 @@ import numpy as np
 from dotenv import set_key
 from scribe_client.cli.main import (
     Pcm,
+    add_job_parsers,
     add_security_arguments,
     add_transcribe_parser,
     client_for,
@@ -300,6 +301,22 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return run_transcribe(args, address, _security(args), read_audio=decoded_pcm)
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from scribe_client.cli.jobs import run_jobs
+
+    address = args.address or _settings().gateway_address
+    with client_for(address, _security(args)) as client:
+        return run_jobs(client, args)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from scribe_client.cli.batch import run_batch
+
+    address = args.address or _settings().gateway_address
+    with client_for(address, _security(args)) as client:
+        return run_batch(client, args)
+
+
 def cmd_model_convert(args: argparse.Namespace) -> int:
     """A CTranslate2 Whisper model as a transformers folder, for the torch engine or any transformers code."""
     from services.gpu_worker.engines.choice import TORCH_EXTRA, torch_installed
@@ -367,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = add_transcribe_parser(sub, security, "stream the file as live audio and print live captions")
     tr.set_defaults(func=cmd_transcribe)
+    add_job_parsers(sub, security, cmd_jobs, cmd_batch)
     return parser
 
 

@@ -16,6 +16,9 @@ import structlog
 from services.common.errors import RequestError
 
 REQUEST_ID_HEADER = "x-request-id"
+#: Metadata the gateway puts on a batch job's calls to a worker, whose windows then wait for every interactive call's.
+PRIORITY_HEADER = "x-scribe-priority"
+BATCH_PRIORITY = "batch"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = structlog.get_logger()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -231,6 +231,7 @@ class GatewayStats:
         self.failed = 0
         self.audio_seconds = 0.0
         self._recent: deque[tuple[float, float]] = deque()
+        self.jobs: Callable[[], fleet_pb2.JobStats] | None = None  # the job service's figures, once it is up
 
     def observe(self, line: RequestLine, duration_s: float) -> None:
         self.requests.labels(line.method, line.code.name).inc()
@@ -263,6 +264,7 @@ class GatewayStats:
             requests_failed=self.failed,
             audio_seconds=self.audio_seconds,
             realtime_factor=self.realtime_factor(),
+            jobs=self.jobs() if self.jobs is not None else None,
         )
 
     def models_pb(self) -> list[fleet_pb2.FleetModel]:

@@ -20,6 +20,8 @@ from services.common.logging import configure_logging
 from services.common.probes import start_probe_server
 from services.common.reflection import enable_reflection
 from services.common.tls import bind
+from services.gateway.jobs.bootstrap import SERVICE as JOB_SERVICE
+from services.gateway.jobs.bootstrap import Jobs
 from services.gateway.metrics import GatewayStats
 from services.gateway.recordings import upload
 from services.gateway.routing.discovery import DnsDiscovery
@@ -36,6 +38,7 @@ _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # mallopt parameters, from glibc's mal
 SERVICES = (
     transcription_pb2.DESCRIPTOR.services_by_name["TranscriptionService"].full_name,
     fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
+    JOB_SERVICE,
 )
 
 
@@ -72,6 +75,10 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         TranscriptionProxy(registry, dispatcher, stats, settings, models), server
     )
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(registry, stats, models), server)
+    jobs = Jobs(settings, registry, dispatcher, models, stats.observe)
+    jobs.add_to(server)
+    stats.prometheus.register(jobs.metrics)
+    stats.jobs = jobs.metrics.to_pb
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, (*SERVICES, health.SERVICE_NAME))
 
@@ -105,6 +112,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         static=settings.static_workers,
     )
     monitor_task = asyncio.create_task(monitor.run())
+    jobs.start()
     dns_task = asyncio.create_task(dns.run()) if dns is not None else None
 
     stop = asyncio.Event()
@@ -113,6 +121,7 @@ async def serve(settings: Settings, supervisor_url: str | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
+    await jobs.stop()  # first: its runs give their jobs back to the queue while the workers still answer
     await server.stop(grace=20)
     if probe is not None:
         await probe.stop(0)

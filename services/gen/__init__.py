@@ -8,6 +8,8 @@ comments that server reflection serves.
 from scribe_client.gen import (
     fleet_pb2,
     fleet_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
     transcription_pb2,
     transcription_pb2_grpc,
     worker_pb2,
@@ -17,6 +19,8 @@ from scribe_client.gen import (
 __all__ = [
     "fleet_pb2",
     "fleet_pb2_grpc",
+    "jobs_pb2",
+    "jobs_pb2_grpc",
     "transcription_pb2",
     "transcription_pb2_grpc",
     "worker_pb2",

@@ -68,6 +68,7 @@ def batch_pb(scheduler: BatchScheduler) -> worker_pb2.BatchStats:
         queue_wait_seconds_total=stats.queue_wait_s,
         busy_seconds_total=stats.busy_s,
         windows_per_second=stats.windows_per_second(),
+        audio_seconds_decoded=stats.audio_s,
         encode_seconds_total=stats.encode_s,
         decode_seconds_total=stats.decode_s,
         align_seconds_total=stats.align_s,

@@ -13,10 +13,11 @@ from services.common import audio
 from services.common.config import Settings
 from services.common.convert import decode_request_audio, limits_pb
 from services.common.errors import RequestError, abort, config_not_first
-from services.common.rpclog import RequestLine, request_line
+from services.common.rpclog import BATCH_PRIORITY, PRIORITY_HEADER, RequestLine, request_line
 from services.gen import transcription_pb2 as pb
 from services.gen import transcription_pb2_grpc
-from services.gpu_worker.batching.transcriber import Transcriber
+from services.gpu_worker.batching.scheduler import Priority
+from services.gpu_worker.batching.transcriber import Transcriber, call_priority
 from services.gpu_worker.engines.base import DecodeOptions, EngineResult
 from services.gpu_worker.progress import ProgressEvent, progress_pb, transcribe_with_progress
 from services.gpu_worker.results import transcribe_response
@@ -70,6 +71,14 @@ def _invalid_audio(err: audio.AudioError) -> RequestError:
     return RequestError(code, err.reason, err.message)
 
 
+def _take_priority(context: grpc.aio.ServicerContext, line: RequestLine) -> None:
+    """A batch job's piece (marked by the gateway) has its windows decoded after every interactive call's;
+    the call's thread inherits the context, and with it the priority."""
+    if any(k == PRIORITY_HEADER and v == BATCH_PRIORITY for k, v in context.invocation_metadata() or ()):
+        call_priority.set(Priority.BATCH)
+        line.fields["priority"] = BATCH_PRIORITY
+
+
 async def _refuse(context: grpc.aio.ServicerContext, line: RequestLine, err: audio.AudioError | RequestError) -> None:
     """End the call with the error's status, and record it on the request's canonical line."""
     error = _invalid_audio(err) if isinstance(err, audio.AudioError) else err
@@ -94,6 +103,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
     ) -> pb.TranscribeResponse:
         with request_line("Transcribe", context) as line:
             line.fields["audio_bytes"] = len(request.audio_content)
+            _take_priority(context, line)
             try:
                 engine = self._rt.require_transcriber()
                 check_transcribe_encoding(request.encoding)
@@ -128,6 +138,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         self, request: pb.TranscribeWithProgressRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TranscribeWithProgressResponse]:
         with request_line("TranscribeWithProgress", context) as line:
+            _take_priority(context, line)
             inner = request.request
             line.fields["audio_bytes"] = len(inner.audio_content)
             highest = 0.0

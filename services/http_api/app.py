@@ -24,6 +24,7 @@ from services.gen import transcription_pb2 as pb
 from services.http_api.diarized import diarized_json_body, known_speakers
 from services.http_api.errors import HttpError, from_rpc_error
 from services.http_api.gateway import Gateway
+from services.http_api.jobs_routes import jobs_router
 from services.http_api.middleware import RequestLineMiddleware
 from services.http_api.openai_format import (
     GRANULARITIES,
@@ -262,6 +263,8 @@ def create_app(settings: Settings, security: ClientSecurity, status_token: str |
             if entry["id"] == model_id:
                 return JSONResponse(entry)
         raise HttpError(404, f"model {model_id!r} is not served here: GET /v1/models lists them", "model_not_found")
+
+    app.include_router(jobs_router(gateway, settings))
 
     if board is not None:
 

@@ -31,6 +31,12 @@ class Gateway:
         self._transcription = transcription_pb2_grpc.TranscriptionServiceStub(self._channel)
         self._fleet = fleet_pb2_grpc.FleetServiceStub(self._channel)
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel, for other services' stubs (the job routes); it exists once `open` has run."""
+        assert self._channel is not None, "Gateway.open() runs in the app's lifespan first"
+        return self._channel
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()

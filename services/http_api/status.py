@@ -72,6 +72,21 @@ def worker_row(w: fleet_pb2.Worker) -> dict[str, object]:
     return row
 
 
+def jobs_row(j: fleet_pb2.JobStats) -> dict[str, object]:
+    """Batch jobs as the page shows them: counts by state, queue age, throughput, spool use."""
+    return {
+        "queued": j.queued,
+        "running": j.running,
+        "succeeded": j.succeeded,
+        "failed": j.failed,
+        "cancelled": j.cancelled,
+        "oldest_queued_s": round(j.oldest_queued_age.ToNanoseconds() / 1e9, 1),
+        "finished_per_second": round(j.finished_per_second, 3),
+        "spool_bytes": j.spool_bytes,
+        "spool_limit_bytes": j.spool_limit_bytes,
+    }
+
+
 @dataclass
 class Sample:
     t: float
@@ -150,6 +165,8 @@ class StatusBoard:
                 audio_seconds=round(s.audio_seconds, 1),
                 realtime_factor=round(s.realtime_factor, 3),
             )
+            if s.HasField("jobs"):
+                body["jobs"] = jobs_row(s.jobs)
         else:
             body["workers"] = []
             body["models"] = []

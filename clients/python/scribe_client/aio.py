@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from scribe_client.aio_jobs import AsyncJobs
 from scribe_client.call_status import StatusKeeper
 from scribe_client.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from scribe_client.gen import transcription_pb2 as pb
@@ -81,6 +82,8 @@ class AsyncScribeClient:
         self._max_message_bytes: int | None = None  # the server's, from GetConfig when first needed
         self._stub = transcription_pb2_grpc.TranscriptionServiceStub(self.channel)
         self._fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
+        #: Batch jobs (JobService): the same calls as ScribeClient.jobs, awaited.
+        self.jobs = AsyncJobs(self.channel, token, busy_retries)
 
     async def __aenter__(self) -> AsyncScribeClient:
         return self

@@ -22,8 +22,9 @@ import grpc
 
 from scribe_client.errors import retry_delay as server_retry_delay
 
-#: Services the retry policy covers (all of scribe's, on the gateway).
-SERVICES = ("transcription.v1.TranscriptionService", "transcription.v1.FleetService")
+#: Services the retry policy covers (all of scribe's, on the gateway; every JobService call is safe to
+#: repeat: a CreateJob carries a request id).
+SERVICES = ("transcription.v1.TranscriptionService", "transcription.v1.FleetService", "transcription.v1.JobService")
 #: Largest message either way; the server enforces its own MAX_MESSAGE_MB.
 MAX_MESSAGE_BYTES = 2**31 - 1
 #: gRPC replays a retried call from a buffer, and by default commits (stops retrying) a call once its

@@ -10,6 +10,7 @@ import grpc
 
 from scribe_client.gen import fleet_pb2, fleet_pb2_grpc, transcription_pb2_grpc
 from scribe_client.gen import transcription_pb2 as pb
+from scribe_client.jobs import Jobs
 from scribe_client.messages import (
     Audio,
     StreamConfig,
@@ -65,6 +66,8 @@ class ScribeClient:
         self._max_message_bytes: int | None = None  # the server's, from GetConfig when first needed
         self._stub = transcription_pb2_grpc.TranscriptionServiceStub(self.channel)
         self._fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
+        #: Batch jobs (JobService): submit, get, list, watch, cancel, delete, result.
+        self.jobs = Jobs(self.channel, token, busy_retries)
 
     def __enter__(self) -> ScribeClient:
         return self

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from services.common.config.jobs import JobFields
 from services.common.config.limits import LimitFields
 from services.common.config.network import NetworkFields
 from services.common.config.security import SecurityFields
@@ -49,9 +50,9 @@ class _MappingEnvSource(EnvSettingsSource):
 
 
 # pydantic collects the fields of the last base first: this order puts workers first in `scribe config` and the table.
-class Settings(SpeakerFields, SecurityFields, LimitFields, NetworkFields, WorkerFields, BaseSettings):
+class Settings(JobFields, SpeakerFields, SecurityFields, LimitFields, NetworkFields, WorkerFields, BaseSettings):
     """scribe's configuration: one field per variable, with its default and meaning (the fields live in
-    one module per concern: workers, network, limits, security, speakers)."""
+    one module per concern: workers, network, limits, security, speakers, jobs)."""
 
     model_config = SettingsConfigDict(
         frozen=True, extra="ignore", case_sensitive=False, validate_default=True, allow_inf_nan=False
@@ -136,6 +137,23 @@ class Settings(SpeakerFields, SecurityFields, LimitFields, NetworkFields, Worker
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def jobs_spool(self) -> Path:
+        """Folder of the jobs' audio: JOB_SPOOL_DIR, else RUN_DIR/jobs/audio."""
+        return self.job_spool_dir or self.run_dir / "jobs" / "audio"
+
+    @property
+    def jobs_database(self) -> str:
+        """SQLAlchemy URL of the job store: JOBS_DATABASE_URL, else SQLite in RUN_DIR/jobs."""
+        url = self.jobs_database_url
+        if not url:
+            return f"sqlite:///{self.run_dir / 'jobs' / 'jobs.db'}"
+        # psycopg 3 is the driver scribe installs; a plain postgresql:// URL would ask for psycopg2.
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
 
     @property
     def tls_enabled(self) -> bool:

@@ -100,7 +100,7 @@ class WorkerFields(BaseModel):
         10, ge=0, le=10_000, description="How long a batch that is not full waits for more windows."
     )
     encoder_min_seconds: float = Field(
-        30,
+        10,
         ge=1,
         le=30,
         description="Shortest encoder input, in seconds (1 to 30). A window is encoded at its own length plus 5 s of "

@@ -5,6 +5,11 @@ worker to come up: a burst of calls for one model never fills the queue or delay
 Work waits in the gateway rather than in a worker's own queue, so a worker that dies holds no queued
 audio, a worker that comes back is used at once, and a full queue is refused at the door with
 RESOURCE_EXHAUSTED and a retry delay instead of slowing every client down.
+
+Batch jobs' pieces (`batch=True`) queue here too, below interactive work: a piece takes a free slot of
+its model only while no interactive call waits for one of that model's workers, is never refused for a
+full queue (the job runner bounds how many it asks for), and waits for a worker however long the fleet is
+down (a model scaled to no workers at all is refused, MODEL_NOT_SERVING, as for every call).
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ class Dispatcher:
         self._registry = registry
         self.queue_size = queue_size  # per model
         self._wait_s = wait_s  # how long a call waits in the queue while no worker of its model serves
-        self.queued: Counter[str | None] = Counter()  # calls waiting, by model
+        self.queued: Counter[str | None] = Counter()  # interactive calls waiting, by model
+        self.batch_waiting = 0  # batch jobs' pieces waiting
         self._changed = asyncio.Condition()
         self._turns = itertools.count()
         # moving average of one call's time on a worker, by model, for the retry delay
@@ -107,14 +113,19 @@ class Dispatcher:
 
     @asynccontextmanager
     async def slot(
-        self, exclude: set[str], timeout: float | None, model: str | None = None
+        self, exclude: set[str], timeout: float | None, model: str | None = None, batch: bool = False
     ) -> AsyncIterator[WorkerHandle]:
-        """Hold one slot on a worker of `model` (any worker for None) for the duration of the block."""
+        """Hold one slot on a worker of `model` (any worker for None) for the duration of the block;
+        `batch` for a batch job's piece."""
         if model is not None and not self._registry.of(model):
             raise self.no_worker(model)  # no worker at all (scaled to 0): nothing to wait for
-        # Calls already queued go first: a newcomer only takes a free slot when nobody waits.
-        free = free_worker(self._registry.of(model), exclude, next(self._turns))
-        handle = None if self.queued[model] else free
+        handle: WorkerHandle | None
+        if batch:
+            handle = await self._wait_batch(exclude, model)
+        else:
+            # Calls already queued go first: a newcomer only takes a free slot when nobody waits.
+            free = free_worker(self._registry.of(model), exclude, next(self._turns))
+            handle = None if self.queued[model] else free
         if handle is None:
             if self.queued[model] >= self.queue_size:
                 named = f" of model {model}" if model is not None else ""
@@ -132,9 +143,32 @@ class Dispatcher:
             yield handle
         finally:
             handle.in_flight -= 1
-            took = time.monotonic() - started
-            self._service_s[model] = 0.8 * self._service_s.get(model, 1.0) + 0.2 * took
+            if not batch:  # a piece's minutes on a worker say nothing of when an interactive slot frees
+                took = time.monotonic() - started
+                self._service_s[model] = 0.8 * self._service_s.get(model, 1.0) + 0.2 * took
             await self.notify()
+
+    def interactive_waits(self, model: str | None) -> bool:
+        """Whether an interactive call waits for a worker a piece of `model` could take: one of the same
+        model, or of any model (None). A worker serves one model, so calls waiting for another model's
+        workers never hold back this model's pieces, and this model's pieces never take their slots."""
+        if model is None:
+            return self.waiting > 0
+        return self.queued[model] > 0 or self.queued[None] > 0
+
+    async def _wait_batch(self, exclude: set[str], model: str | None) -> WorkerHandle:
+        """A free slot of `model` while no interactive call waits for one of its workers."""
+        self.batch_waiting += 1
+        try:
+            async with self._changed:
+                while True:
+                    if not self.interactive_waits(model):
+                        handle = free_worker(self._registry.of(model), exclude, next(self._turns))
+                        if handle is not None:
+                            return handle
+                    await self._changed.wait()
+        finally:
+            self.batch_waiting -= 1
 
     async def _wait(self, exclude: set[str], timeout: float | None, model: str | None) -> WorkerHandle:
         """The next free slot, within `timeout`. While no worker serves at all (every worker restarting,
@@ -150,6 +184,10 @@ class Dispatcher:
                     workers = self._registry.of(model)
                     handle = free_worker(workers, exclude, next(self._turns))
                     if handle is not None:
+                        if self.batch_waiting:
+                            # a piece held back by this call may take a slot still free once it leaves
+                            # the queue (the finally below runs before any waiter wakes)
+                            self._changed.notify_all()
                         return handle
                     if model is not None and not workers:
                         raise self.no_worker(model)  # its workers went away (scaled to 0) while it waited

@@ -2,10 +2,11 @@
 thread decodes them in batches.
 
 Batches are formed by priority (live-stream windows that may become final, then live-stream interims,
-then bulk windows of Transcribe and TranscribeWithProgress), oldest first, and filled with windows the
-engine can decode together (equal `Engine.batch_key`), from any call, where batching pays (a GPU; see
-`BatchScheduler`). A batch waits at most `window_s` for more windows when it is not full. A live stream's
-decode waits for the batch in progress, never for a queue of them: streams go first.
+then bulk windows of Transcribe and TranscribeWithProgress, then the pieces of batch jobs, which the
+gateway marks), oldest first, and filled with windows the engine can decode together (equal
+`Engine.batch_key`), from any call, where batching pays (a GPU; see `BatchScheduler`). A batch waits at
+most `window_s` for more windows when it is not full. A live stream's decode waits for the batch in
+progress, never for a queue of them: streams go first.
 
 A window whose decode looks wrong is queued again at the next temperature, on its own, so it never holds
 back the batch it came in. A call's windows that are still queued leave the queue when the call is
@@ -25,6 +26,7 @@ from enum import IntEnum
 
 import structlog
 
+from services.common.audio import SAMPLE_RATE
 from services.gpu_worker.batching import packing
 from services.gpu_worker.engines.base import Engine, WindowJob, WindowResult
 
@@ -38,6 +40,7 @@ class Priority(IntEnum):
     FINAL = 0  # a live stream's decode that may become final
     INTERIM = 1  # a live stream's interim hypothesis
     BULK = 2  # a window of a recording
+    BATCH = 3  # a window of a batch job's piece: after every interactive call and stream
 
 
 class CallToken:
@@ -86,6 +89,7 @@ class _Queued:
     form_s: float = 0.0  # time its batch waited for more windows
     tried: list[WindowResult] = field(default_factory=list)
     packable: bool = True  # False once a packed window failed it: it is then decoded alone
+    counted: bool = False  # its audio is in BatchStats.audio_s (once, however often it is decoded)
 
 
 @dataclass
@@ -107,6 +111,7 @@ class BatchStats:
     # Live streams' windows that may become final: how many, and how long they waited before decoding.
     final_windows: int = 0
     final_wait_s: float = 0.0
+    audio_s: float = 0.0  # audio decoded, each window counted once (not again for a fallback or an unpack)
     # Recent (time, windows) pairs for a windows-per-second rate.
     recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
     # Recent (start, end) of batches, for how busy the decode thread has been lately.
@@ -249,6 +254,10 @@ class BatchScheduler:
             return self.max_batch, self._sorted(q for q in self._queue if q.key == head.key)
         if head.priority < Priority.BULK:
             return 1, [head]
+        if head.priority == Priority.BATCH:
+            # On a CPU a batch costs the sum of its windows: one window at a time, an interactive call that
+            # comes in waits for at most one window of a batch job before its own.
+            return 1, [head]
         live = self._streams_open > 0 or now - self._stream_seen < STREAM_RECENT_S
         bulk = self._sorted(q for q in self._queue if q.key == head.key and q.priority == Priority.BULK)
         return (1 if live else self.max_batch), bulk
@@ -295,6 +304,10 @@ class BatchScheduler:
         stats.windows_decoded += len(jobs)
         stats.packed_windows += sum(len(group) for group in groups if len(group) > 1)
         stats.queue_wait_s += sum(started - q.enqueued for q in members)
+        for q in members:
+            if not q.counted:
+                q.counted = True
+                stats.audio_s += q.job.audio.size / SAMPLE_RATE
         stats.busy_s += finished - started
         encode, align = phases.get("encode", 0.0), phases.get("align", 0.0)
         # Whatever the engine did not name (generate, language, segments) counts as decoding.

@@ -29,6 +29,9 @@ _MAX_RESTS = 3
 #: The call the current inference thread works for; the runtime sets it, so a cancelled RPC can drop
 #: its windows from the queue.
 current_call: contextvars.ContextVar[CallToken | None] = contextvars.ContextVar("current_call", default=None)
+#: The priority of the current call's windows: BULK, or BATCH for a batch job's piece (the servicer sets it
+#: from the gateway's metadata before the call's thread starts).
+call_priority: contextvars.ContextVar[Priority] = contextvars.ContextVar("call_priority", default=Priority.BULK)
 
 
 def _shift(segment: Segment, offset: float, limit: float, index: int) -> Segment:
@@ -129,6 +132,8 @@ class Transcriber:
         else:
             windows = cut_recording(audio)
         call = current_call.get()
+        if priority == Priority.BULK:
+            priority = call_priority.get()
         first = options.temperatures[0] if options.temperatures and not options.single_window else 0.0
 
         def submit(window: Window) -> WindowFuture:

@@ -32,6 +32,10 @@ LIVE_FILES = {"live.js": "text/javascript", "pcm-worklet.js": "text/javascript"}
 HARD_FRAME_FACTOR = 4
 #: How often an idle session checks whether its last results are out.
 DRAIN_POLL_S = 0.25
+#: An idle session ends its stream's audio this long before STREAM_IDLE_TIMEOUT_S (at most a quarter of
+#: it): the worker times out a stream that gets no audio for that long, and the session's close must reach
+#: the worker before the worker's own clock runs out, however busy the machine is.
+AUDIO_END_MARGIN_S = 1.0
 
 
 def ws_max_size(settings: Settings) -> int:
@@ -172,22 +176,29 @@ def router(settings: Settings, gateway: Gateway) -> APIRouter:
         line.update(status="open", session=session.id)
         receiving: asyncio.Task[Any] | None = None
         last_audio = time.monotonic()
+        audio_open = True  # audio came since the session last ended its stream's audio
+        margin = min(AUDIO_END_MARGIN_S, idle_s / 4)
         try:
             await send(session.created())
             while True:
                 if receiving is None:
                     receiving = asyncio.ensure_future(websocket.receive())
-                remaining = last_audio + idle_s - time.monotonic()
+                remaining = last_audio + idle_s - (margin if audio_open else 0) - time.monotonic()
                 done, _ = await asyncio.wait(
                     {receiving, session.ended}, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED
                 )
                 if session.ended in done:
                     ended = session.ended.result()
                     raise ended
-                if not done:
-                    # No audio for STREAM_IDLE_TIMEOUT_S: the audio sent becomes final and its results go
-                    # out, then the session ends. Time spent waiting on the fleet is not the client's.
+                if not done and audio_open:
+                    # The client went quiet: the audio sent becomes final and its results go out, and the
+                    # fleet's stream closes before its idle timeout could fail it.
                     await session.end_audio()
+                    audio_open = False
+                    continue
+                if not done:
+                    # No audio for STREAM_IDLE_TIMEOUT_S: once the results are out, the session ends. Time
+                    # spent waiting on the fleet is not the client's.
                     if session.draining:
                         last_audio = time.monotonic() - idle_s + DRAIN_POLL_S
                         continue
@@ -221,6 +232,7 @@ def router(settings: Settings, gateway: Gateway) -> APIRouter:
                     event = parse(text)
                     if event.type == "input_audio_buffer.append":
                         last_audio = time.monotonic()
+                        audio_open = True
                     await session.handle(event)
                 except Problem as problem:
                     await send(session.error(problem))

@@ -327,6 +327,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from scribe_client.cli.jobs import run_jobs
+
+    with client_for(_address(args), security_from_args(args)) as client:
+        return run_jobs(client, args)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from scribe_client.cli.batch import run_batch
+
+    with client_for(_address(args), security_from_args(args)) as client:
+        return run_batch(client, args)
+
+
+def add_job_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    security: argparse.ArgumentParser,
+    jobs_command: Callable[[argparse.Namespace], int],
+    batch_command: Callable[[argparse.Namespace], int],
+) -> None:
+    """`jobs` and `batch` (scribe_client.cli.jobs and .batch; `batch` needs rich, the [cli] extra)."""
+    from scribe_client.cli.jobs import add_jobs_parser
+
+    add_jobs_parser(sub, security).set_defaults(func=jobs_command)
+    try:
+        from scribe_client.cli.batch import add_batch_parser
+    except ImportError:  # scribe-client without the [cli] extra: no progress bars, so no batch
+        return
+    add_batch_parser(sub, security).set_defaults(func=batch_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scribe-client", description="Transcribe audio with a scribe gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -337,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[security], help="table of the gateway's workers")
     status.add_argument("--address", help=f"gateway address (default {ENV_ADDRESS}, else {DEFAULT_ADDRESS})")
     status.set_defaults(func=cmd_status)
+    add_job_parsers(sub, security, cmd_jobs, cmd_batch)
     return parser
 
 

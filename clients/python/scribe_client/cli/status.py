@@ -116,10 +116,21 @@ def format_table(rows: list[list[str]]) -> str:
 
 
 def stats_line(stats: fleet_pb2.FleetStats) -> str:
-    return (
+    line = (
         f"queue {stats.queued_requests}/{stats.queue_size}  streams {stats.active_streams}  "
         f"requests {stats.requests_ok} ok, {stats.requests_failed} failed  "
         f"audio {stats.audio_seconds:.1f} s  realtime factor (last minute) {stats.realtime_factor:.2f}"
+    )
+    return line + jobs_line(stats.jobs) if stats.HasField("jobs") else line
+
+
+def jobs_line(j: fleet_pb2.JobStats) -> str:
+    """Batch jobs on a line of their own: by state, the oldest queued one's wait, throughput, spool use."""
+    age = j.oldest_queued_age.ToNanoseconds() / 1e9
+    spool = f"{j.spool_bytes / 1e9:.2f}" + (f"/{j.spool_limit_bytes / 1e9:.0f} GB" if j.spool_limit_bytes else " GB")
+    return (
+        f"\njobs {j.queued} queued (oldest {age:.0f} s), {j.running} running, {j.succeeded} succeeded, "
+        f"{j.failed} failed, {j.cancelled} cancelled  {j.finished_per_second:.2f} jobs/s  spool {spool}"
     )
 
 

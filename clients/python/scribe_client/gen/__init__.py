@@ -8,6 +8,8 @@ try:
     from scribe_client.gen.transcription.v1 import (
         fleet_pb2,
         fleet_pb2_grpc,
+        jobs_pb2,
+        jobs_pb2_grpc,
         transcription_pb2,
         transcription_pb2_grpc,
         worker_pb2,
@@ -22,6 +24,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - only in a checkout with
 __all__ = [
     "fleet_pb2",
     "fleet_pb2_grpc",
+    "jobs_pb2",
+    "jobs_pb2_grpc",
     "transcription_pb2",
     "transcription_pb2_grpc",
     "worker_pb2",
