@@ -312,9 +312,13 @@ def test_stream_true_iterates_deltas_then_done_with_the_transcribe_text(serving_
     done = events[-1].text  # type: ignore[union-attr]
     assert words_of(deltas) == words_of(done)
     assert all(e.logprobs for e in events)  # type: ignore[union-attr]
-    # Transcribe cuts a long file at other points than an upload's pieces: the same words within a margin.
+    # Transcribe cuts a long file at other points than an upload's pieces, and tiny.en hears espeak's robotic
+    # paragraph a few words differently from either cut: the text is judged against what was said, where
+    # it must be as good as Transcribe's within a margin (no piece lost, none twice).
     offline = serving_fleet.transcription.Transcribe(pb.TranscribeRequest(audio_content=audio), timeout=120)
-    assert wer(offline.transcript, done) <= 5.0, (offline.transcript, done)
+    said = f"{SAID['speech_long.wav']} {SAID['speech_paragraph.ogg']}"  # the recording's first 40 s
+    print(f"WER against what was said: stream=true {wer(said, done):.1f}, Transcribe {wer(said, offline.transcript):.1f}")
+    assert wer(said, done) <= wer(said, offline.transcript) + 5.0, (offline.transcript, done)
     with pytest.raises(openai.BadRequestError) as refused:
         client.audio.transcriptions.create(model="whisper-1", file=("a.wav", audio), stream=True, language="fr")
     assert refused.value.code == "unsupported_language"
