@@ -317,7 +317,9 @@ def test_stream_true_iterates_deltas_then_done_with_the_transcribe_text(serving_
     # it must be as good as Transcribe's within a margin (no piece lost, none twice).
     offline = serving_fleet.transcription.Transcribe(pb.TranscribeRequest(audio_content=audio), timeout=120)
     said = f"{SAID['speech_long.wav']} {SAID['speech_paragraph.ogg']}"  # the recording's first 40 s
-    print(f"WER against what was said: stream=true {wer(said, done):.1f}, Transcribe {wer(said, offline.transcript):.1f}")
+    print(
+        f"WER against what was said: stream=true {wer(said, done):.1f}, Transcribe {wer(said, offline.transcript):.1f}"
+    )
     assert wer(said, done) <= wer(said, offline.transcript) + 5.0, (offline.transcript, done)
     with pytest.raises(openai.BadRequestError) as refused:
         client.audio.transcriptions.create(model="whisper-1", file=("a.wav", audio), stream=True, language="fr")
