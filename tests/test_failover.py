@@ -333,13 +333,16 @@ def test_a_stream_whose_workers_die_in_the_same_decode_ends_with_crash_loop(serv
     request_id = f"crash-loop-{uuid.uuid4().hex[:8]}"
     decodes = Decodes(serving_fleet, request_id)
     kills: list[tuple[str, float]] = []
+    killed_pids: dict[str, int] = {}
     done = threading.Event()
 
     def killer() -> None:
         while not done.is_set():
             for name, until in decodes.new():
-                os.kill(serving_fleet.workers()[name].supervisor_pid, signal.SIGKILL)
+                pid = serving_fleet.workers()[name].supervisor_pid
+                os.kill(pid, signal.SIGKILL)
                 kills.append((name, until))
+                killed_pids[name] = pid
             time.sleep(0.005)
 
     thread = threading.Thread(target=killer, daemon=True)
@@ -355,6 +358,13 @@ def test_a_stream_whose_workers_die_in_the_same_decode_ends_with_crash_loop(serv
     finally:
         done.set()
         thread.join(5)
+        # The last kill may be newer than the fleet's view: wait for every killed worker's successor, or the
+        # next test would meet a worker that is dying as it starts.
+        assert wait_for(
+            lambda: all(serving_fleet.workers()[n].supervisor_pid not in (0, pid) for n, pid in killed_pids.items()),
+            90,
+            0.1,
+        ), serving_fleet.workers()
         serving_fleet.wait_all_serving(timeout=90)
     err = info.value
     assert err.code() == grpc.StatusCode.INTERNAL, err.details()

@@ -165,3 +165,35 @@ def test_batch_pieces_wait_behind_interactive_calls_of_their_model_only() -> Non
         assert dispatcher.batch_waiting == 0
 
     asyncio.run(scenario())
+
+
+def test_a_retried_call_is_never_refused_queue_full() -> None:
+    """A call whose worker went away mid-call comes back to `slot()` with the workers it tried: it was
+    admitted, so a full queue makes it wait rather than fail (a restarted worker's first calls fail with
+    UNAVAILABLE, and refusing their retries failed calls the fleet had accepted)."""
+    registry = Registry([])
+    _worker(registry, "gpu_worker_00", "tiny.en")
+
+    async def scenario() -> None:
+        dispatcher = Dispatcher(registry, queue_size=1, wait_s=5)
+        first = dispatcher.slot(set(), None, "tiny.en")
+        assert (await first.__aenter__()).name == "gpu_worker_00"
+        queued = dispatcher.slot(set(), None, "tiny.en")
+        waiting = asyncio.ensure_future(queued.__aenter__())
+        await asyncio.sleep(0.02)
+        with pytest.raises(RequestError) as full:  # a newcomer: the queue of one is full
+            await dispatcher.slot(set(), None, "tiny.en").__aenter__()
+        assert full.value.reason == "QUEUE_FULL"
+        retried = dispatcher.slot({"gpu_worker_01"}, None, "tiny.en")
+        retry = asyncio.ensure_future(retried.__aenter__())
+        await asyncio.sleep(0.02)
+        assert not retry.done() and dispatcher.queued["tiny.en"] == 2  # waiting past the queue's size
+        await first.__aexit__(None, None, None)
+        await asyncio.sleep(0.02)
+        assert waiting.done() and not retry.done()  # the queue's order holds
+        await queued.__aexit__(None, None, None)
+        await asyncio.sleep(0.02)
+        assert retry.done() and retry.result().name == "gpu_worker_00"
+        await retried.__aexit__(None, None, None)
+
+    asyncio.run(scenario())

@@ -116,7 +116,9 @@ class Dispatcher:
         self, exclude: set[str], timeout: float | None, model: str | None = None, batch: bool = False
     ) -> AsyncIterator[WorkerHandle]:
         """Hold one slot on a worker of `model` (any worker for None) for the duration of the block;
-        `batch` for a batch job's piece."""
+        `batch` for a batch job's piece. A call that already held a slot (`exclude` names the workers it
+        tried: it is being retried after its worker went away) is never refused QUEUE_FULL: it was admitted,
+        and refusing it now would fail a call the fleet accepted because a worker restarted under it."""
         if model is not None and not self._registry.of(model):
             raise self.no_worker(model)  # no worker at all (scaled to 0): nothing to wait for
         handle: WorkerHandle | None
@@ -127,7 +129,7 @@ class Dispatcher:
             free = free_worker(self._registry.of(model), exclude, next(self._turns))
             handle = None if self.queued[model] else free
         if handle is None:
-            if self.queued[model] >= self.queue_size:
+            if self.queued[model] >= self.queue_size and not exclude:
                 named = f" of model {model}" if model is not None else ""
                 raise RequestError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
