@@ -374,6 +374,25 @@ async def _next(ws: Any) -> Event:
     return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
+async def _quiet_session(address: str, token: str) -> list[Event]:
+    """A session without turn detection that sends the short clip, then nothing: its events up to the
+    first error (the idle timeout, once the clip's text is out)."""
+    ws = await _raw(address, token=token)
+    assert (await _next(ws))["type"] == "session.created"
+    manual = session_update(rate=16000, vad=False)
+    manual.pop("include")
+    await ws.send(json.dumps({"type": "session.update", "session": manual}))
+    pcm = pcm16k("speech_short.wav")
+    for i in range(0, len(pcm), 6400):
+        chunk = base64.b64encode(pcm[i : i + 6400]).decode()
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+    seen = [await _next(ws)]
+    while seen[-1]["type"] != "error":
+        seen.append(await _next(ws))
+    await ws.close()
+    return seen
+
+
 def test_wrong_token_refused_origin_and_one_session_per_client(guarded: str) -> None:
     async def run() -> None:
         wrong = await _raw(guarded, token="wrong-token-0123456789")
@@ -430,19 +449,7 @@ def test_frames_and_limits_get_error_events_before_closing(guarded: str) -> None
         assert timeout["error"]["code"] == "session_idle_timeout" and 2.5 < time.monotonic() - started < 6
 
         # Audio that stops without a commit: it becomes final and its text arrives before the idle error.
-        quiet = await _raw(guarded, token=TOKEN_A)
-        assert (await _next(quiet))["type"] == "session.created"
-        manual = session_update(rate=16000, vad=False)
-        manual.pop("include")
-        await quiet.send(json.dumps({"type": "session.update", "session": manual}))
-        pcm = pcm16k("speech_short.wav")
-        for i in range(0, len(pcm), 6400):
-            await quiet.send(
-                json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i : i + 6400]).decode()})
-            )
-        seen = [await _next(quiet)]
-        while seen[-1]["type"] != "error":
-            seen.append(await _next(quiet))
+        seen = await _quiet_session(guarded, TOKEN_A)
         completed = [e for e in seen if e["type"].endswith("transcription.completed")]
         assert completed and words_of(completed[0]["transcript"])[-2:] == ["lazy", "dog"], seen
         assert seen[-1]["error"]["code"] == "session_idle_timeout"
@@ -456,25 +463,8 @@ def test_a_quiet_session_gets_its_text_and_the_session_timeout_never_the_streams
     its stream before the worker's own idle clock runs out, so the worker's STREAM_IDLE_TIMEOUT never
     reaches the client. Three sessions at once, because the two clocks used to race."""
 
-    async def quiet() -> list[Event]:
-        ws = await _raw(http, token="unused")
-        assert (await _next(ws))["type"] == "session.created"
-        manual = session_update(rate=16000, vad=False)
-        manual.pop("include")
-        await ws.send(json.dumps({"type": "session.update", "session": manual}))
-        pcm = pcm16k("speech_short.wav")
-        for i in range(0, len(pcm), 6400):
-            await ws.send(
-                json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i : i + 6400]).decode()})
-            )
-        seen = [await _next(ws)]
-        while seen[-1]["type"] != "error":
-            seen.append(await _next(ws))
-        await ws.close()
-        return seen
-
     async def run() -> list[list[Event]]:
-        return list(await asyncio.gather(*(quiet() for _ in range(3))))
+        return list(await asyncio.gather(*(_quiet_session(http, "unused") for _ in range(3))))
 
     for seen in asyncio.run(run()):
         errors = [e["error"]["code"] for e in of_type(seen, "error")]
